@@ -1,0 +1,402 @@
+/*
+ * mod_claude_relay.c - an API-key gateway for the Claude API.
+ *
+ * In a location with "RelayEngine On" the access hook authenticates the
+ * client's relay key against Redis, takes a per-key concurrency lease in one
+ * atomic script, swaps the relay key for the upstream credential and lets
+ * mod_proxy carry the request. A cleanup on the request pool gives the lease
+ * back however the request ends; a keeper thread per child renews the leases
+ * of long requests; a killed child's leases expire by themselves.
+ */
+#include "relay_config.h"
+#include "relay_keys.h"
+#include "relay_lease.h"
+#include "relay_redis.h"
+
+#include <apr_hash.h>
+#include <apr_strings.h>
+#include <http_config.h>
+#include <http_core.h>
+#include <http_log.h>
+#include <http_protocol.h>
+#include <http_request.h>
+#include <httpd.h>
+#include <ap_mpm.h>
+#include <string.h>
+
+/* Stable prefix of this module's log lines. */
+#define RLOG "mod_claude_relay: "
+
+/* The state of an admitted request, kept on its initial request. */
+typedef struct {
+    relay_lease_store *store;   /* where the lease lives */
+    relay_lease *lease;         /* NULL when admitted without one (Redis down, allow) */
+    const char *key_id;         /* for log lines */
+    server_rec *server;         /* for log lines from the cleanup */
+} relay_request;
+
+/* The request a client sent: the root of redirects and sub-requests. */
+static request_rec *initial_request(request_rec *r)
+{
+    for (;;) {
+        if (r->main) {
+            r = r->main;
+        }
+        else if (r->prev) {
+            r = r->prev;
+        }
+        else {
+            return r;
+        }
+    }
+}
+
+/*
+ * Answer with a JSON body from the access hook: httpd's own error pages are
+ * HTML, so write the body here and return DONE.
+ */
+static int json_answer(request_rec *r, int status, const char *body, const char *retry_after)
+{
+    /* the client's body is unread; discard it so the connection stays usable */
+    if (ap_discard_request_body(r) != OK) {
+        r->connection->keepalive = AP_CONN_CLOSE;
+    }
+    r->status = status;
+    apr_table_setn(r->err_headers_out, "Cache-Control", "no-store");
+    if (retry_after) {
+        apr_table_setn(r->err_headers_out, "Retry-After", retry_after);
+    }
+    ap_set_content_type(r, "application/json");
+    ap_set_content_length(r, (apr_off_t)strlen(body));
+    /* a HEAD request gets the headers only: ap_rputs honours header_only */
+    ap_rputs(body, r);
+    return DONE;
+}
+
+/* The relay key a client presented, or NULL; *where names its header. */
+static const char *presented_key(request_rec *r, const char **where)
+{
+    const char *v;
+
+    v = apr_table_get(r->headers_in, "x-api-key");
+    if (v && *v) {
+        *where = "x-api-key";
+        return v;
+    }
+    v = apr_table_get(r->headers_in, "Authorization");
+    if (v && *v) {
+        const char *p = v;
+        while (*p == ' ' || *p == '\t') {
+            p++;
+        }
+        if (strncasecmp(p, "Bearer", 6) == 0 && (p[6] == ' ' || p[6] == '\t')) {
+            p += 6;
+            while (*p == ' ' || *p == '\t') {
+                p++;
+            }
+            *where = "Authorization";
+            return p;
+        }
+    }
+    v = apr_table_get(r->headers_in, "api-key");
+    if (v && *v) {
+        *where = "api-key";
+        return v;
+    }
+    return NULL;
+}
+
+/* Remove every form of the client's key and put the upstream credential in. */
+static void swap_credentials(request_rec *r, const relay_dir_conf *dc)
+{
+    apr_table_unset(r->headers_in, "x-api-key");
+    apr_table_unset(r->headers_in, "Authorization");
+    apr_table_unset(r->headers_in, "api-key");
+    if (dc->upstream_key) {
+        apr_table_setn(r->headers_in, "x-api-key", dc->upstream_key);
+    }
+    else if (dc->upstream_bearer) {
+        apr_table_setn(r->headers_in, "Authorization",
+                       apr_pstrcat(r->pool, "Bearer ", dc->upstream_bearer, NULL));
+    }
+}
+
+/* Request-pool cleanup: give the lease back, whatever ended the request. */
+static apr_status_t release_lease(void *data)
+{
+    relay_request *rr = data;
+    const char *err = NULL;
+    apr_pool_t *p;
+
+    if (!rr->lease) {
+        return APR_SUCCESS;
+    }
+    /* the request pool is being cleared: work in a pool of our own */
+    if (apr_pool_create(&p, NULL) != APR_SUCCESS) {
+        return APR_SUCCESS;
+    }
+    if (relay_lease_release(rr->store, rr->lease, p, &err) != APR_SUCCESS) {
+        ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rr->server,
+                     RLOG "could not give back the slot of key %s now (%s); it expires "
+                          "by itself within its lease",
+                     rr->key_id, err ? err : "unknown error");
+    }
+    rr->lease = NULL;
+    apr_pool_destroy(p);
+    return APR_SUCCESS;
+}
+
+/* Bodies of the 401 answers. */
+#define BODY_MISSING                                                                           \
+    "{\"error\":\"Missing API key\",\"message\":\"Please provide an API key in the x-api-key " \
+    "header or Authorization header\"}"
+#define BODY_FORMAT "{\"error\":\"Invalid API key\",\"message\":\"Invalid API key format\"}"
+#define BODY_NOT_FOUND "{\"error\":\"Invalid API key\",\"message\":\"API key not found\"}"
+#define BODY_DISABLED "{\"error\":\"Invalid API key\",\"message\":\"API key is disabled\"}"
+#define BODY_EXPIRED "{\"error\":\"Invalid API key\",\"message\":\"API key has expired\"}"
+#define BODY_UNAVAILABLE                                                                       \
+    "{\"error\":\"Service temporarily unavailable\",\"message\":\"The relay cannot reach its " \
+    "key store right now; please retry shortly\"}"
+
+/*
+ * check_access: authenticate the relay key and take a concurrency lease.
+ * Runs for the initial request only; redirects and sub-requests of an
+ * admitted request ride on its lease.
+ */
+static int relay_check_access(request_rec *r)
+{
+    relay_dir_conf *dc = ap_get_module_config(r->per_dir_config, &claude_relay_module);
+    relay_server_conf *sc;
+    request_rec *root;
+    relay_request *rr;
+    relay_admit_result res;
+    relay_lease *lease = NULL;
+    const char *key, *where = NULL;
+    char hash[RELAY_SHA256_HEX_LEN + 1];
+    size_t keylen;
+
+    if (dc->engine != 1) {
+        return DECLINED;
+    }
+    root = initial_request(r);
+    if (root != r && ap_get_module_config(root->request_config, &claude_relay_module)) {
+        return DECLINED;
+    }
+    sc = ap_get_module_config(r->server->module_config, &claude_relay_module);
+
+    key = presented_key(r, &where);
+    if (!key) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: no API key presented");
+        return json_answer(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL);
+    }
+    keylen = strlen(key);
+    while (keylen > 0 && (key[keylen - 1] == ' ' || key[keylen - 1] == '\t')) {
+        keylen--;
+    }
+    if (!relay_key_format_ok(key, keylen)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      RLOG "refused: malformed API key in %s (%" APR_SIZE_T_FMT " bytes)", where,
+                      keylen);
+        return json_answer(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL);
+    }
+    if (!sc->store || !sc->secret) {
+        /* only when the child could not build its store: logged at child start */
+        return json_answer(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1");
+    }
+    relay_key_hash(key, keylen, sc->secret, hash);
+
+    switch (relay_lease_admit(sc->store, hash, r->pool, &res, &lease)) {
+    case RELAY_ADMIT_OK:
+        break;
+    case RELAY_ADMIT_NOT_FOUND:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      RLOG "refused: unknown API key (hash prefix %.8s)", hash);
+        return json_answer(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL);
+    case RELAY_ADMIT_DISABLED:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s is disabled", res.id);
+        return json_answer(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL);
+    case RELAY_ADMIT_EXPIRED:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s has expired", res.id);
+        return json_answer(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL);
+    case RELAY_ADMIT_LIMITED:
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      RLOG "concurrency limit reached for key %s (%s): %ld in flight, limit %ld",
+                      res.id, ap_escape_logitem(r->pool, res.name), res.current, res.limit);
+        return json_answer(
+            r, HTTP_TOO_MANY_REQUESTS,
+            apr_psprintf(r->pool,
+                         "{\"error\":\"Concurrency limit exceeded\",\"message\":\"Too many "
+                         "concurrent requests. Limit: %ld concurrent requests\","
+                         "\"currentConcurrency\":%ld,\"concurrencyLimit\":%ld}",
+                         res.limit, res.current, res.limit),
+            "1");
+    case RELAY_ADMIT_ERROR:
+    default:
+        if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                          RLOG "Redis unavailable (%s); RelayOnRedisError allow: passing the "
+                               "request through unchecked and unlimited",
+                          res.error ? res.error : "unknown error");
+            swap_credentials(r, dc);
+            return DECLINED;
+        }
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "Redis unavailable, refusing (503): %s",
+                      res.error ? res.error : "unknown error");
+        return json_answer(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1");
+    }
+
+    if (res.legacy_replaced) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      RLOG "concurrency:%s held an old-style counter; replaced by a lease set",
+                      res.id);
+    }
+    rr = apr_pcalloc(root->pool, sizeof(*rr));
+    rr->store = sc->store;
+    rr->lease = lease;
+    rr->key_id = res.id;
+    rr->server = r->server;
+    ap_set_module_config(root->request_config, &claude_relay_module, rr);
+    apr_pool_cleanup_register(r->pool, rr, release_lease, apr_pool_cleanup_null);
+
+    apr_table_setn(r->notes, "relay-key-id", res.id);
+    apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, RLOG "admitted key %s (%ld/%ld), lease %s",
+                  res.id, res.current, res.limit, relay_lease_member(lease));
+    swap_credentials(r, dc);
+    return DECLINED;
+}
+
+/* Whether a server may run the engine (its own sections, or the main server's). */
+static int engine_possible(server_rec *s)
+{
+    relay_server_conf *sc = ap_get_module_config(s->module_config, &claude_relay_module);
+    return relay_engine_in_main() || sc->engine_seen;
+}
+
+/* check_config: refuse a configuration that enables the engine without a secret. */
+static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
+                              server_rec *s)
+{
+    server_rec *v;
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+
+    for (v = s; v; v = v->next) {
+        relay_server_conf *sc = ap_get_module_config(v->module_config, &claude_relay_module);
+        if (!engine_possible(v)) {
+            continue;
+        }
+        if (!sc->secret) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
+                         "RelayKeyHashSecret: required when RelayEngine On is used "
+                         "(server %s, defined at %s:%d)",
+                         v->server_hostname ? v->server_hostname : "(main)",
+                         v->defn_name ? v->defn_name : "main config", v->defn_line_number);
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        if (sc->redis.username && !sc->redis.password) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
+                         "RelayRedisUsername: needs RelayRedisPassword as well (server %s)",
+                         v->server_hostname ? v->server_hostname : "(main)");
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+    return OK;
+}
+
+/* Keeper log sink: lines go to the main server's error log. */
+static void keeper_log(void *baton, int level, const char *msg)
+{
+    ap_log_error(APLOG_MARK, level, 0, (server_rec *)baton, RLOG "%s", msg);
+}
+
+/* A text naming a Redis target fully, to share one pool per target. */
+static const char *target_signature(const relay_server_conf *sc, int lease, apr_pool_t *p)
+{
+    const relay_redis_target *t = &sc->redis;
+    return apr_psprintf(p, "%s|%s|%d|%s|%s|%d|%d|%d", t->unix_path ? t->unix_path : "",
+                        t->host ? t->host : "", t->port, t->username ? t->username : "",
+                        t->password ? t->password : "", t->database, t->timeout_ms, lease);
+}
+
+/*
+ * child_init: one Redis pool and lease store per distinct Redis target, with
+ * its keeper thread. Nothing is built when no location enables the engine.
+ */
+static void relay_child_init(apr_pool_t *pchild, server_rec *s)
+{
+    apr_hash_t *stores = apr_hash_make(pchild);
+    int threads = 0;
+    server_rec *v;
+
+    if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS || threads < 1) {
+        threads = 1;
+    }
+    for (v = s; v; v = v->next) {
+        relay_server_conf *sc = ap_get_module_config(v->module_config, &claude_relay_module);
+        int lease = relay_lease_seconds(sc);
+        const char *sig;
+        relay_redis_pool *pool;
+        relay_lease_store *store;
+        apr_status_t rv;
+
+        if (!engine_possible(v)) {
+            continue;
+        }
+        sig = target_signature(sc, lease, pchild);
+        store = apr_hash_get(stores, sig, APR_HASH_KEY_STRING);
+        if (store) {
+            sc->store = store;
+            continue;
+        }
+        /* one connection per worker thread, one for the keeper */
+        rv = relay_redis_pool_create(&pool, &sc->redis, threads + 1, pchild);
+        if (rv == APR_SUCCESS) {
+            rv = relay_lease_store_create(&store, pool, lease, pchild);
+        }
+        if (rv == APR_SUCCESS) {
+            rv = relay_lease_keeper_start(store, keeper_log, s, pchild);
+        }
+        if (rv != APR_SUCCESS) {
+            ap_log_error(APLOG_MARK, APLOG_CRIT, rv, v,
+                         RLOG "cannot set up the Redis pool for %s; relayed requests get 503",
+                         relay_redis_target_str(&sc->redis, pchild));
+            continue;
+        }
+        apr_hash_set(stores, sig, APR_HASH_KEY_STRING, store);
+        sc->store = store;
+    }
+}
+
+/* pre_config: forget what the previous configuration pass saw. */
+static int relay_pre_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp)
+{
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    relay_config_reset();
+    return OK;
+}
+
+/* Hooks: the access check, configuration checks, and per-child set-up. */
+static void relay_register_hooks(apr_pool_t *p)
+{
+    (void)p;
+    ap_hook_pre_config(relay_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_check_config(relay_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_child_init(relay_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_check_access(relay_check_access, NULL, NULL, APR_HOOK_MIDDLE,
+                         AP_AUTH_INTERNAL_PER_CONF);
+}
+
+AP_DECLARE_MODULE(claude_relay) = {
+    STANDARD20_MODULE_STUFF,
+    relay_create_dir_conf,    /* per-location policy */
+    relay_merge_dir_conf,     /* inner locations override outer ones */
+    relay_create_server_conf, /* Redis, secret, lease length */
+    relay_merge_server_conf,  /* virtual hosts override the main server */
+    relay_cmds,               /* directives (relay_config.c) */
+    relay_register_hooks,     /* hooks */
+    AP_MODULE_FLAG_NONE       /* no special merge behaviour */
+};

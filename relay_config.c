@@ -1,0 +1,377 @@
+/*
+ * relay_config.c - directives, their validation, and config create/merge.
+ *
+ * Every setter rejects a bad value with a sentence that names the directive,
+ * so `apachectl configtest` stops on it.
+ */
+#include "relay_config.h"
+
+#include <apr_file_io.h>
+#include <apr_strings.h>
+#include <errno.h>
+#include <http_log.h>
+#include <stdlib.h>
+#include <string.h>
+
+APLOG_USE_MODULE(claude_relay);
+
+/* set when RelayEngine On appears outside any virtual host */
+static int engine_in_main;
+
+int relay_engine_in_main(void)
+{
+    return engine_in_main;
+}
+
+void relay_config_reset(void)
+{
+    engine_in_main = 0;
+}
+
+void *relay_create_server_conf(apr_pool_t *p, server_rec *s)
+{
+    relay_server_conf *sc = apr_pcalloc(p, sizeof(*sc));
+
+    (void)s;
+    sc->redis.host = RELAY_DEFAULT_REDIS_HOST;
+    sc->redis.port = RELAY_DEFAULT_REDIS_PORT;
+    sc->redis.timeout_ms = RELAY_DEFAULT_TIMEOUT_MS;
+    sc->lease_seconds = RELAY_UNSET;
+    return sc;
+}
+
+void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    relay_server_conf *base = basev, *add = addv;
+    relay_server_conf *sc = apr_pcalloc(p, sizeof(*sc));
+
+    /* where: host, port and socket travel together */
+    if (add->redis_set) {
+        sc->redis.host = add->redis.host;
+        sc->redis.port = add->redis.port;
+        sc->redis.unix_path = add->redis.unix_path;
+    }
+    else {
+        sc->redis.host = base->redis.host;
+        sc->redis.port = base->redis.port;
+        sc->redis.unix_path = base->redis.unix_path;
+    }
+    sc->redis_set = add->redis_set || base->redis_set;
+    sc->redis.password = add->password_set ? add->redis.password : base->redis.password;
+    sc->password_set = add->password_set || base->password_set;
+    sc->redis.username = add->username_set ? add->redis.username : base->redis.username;
+    sc->username_set = add->username_set || base->username_set;
+    sc->redis.database = add->database_set ? add->redis.database : base->redis.database;
+    sc->database_set = add->database_set || base->database_set;
+    sc->redis.timeout_ms = add->timeout_set ? add->redis.timeout_ms : base->redis.timeout_ms;
+    sc->timeout_set = add->timeout_set || base->timeout_set;
+    sc->secret = add->secret ? add->secret : base->secret;
+    sc->lease_seconds = add->lease_seconds != RELAY_UNSET ? add->lease_seconds
+                                                           : base->lease_seconds;
+    /* engine_seen describes the sections of this server only: not inherited */
+    sc->engine_seen = add->engine_seen;
+    sc->store = NULL;
+    return sc;
+}
+
+void *relay_create_dir_conf(apr_pool_t *p, char *dir)
+{
+    relay_dir_conf *dc = apr_pcalloc(p, sizeof(*dc));
+
+    (void)dir;
+    dc->engine = RELAY_UNSET;
+    dc->on_redis_error = RELAY_ONERR_UNSET;
+    return dc;
+}
+
+void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
+{
+    relay_dir_conf *base = basev, *add = addv;
+    relay_dir_conf *dc = apr_pcalloc(p, sizeof(*dc));
+
+    dc->engine = add->engine != RELAY_UNSET ? add->engine : base->engine;
+    /* the two credential forms replace each other as one setting */
+    dc->upstream_set = add->upstream_set || base->upstream_set;
+    dc->upstream_key = add->upstream_set ? add->upstream_key : base->upstream_key;
+    dc->upstream_bearer = add->upstream_set ? add->upstream_bearer : base->upstream_bearer;
+    dc->on_redis_error = add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error
+                                                                  : base->on_redis_error;
+    return dc;
+}
+
+int relay_lease_seconds(const relay_server_conf *sc)
+{
+    return sc->lease_seconds == RELAY_UNSET ? RELAY_DEFAULT_LEASE_SECONDS : sc->lease_seconds;
+}
+
+/* The server config of the server a directive appears in. */
+static relay_server_conf *server_conf(cmd_parms *cmd)
+{
+    return ap_get_module_config(cmd->server->module_config, &claude_relay_module);
+}
+
+/* Parse a whole number in [min, max]; NULL on success, else the sentence. */
+static const char *parse_int(cmd_parms *cmd, const char *arg, long min, long max, int *out)
+{
+    char *end;
+    long v;
+
+    errno = 0;
+    v = strtol(arg, &end, 10);
+    if (*arg == '\0' || *end != '\0' || errno != 0 || v < min || v > max) {
+        return apr_psprintf(cmd->pool, "%s: '%s' is not a whole number from %ld to %ld",
+                            cmd->cmd->name, arg, min, max);
+    }
+    *out = (int)v;
+    return NULL;
+}
+
+/*
+ * A secret given inline, as env:VAR or as file:/path. The file's first line is
+ * used, without its line ending. Read once, at configuration time.
+ */
+static const char *resolve_secret(cmd_parms *cmd, const char *arg, const char **out)
+{
+    if (strncmp(arg, "env:", 4) == 0) {
+        const char *name = arg + 4, *v;
+        if (*name == '\0') {
+            return apr_psprintf(cmd->pool, "%s: env: needs a variable name", cmd->cmd->name);
+        }
+        v = getenv(name);
+        if (!v || *v == '\0') {
+            return apr_psprintf(cmd->pool,
+                                "%s: the environment variable %s is not set or empty "
+                                "(httpd reads it when it starts)",
+                                cmd->cmd->name, name);
+        }
+        *out = apr_pstrdup(cmd->pool, v);
+    }
+    else if (strncmp(arg, "file:", 5) == 0) {
+        const char *path = ap_server_root_relative(cmd->temp_pool, arg + 5);
+        apr_file_t *f;
+        char buf[4096];
+        apr_size_t n = sizeof(buf) - 1;
+        apr_status_t rv;
+        char *eol;
+
+        if (!path || arg[5] == '\0') {
+            return apr_psprintf(cmd->pool, "%s: file: needs a path", cmd->cmd->name);
+        }
+        rv = apr_file_open(&f, path, APR_FOPEN_READ, APR_FPROT_OS_DEFAULT, cmd->temp_pool);
+        if (rv != APR_SUCCESS) {
+            char err[256];
+            return apr_psprintf(cmd->pool, "%s: cannot read %s: %s", cmd->cmd->name, path,
+                                apr_strerror(rv, err, sizeof(err)));
+        }
+        rv = apr_file_read(f, buf, &n);
+        apr_file_close(f);
+        if (rv != APR_SUCCESS && rv != APR_EOF) {
+            char err[256];
+            return apr_psprintf(cmd->pool, "%s: cannot read %s: %s", cmd->cmd->name, path,
+                                apr_strerror(rv, err, sizeof(err)));
+        }
+        buf[n] = '\0';
+        eol = strpbrk(buf, "\r\n");
+        if (eol) {
+            *eol = '\0';
+        }
+        if (buf[0] == '\0') {
+            return apr_psprintf(cmd->pool, "%s: %s is empty", cmd->cmd->name, path);
+        }
+        *out = apr_pstrdup(cmd->pool, buf);
+    }
+    else {
+        if (*arg == '\0') {
+            return apr_psprintf(cmd->pool, "%s: the value is empty", cmd->cmd->name);
+        }
+        *out = arg;
+    }
+    if (strpbrk(*out, "\r\n") != NULL) {
+        return apr_psprintf(cmd->pool, "%s: the value contains a line break", cmd->cmd->name);
+    }
+    return NULL;
+}
+
+/* RelayRedisServer host[:port] | unix:/path */
+static const char *set_redis_server(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+
+    if (strncmp(arg, "unix:", 5) == 0) {
+        if (arg[5] != '/') {
+            return apr_psprintf(cmd->pool,
+                                "RelayRedisServer: '%s' needs an absolute socket path after unix:",
+                                arg);
+        }
+        sc->redis.unix_path = arg + 5;
+        sc->redis.host = NULL;
+    }
+    else {
+        char *host = NULL, *scope = NULL;
+        apr_port_t port = 0;
+        apr_status_t rv = apr_parse_addr_port(&host, &scope, &port, arg, cmd->pool);
+        if (rv != APR_SUCCESS || !host || scope) {
+            return apr_psprintf(cmd->pool,
+                                "RelayRedisServer: '%s' is not host[:port] or unix:/path", arg);
+        }
+        sc->redis.host = host;
+        sc->redis.port = port ? port : RELAY_DEFAULT_REDIS_PORT;
+        sc->redis.unix_path = NULL;
+    }
+    sc->redis_set = 1;
+    return NULL;
+}
+
+/* RelayRedisPassword secret (also env:VAR, file:/path) */
+static const char *set_redis_password(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    sc->password_set = 1;
+    return resolve_secret(cmd, arg, &sc->redis.password);
+}
+
+/* RelayRedisUsername name */
+static const char *set_redis_username(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    if (*arg == '\0' || strpbrk(arg, " \t\r\n")) {
+        return "RelayRedisUsername: the user name must be one word";
+    }
+    sc->redis.username = arg;
+    sc->username_set = 1;
+    return NULL;
+}
+
+/* RelayRedisDatabase N */
+static const char *set_redis_database(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    sc->database_set = 1;
+    return parse_int(cmd, arg, 0, 10000, &sc->redis.database);
+}
+
+/* RelayRedisTimeout ms */
+static const char *set_redis_timeout(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    sc->timeout_set = 1;
+    return parse_int(cmd, arg, 1, 600000, &sc->redis.timeout_ms);
+}
+
+/* RelayKeyHashSecret secret (also env:VAR, file:/path) */
+static const char *set_secret(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    return resolve_secret(cmd, arg, &sc->secret);
+}
+
+/* RelayLeaseSeconds N */
+static const char *set_lease_seconds(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    return parse_int(cmd, arg, 1, 86400, &sc->lease_seconds);
+}
+
+/* RelayEngine On|Off */
+static const char *set_engine(cmd_parms *cmd, void *dcv, int flag)
+{
+    relay_dir_conf *dc = dcv;
+
+    dc->engine = flag;
+    if (flag) {
+        if (cmd->server->is_virtual) {
+            server_conf(cmd)->engine_seen = 1;
+        }
+        else {
+            engine_in_main = 1;
+        }
+    }
+    return NULL;
+}
+
+/* RelayUpstreamApiKey value | env:VAR | file:/path */
+static const char *set_upstream_key(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    relay_dir_conf *dc = dcv;
+    const char *err = resolve_secret(cmd, arg, &dc->upstream_key);
+
+    if (err) {
+        return err;
+    }
+    if (strncmp(dc->upstream_key, "cr_", 3) == 0) {
+        return "RelayUpstreamApiKey: the value is a relay key (cr_...), not an upstream "
+               "credential";
+    }
+    dc->upstream_bearer = NULL;
+    dc->upstream_set = 1;
+    return NULL;
+}
+
+/* RelayUpstreamBearer value | env:VAR | file:/path */
+static const char *set_upstream_bearer(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    relay_dir_conf *dc = dcv;
+    const char *err = resolve_secret(cmd, arg, &dc->upstream_bearer);
+
+    if (err) {
+        return err;
+    }
+    if (strncmp(dc->upstream_bearer, "cr_", 3) == 0) {
+        return "RelayUpstreamBearer: the value is a relay key (cr_...), not an upstream "
+               "credential";
+    }
+    dc->upstream_key = NULL;
+    dc->upstream_set = 1;
+    return NULL;
+}
+
+/* RelayOnRedisError deny|allow */
+static const char *set_on_redis_error(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    relay_dir_conf *dc = dcv;
+    (void)cmd;
+
+    if (strcasecmp(arg, "deny") == 0) {
+        dc->on_redis_error = RELAY_ONERR_DENY;
+    }
+    else if (strcasecmp(arg, "allow") == 0) {
+        dc->on_redis_error = RELAY_ONERR_ALLOW;
+    }
+    else {
+        return apr_psprintf(cmd->pool, "RelayOnRedisError: '%s' is neither deny nor allow", arg);
+    }
+    return NULL;
+}
+
+const command_rec relay_cmds[] = {
+    AP_INIT_TAKE1("RelayRedisServer", set_redis_server, NULL, RSRC_CONF,
+                  "Redis holding keys and leases: host[:port] or unix:/path"),
+    AP_INIT_TAKE1("RelayRedisPassword", set_redis_password, NULL, RSRC_CONF,
+                  "Redis AUTH password (value, env:VAR or file:/path)"),
+    AP_INIT_TAKE1("RelayRedisUsername", set_redis_username, NULL, RSRC_CONF,
+                  "Redis ACL user name for AUTH"),
+    AP_INIT_TAKE1("RelayRedisDatabase", set_redis_database, NULL, RSRC_CONF,
+                  "Redis database index to SELECT"),
+    AP_INIT_TAKE1("RelayRedisTimeout", set_redis_timeout, NULL, RSRC_CONF,
+                  "Redis connect and I/O timeout in milliseconds"),
+    AP_INIT_TAKE1("RelayKeyHashSecret", set_secret, NULL, RSRC_CONF,
+                  "Secret mixed into relay key hashes (value, env:VAR or file:/path)"),
+    AP_INIT_TAKE1("RelayLeaseSeconds", set_lease_seconds, NULL, RSRC_CONF,
+                  "Seconds a concurrency slot survives without renewal"),
+    AP_INIT_FLAG("RelayEngine", set_engine, NULL, ACCESS_CONF,
+                 "Authenticate relay keys and enforce their limits here"),
+    AP_INIT_TAKE1("RelayUpstreamApiKey", set_upstream_key, NULL, ACCESS_CONF,
+                  "Credential sent upstream as x-api-key (value, env:VAR or file:/path)"),
+    AP_INIT_TAKE1("RelayUpstreamBearer", set_upstream_bearer, NULL, ACCESS_CONF,
+                  "Credential sent upstream as Authorization: Bearer (value, env:VAR or "
+                  "file:/path)"),
+    AP_INIT_TAKE1("RelayOnRedisError", set_on_redis_error, NULL, ACCESS_CONF,
+                  "deny (503) or allow (unlimited, with a warning) when Redis is unreachable"),
+    {NULL}};

@@ -1,0 +1,70 @@
+/*
+ * relay_config.h - the module's configuration: server-wide settings (Redis,
+ * secrets, lease length) and per-location policy.
+ */
+#ifndef RELAY_CONFIG_H
+#define RELAY_CONFIG_H
+
+#include "relay_lease.h"
+#include "relay_redis.h"
+
+#include <httpd.h>
+#include <http_config.h>
+
+#define RELAY_UNSET (-1)
+
+#define RELAY_DEFAULT_REDIS_HOST "127.0.0.1"
+#define RELAY_DEFAULT_REDIS_PORT 6379
+#define RELAY_DEFAULT_TIMEOUT_MS 1000
+#define RELAY_DEFAULT_LEASE_SECONDS 300
+
+/* What to do when Redis cannot be reached. */
+typedef enum {
+    RELAY_ONERR_UNSET = RELAY_UNSET,
+    RELAY_ONERR_DENY = 0,   /* answer 503 */
+    RELAY_ONERR_ALLOW = 1   /* let the request through, unlimited, with a warning */
+} relay_onerr;
+
+/* Server-wide settings: one Redis, one secret, per virtual host. */
+typedef struct {
+    relay_redis_target redis;   /* RelayRedisServer/Password/Username/Database/Timeout */
+    int redis_set;              /* RelayRedisServer was given here */
+    int password_set;           /* RelayRedisPassword was given here */
+    int username_set;           /* RelayRedisUsername was given here */
+    int database_set;           /* RelayRedisDatabase was given here */
+    int timeout_set;            /* RelayRedisTimeout was given here */
+    const char *secret;         /* RelayKeyHashSecret; NULL = unset */
+    int lease_seconds;          /* RelayLeaseSeconds; RELAY_UNSET = default */
+    int engine_seen;            /* a RelayEngine On appears in this server's sections */
+    relay_lease_store *store;   /* per child, built in child_init; not merged */
+} relay_server_conf;
+
+/* Per-location policy. */
+typedef struct {
+    int engine;                 /* RelayEngine: RELAY_UNSET, 0 or 1 */
+    const char *upstream_key;   /* RelayUpstreamApiKey value; NULL = unset */
+    const char *upstream_bearer;/* RelayUpstreamBearer value; NULL = unset */
+    int upstream_set;           /* either credential directive was given here */
+    relay_onerr on_redis_error; /* RelayOnRedisError */
+} relay_dir_conf;
+
+extern module AP_MODULE_DECLARE_DATA claude_relay_module;
+
+/* The directive table, defined in relay_config.c. */
+extern const command_rec relay_cmds[];
+
+void *relay_create_server_conf(apr_pool_t *p, server_rec *s);
+void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv);
+void *relay_create_dir_conf(apr_pool_t *p, char *dir);
+void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv);
+
+/* Whether any RelayEngine On was seen in the main server's own sections. */
+int relay_engine_in_main(void);
+
+/* Forget what an earlier configuration pass saw (called from pre_config). */
+void relay_config_reset(void);
+
+/* Effective lease length of a server config. */
+int relay_lease_seconds(const relay_server_conf *sc);
+
+#endif

@@ -1,0 +1,74 @@
+/*
+ * relay_lease.h - per-key concurrency in Redis: admit a request by taking a
+ * lease, give it back, and keep the leases of live requests from expiring.
+ *
+ * A lease is a member of the sorted set concurrency:{id} whose score is its
+ * expiry in milliseconds on Redis's own clock, so every Apache server sharing
+ * the Redis counts the same in-flight requests, and a killed child's leases
+ * vanish on their own.
+ *
+ * Uses APR and hiredis only (no httpd header).
+ */
+#ifndef RELAY_LEASE_H
+#define RELAY_LEASE_H
+
+#include "relay_redis.h"
+
+#include <apr_pools.h>
+
+typedef struct relay_lease_store relay_lease_store;
+typedef struct relay_lease relay_lease;
+
+/* Outcome of an admission attempt. */
+typedef enum {
+    RELAY_ADMIT_OK = 1,        /* lease taken */
+    RELAY_ADMIT_NOT_FOUND,     /* no key with that hash */
+    RELAY_ADMIT_DISABLED,      /* isActive is "false" */
+    RELAY_ADMIT_EXPIRED,       /* expiresAt is in the past */
+    RELAY_ADMIT_LIMITED,       /* concurrency limit reached; nothing taken */
+    RELAY_ADMIT_ERROR          /* Redis unreachable or failing */
+} relay_admit_code;
+
+typedef struct {
+    relay_admit_code code;
+    const char *id;            /* key id (when found) */
+    const char *name;          /* key name (when found) */
+    long current;              /* in flight, including this request when admitted */
+    long limit;                /* concurrencyLimit, 0 = unlimited */
+    int legacy_replaced;       /* a plain-counter concurrency key was replaced */
+    const char *error;         /* sentence, for RELAY_ADMIT_ERROR */
+} relay_admit_result;
+
+/* Called by the keeper thread to report trouble; level is an APLOG_* value. */
+typedef void (*relay_log_fn)(void *baton, int level, const char *msg);
+
+/* Create the store of one child for one Redis pool. */
+apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool *pool,
+                                      int lease_seconds, apr_pool_t *pchild);
+
+/*
+ * Start the thread that renews the leases of this child's live requests,
+ * all in one Redis command per interval. It stops when pchild is destroyed.
+ */
+apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_log_fn log, void *baton,
+                                      apr_pool_t *pchild);
+
+/*
+ * Authenticate a key by its stored hash and, if it is usable and under its
+ * limit, take a lease in one atomic script. On RELAY_ADMIT_OK *lease is the
+ * lease, allocated from p; give it back with relay_lease_release.
+ */
+relay_admit_code relay_lease_admit(relay_lease_store *store, const char *hash, apr_pool_t *p,
+                                   relay_admit_result *res, relay_lease **lease);
+
+/* Give a lease back (once; later calls do nothing). */
+apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease, apr_pool_t *p,
+                                 const char **err);
+
+/* The lease's member in concurrency:{id} (for log lines and tests). */
+const char *relay_lease_member(const relay_lease *lease);
+
+/* How many leases this child holds now. */
+int relay_lease_live_count(relay_lease_store *store);
+
+#endif

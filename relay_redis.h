@@ -1,0 +1,80 @@
+/*
+ * relay_redis.h - a per-child pool of Redis connections and the one way the
+ * module talks to Redis: argv-form commands and cached Lua scripts.
+ *
+ * Uses APR and hiredis only (no httpd header), so a test links it alone.
+ */
+#ifndef RELAY_REDIS_H
+#define RELAY_REDIS_H
+
+#include <apr_pools.h>
+#include <apr_reslist.h>
+#include <hiredis/hiredis.h>
+
+/* Where and how to reach Redis; filled from the server config. */
+typedef struct {
+    const char *host;       /* host name or address; NULL when unix_path is set */
+    int port;               /* TCP port */
+    const char *unix_path;  /* unix socket path, or NULL */
+    const char *username;   /* ACL user for AUTH, or NULL */
+    const char *password;   /* AUTH password, or NULL */
+    int database;           /* SELECT index, 0 = default */
+    int timeout_ms;         /* connect and I/O timeout */
+} relay_redis_target;
+
+/* A Lua script with its SHA1, so calls can use EVALSHA. */
+typedef struct {
+    const char *name;       /* for error messages */
+    const char *source;     /* the Lua text */
+    char sha1[41];          /* lowercase hex SHA1 of source */
+} relay_script;
+
+typedef struct relay_redis_pool relay_redis_pool;
+
+/* One borrowed connection. */
+typedef struct {
+    redisContext *ctx;
+    int broken;             /* set when the connection must not be reused */
+} relay_redis_conn;
+
+/* Compute the SHA1 of a script's source once, at start-up. */
+void relay_script_init(relay_script *s, const char *name, const char *source);
+
+/* Describe a target for log lines ("127.0.0.1:6379" or "unix:/path"). */
+const char *relay_redis_target_str(const relay_redis_target *t, apr_pool_t *p);
+
+/*
+ * Open a single connection (connect, timeouts, AUTH, SELECT). On failure
+ * returns NULL and sets *err to a sentence allocated from p.
+ */
+redisContext *relay_redis_connect(const relay_redis_target *t, apr_pool_t *p, const char **err);
+
+/* Create a pool holding at most max connections, opened lazily. */
+apr_status_t relay_redis_pool_create(relay_redis_pool **out, const relay_redis_target *t, int max,
+                                     apr_pool_t *p);
+
+const relay_redis_target *relay_redis_pool_target(const relay_redis_pool *pool);
+
+/* Borrow a connection; *err says why when it fails (Redis down, timeout). */
+relay_redis_conn *relay_redis_acquire(relay_redis_pool *pool, apr_pool_t *p, const char **err);
+
+/* Give a connection back; a broken one is closed instead of reused. */
+void relay_redis_release(relay_redis_pool *pool, relay_redis_conn *c);
+
+/*
+ * Run a command given as argv. Marks the connection broken on I/O errors.
+ * Returns the reply (caller frees with freeReplyObject) or NULL with *err set.
+ */
+redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv,
+                                const size_t *argvlen, apr_pool_t *p, const char **err);
+
+/*
+ * Run a script with EVALSHA, falling back to EVAL when Redis answers NOSCRIPT
+ * (after a restart or SCRIPT FLUSH). keys and args are NUL-terminated strings.
+ * An error reply from the script itself is returned as NULL with *err set.
+ */
+redisReply *relay_redis_script(relay_redis_conn *c, const relay_script *s, int nkeys,
+                               const char *const *keys, int nargs, const char *const *args,
+                               apr_pool_t *p, const char **err);
+
+#endif
