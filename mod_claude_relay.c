@@ -180,6 +180,8 @@ static int relay_check_access(request_rec *r)
     }
     root = initial_request(r);
     if (root != r && ap_get_module_config(root->request_config, &claude_relay_module)) {
+        /* rides on the initial request's slot; the credential is this location's */
+        swap_credentials(r, dc);
         return DECLINED;
     }
     sc = ap_get_module_config(r->server->module_config, &claude_relay_module);

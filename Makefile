@@ -1,0 +1,63 @@
+# mod_claude_relay: build, test, demo.
+#
+#   make            build the module, the mock upstream and relay-keys into build/
+#   make install    install mod_claude_relay.so into httpd's module folder
+#   make test       install missing packages, then run every test
+#   make demo       install missing packages, build, and run the relay on 127.0.0.1:8080
+#   make demo-stop  stop the demo
+
+APXS ?= apxs
+CC ?= gcc
+CFLAGS_TOOLS = -Wall -Wextra -Werror -O2 -g -I. -I/usr/include/hiredis
+BUILD = build
+
+all: $(BUILD)/mod_claude_relay.so $(BUILD)/mod_relay_mock.so $(BUILD)/relay-keys
+
+$(BUILD):
+	mkdir -p $(BUILD)
+
+$(BUILD)/mod_claude_relay.so: | $(BUILD)
+	$(MAKE) -f Makefile.apxs APXS=$(APXS)
+	cp .libs/mod_claude_relay.so $@
+
+# the mock upstream: a Claude API stand-in for tests, the demo and benchmarks
+$(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
+	cd mock && $(APXS) -c -n relay_mock -Wc,-Wall -Wc,-Wextra -Wc,-Werror -Wc,-O2 \
+	    mod_relay_mock.c -ljson-c >/dev/null
+	cp mock/.libs/mod_relay_mock.so $@
+
+$(BUILD)/relay-keys: tools/relay-keys.c relay_keys.c relay_keys.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ tools/relay-keys.c relay_keys.c -lhiredis -ljson-c
+
+$(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_keys.c relay_keys.c
+
+# always rebuild the module through Makefile.apxs, which tracks its sources
+.PHONY: $(BUILD)/mod_claude_relay.so
+
+install: $(BUILD)/mod_claude_relay.so
+	$(MAKE) -f Makefile.apxs APXS=$(APXS) install
+
+deps:
+	scripts/install-deps
+
+unit: $(BUILD)/test_keys $(BUILD)/relay-keys
+	$(BUILD)/test_keys
+	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
+
+test: deps
+	$(MAKE) all unit
+	t/run-tests.sh
+
+demo: deps
+	$(MAKE) all
+	demo/demo.sh start
+
+demo-stop:
+	demo/demo.sh stop
+
+clean:
+	$(MAKE) -f Makefile.apxs clean
+	rm -rf $(BUILD) mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
+
+.PHONY: all install deps unit test demo demo-stop clean

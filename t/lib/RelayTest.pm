@@ -1,0 +1,184 @@
+package RelayTest;
+# Helpers for the relay's Apache::Test suite: Redis access through redis-cli,
+# keys through relay-keys, the mock upstream's request log, and parallel or
+# raw-socket clients.
+use strict;
+use warnings FATAL => 'all';
+
+use Exporter 'import';
+use IO::Socket::INET ();
+use JSON::PP ();
+use LWP::UserAgent ();
+use POSIX ();
+use Time::HiRes qw(time sleep);
+use Apache::Test ();
+use Apache::TestRequest ();
+
+our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
+                 mock_entries mock_peak mock_clear parallel_posts raw_request
+                 wait_until json_decode leases);
+
+my $json = JSON::PP->new->canonical;
+
+sub json_decode { my $t = shift; return eval { $json->decode($t) } }
+
+# Run redis-cli against the test Redis; returns the output without the last newline.
+sub redis {
+    my @args = @_;
+    open my $fh, '-|', 'redis-cli', '-h', '127.0.0.1', '-p', $ENV{RELAY_TEST_REDIS_PORT}, @args
+        or die "redis-cli: $!";
+    my $out = do { local $/; <$fh> };
+    close $fh;
+    $out = '' unless defined $out;
+    chomp $out;
+    return $out;
+}
+
+sub redis_lines { my $o = redis(@_); return $o eq '' ? () : split /\n/, $o }
+
+# The live leases of a key id (members of concurrency:{id} not yet expired).
+sub leases {
+    my $id = shift;
+    my ($sec, $usec) = redis_lines('TIME');
+    my $now_ms = $sec * 1000 + int($usec / 1000);
+    my @live = redis_lines('ZRANGEBYSCORE', "concurrency:$id", "($now_ms", '+inf');
+    return scalar @live;
+}
+
+# Run the relay-keys tool; returns (exit code, stdout).
+sub relay_keys {
+    my @args = @_;
+    open my $fh, '-|', $ENV{RELAY_KEYS}, @args or die "relay-keys: $!";
+    my $out = do { local $/; <$fh> };
+    close $fh;
+    my $rc = $? >> 8;
+    return ($rc, $out // '');
+}
+
+# Create a key; returns the parsed JSON ({id, apiKey, ...}).
+sub make_key {
+    my %o = @_;
+    my @args = ('create', '--json', '--name', $o{name} // 'test key');
+    push @args, '--concurrency-limit', $o{limit} if defined $o{limit};
+    push @args, '--token-limit', $o{token_limit} if defined $o{token_limit};
+    push @args, '--expires', $o{expires} if defined $o{expires};
+    push @args, '--description', $o{description} if defined $o{description};
+    my ($rc, $out) = relay_keys(@args);
+    die "relay-keys create failed ($rc): $out" if $rc != 0;
+    my $k = json_decode($out) or die "relay-keys gave no JSON: $out";
+    return $k;
+}
+
+sub base_url {
+    my $cfg = Apache::Test::config();
+    return "http://127.0.0.1:" . $cfg->{vars}->{port};
+}
+
+sub ua { return LWP::UserAgent->new(timeout => 60, keep_alive => 0) }
+
+# POST a JSON body; returns the HTTP::Response.
+sub http_post {
+    my ($path, $body, @headers) = @_;
+    return ua()->post(base_url() . $path, 'Content-Type' => 'application/json',
+                      @headers, Content => $body);
+}
+
+sub http_get {
+    my ($path, @headers) = @_;
+    return ua()->get(base_url() . $path, @headers);
+}
+
+# The mock upstream's log entries, optionally only those with a given tag.
+sub mock_entries {
+    my $tag = shift;
+    open my $fh, '<', $ENV{RELAY_TEST_MOCK_LOG} or return ();
+    my @e;
+    while (my $l = <$fh>) {
+        my $d = json_decode($l) or next;
+        next if defined $tag && ($d->{tag} // '') ne $tag;
+        push @e, $d;
+    }
+    close $fh;
+    return @e;
+}
+
+sub mock_clear {
+    open my $fh, '>', $ENV{RELAY_TEST_MOCK_LOG} or die $!;
+    close $fh;
+}
+
+# The most requests with a tag the mock had in flight at once.
+sub mock_peak {
+    my $tag = shift;
+    my ($n, $peak) = (0, 0);
+    for my $e (sort { $a->{time} <=> $b->{time} || ($a->{event} eq 'end' ? -1 : 1) }
+               mock_entries($tag)) {
+        $n += $e->{event} eq 'start' ? 1 : -1;
+        $peak = $n if $n > $peak;
+    }
+    return $peak;
+}
+
+# Send n POSTs at once from forked clients; returns [{status, body}, ...].
+sub parallel_posts {
+    my ($n, $path, $body, @headers) = @_;
+    my @pids;
+    my $tmp = "/tmp/relay-par.$$." . int(rand(1e9));
+    mkdir $tmp or die $!;
+    my $go = time + 0.3;
+    for my $i (1 .. $n) {
+        my $pid = fork;
+        die "fork: $!" unless defined $pid;
+        if ($pid == 0) {
+            sleep($go - time) if $go > time;
+            my $r = http_post($path, $body, @headers);
+            open my $o, '>', "$tmp/$i" or POSIX::_exit(1);
+            print $o $r->code, "\n", $r->header('Retry-After') // '', "\n", $r->decoded_content // '';
+            close $o;
+            POSIX::_exit(0);
+        }
+        push @pids, $pid;
+    }
+    waitpid $_, 0 for @pids;
+    my @res;
+    for my $i (1 .. $n) {
+        open my $f, '<', "$tmp/$i" or do { push @res, {status => 0, body => ''}; next };
+        my $status = <$f>; my $retry = <$f>;
+        chomp($status, $retry);
+        my $b = do { local $/; <$f> } // '';
+        close $f;
+        unlink "$tmp/$i";
+        push @res, {status => $status, retry_after => $retry, body => $b};
+    }
+    rmdir $tmp;
+    return @res;
+}
+
+# Open a raw connection and send a request; returns the socket (caller reads/closes).
+sub raw_request {
+    my ($method, $path, $body, %headers) = @_;
+    my $cfg = Apache::Test::config();
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $cfg->{vars}->{port},
+                                  Proto => 'tcp', Timeout => 10) or die "connect: $!";
+    my $req = "$method $path HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    $req .= "$_: $headers{$_}\r\n" for sort keys %headers;
+    if (defined $body) {
+        $req .= "Content-Type: application/json\r\nContent-Length: " . length($body) . "\r\n";
+    }
+    $req .= "\r\n" . ($body // '');
+    print $s $req;
+    return $s;
+}
+
+# Poll a condition until it holds or the timeout passes; returns seconds waited or undef.
+sub wait_until {
+    my ($timeout, $cond) = @_;
+    my $start = time;
+    while (time - $start < $timeout) {
+        return time - $start if $cond->();
+        sleep 0.05;
+    }
+    return $cond->() ? time - $start : undef;
+}
+
+1;

@@ -1,0 +1,55 @@
+# Bad directive values stop `apachectl configtest` with a sentence naming
+# the directive; a good configuration passes.
+use strict;
+use warnings FATAL => 'all';
+use Apache::Test qw(-withtestmore);
+use Apache::TestUtil qw(t_cmp);
+use RelayTest;
+
+my @cases = (
+    ['good configuration', "", 0, qr/Syntax OK/],
+    ['negative lease', "RelayLeaseSeconds -5", 1, qr/RelayLeaseSeconds: '-5' is not a whole number/],
+    ['word as timeout', "RelayRedisTimeout soon", 1, qr/RelayRedisTimeout: 'soon'/],
+    ['unknown RelayOnRedisError', "<Location /x>\nRelayOnRedisError maybe\n</Location>", 1,
+     qr/RelayOnRedisError: 'maybe' is neither deny nor allow/],
+    ['RelayEngine value', "<Location /x>\nRelayEngine perhaps\n</Location>", 1, qr/RelayEngine/],
+    ['unreadable credential file', "<Location /x>\nRelayUpstreamApiKey file:/nonexistent/key\n</Location>", 1,
+     qr/RelayUpstreamApiKey: cannot read \/nonexistent\/key/],
+    ['unset environment variable', "<Location /x>\nRelayUpstreamApiKey env:RELAY_NO_SUCH_VAR\n</Location>", 1,
+     qr/RelayUpstreamApiKey: the environment variable RELAY_NO_SUCH_VAR is not set/],
+    ['relay key as upstream credential', "<Location /x>\nRelayUpstreamBearer cr_0123456789abcdef\n</Location>", 1,
+     qr/RelayUpstreamBearer: the value is a relay key/],
+    ['bad Redis address', "RelayRedisServer unix:relative.sock", 1, qr/RelayRedisServer: .*absolute/],
+    ['database out of range', "RelayRedisDatabase 99999", 1, qr/RelayRedisDatabase/],
+    ['RelayEngine in server context', "RelayEngine On", 1, qr/RelayEngine/],
+);
+
+plan tests => scalar(@cases) + 1, need_module 'claude_relay';
+
+my $inherit = "$ENV{RELAY_TEST_STAGE}/run/inherit.conf";
+my $dir = "$ENV{RELAY_TEST_STAGE}/run/configtest";
+mkdir $dir;
+
+sub configtest {
+    my ($body, $with_secret) = @_;
+    my $conf = "$dir/httpd.conf";
+    open my $fh, '>', $conf or die $!;
+    print $fh "ServerRoot $dir\nServerName 127.0.0.1\nInclude $inherit\n"
+            . "Listen 127.0.0.1:1\nPidFile $dir/httpd.pid\nErrorLog $dir/error.log\n"
+            . ($with_secret ? "RelayKeyHashSecret s3cret\n" : '')
+            . "<Location /api/>\nRelayEngine On\n</Location>\n$body\n";
+    close $fh;
+    my $out = `/usr/sbin/apache2 -t -f $conf 2>&1`;
+    return ($? >> 8, $out);
+}
+
+for my $c (@cases) {
+    my ($name, $body, $fails, $re) = @$c;
+    my ($rc, $out) = configtest($body, 1);
+    ok(($rc != 0) == $fails && $out =~ $re, "$name: " . ($fails ? 'refused' : 'accepted'))
+        or diag($out);
+}
+
+my ($rc, $out) = configtest('', 0);
+ok $rc != 0 && $out =~ /RelayKeyHashSecret: required when RelayEngine On is used/,
+   'RelayEngine On without RelayKeyHashSecret is refused' or diag($out);

@@ -1,0 +1,86 @@
+# A slot is always given back: client hang-up mid-stream, upstream down,
+# streams longer than a lease keep exactly one slot, and a killed child's
+# leases expire by themselves.
+use strict;
+use warnings FATAL => 'all';
+use Apache::Test qw(-withtestmore);
+use Apache::TestUtil qw(t_cmp);
+use RelayTest;
+use Time::HiRes qw(time sleep);
+
+plan tests => 13, need_module 'claude_relay', 'relay_mock';
+
+my $stream = '{"model":"claude-sonnet-4-20250514","max_tokens":64,"stream":true,'
+           . '"messages":[{"role":"user","content":"hi"}]}';
+my $lease_seconds = 3;    # RelayLeaseSeconds in t/conf/extra.conf.in
+
+# Read from a socket until a pattern shows up (or a timeout).
+sub read_until {
+    my ($s, $re, $timeout) = @_;
+    my $buf = '';
+    my $end = time + $timeout;
+    while (time < $end) {
+        my $rin = '';
+        vec($rin, fileno($s), 1) = 1;
+        next unless select(my $rout = $rin, undef, undef, 0.1);
+        my $n = sysread($s, my $chunk, 65536);
+        last unless $n;
+        $buf .= $chunk;
+        return $buf if $buf =~ $re;
+    }
+    return $buf;
+}
+
+# 1. a client that hangs up part-way through a slow SSE stream
+my $k = make_key(name => 'hang-up', limit => 1);
+my $s = raw_request('POST', '/api/v1/messages', $stream, 'x-api-key' => $k->{apiKey},
+                    'x-mock-hold-ms' => 20000, 'x-mock-events' => 20, 'x-mock-tag' => 'abort');
+my $got = read_until($s, qr/event: content_block_delta/, 10);
+is($got =~ /text\/event-stream/ && $got =~ /event: message_start/ ? 1 : 0, 1,
+         'the stream started and events arrived one by one');
+is(leases($k->{id}), 1, 'the stream holds one slot');
+close $s;
+my $t = wait_until(5, sub { leases($k->{id}) == 0 });
+ok defined $t && $t <= 2, 'after the client hangs up the slot is free within 2 seconds'
+    . (defined $t ? sprintf(' (%.2f s)', $t) : ' (never)');
+is(http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey})->code, 200,
+         'and the key can be used again');
+
+# 2. the upstream is down: mod_proxy answers 503, the slot comes back
+my $r = http_post('/api-dead/v1/messages', '{}', 'x-api-key' => $k->{apiKey});
+is($r->code, 503, 'dead upstream: 503 from mod_proxy');
+ok defined wait_until(2, sub { leases($k->{id}) == 0 }), 'dead upstream: slot given back';
+
+# 3. a stream that lasts longer than a lease keeps one slot throughout
+$s = raw_request('POST', '/api/v1/messages', $stream, 'x-api-key' => $k->{apiKey},
+                 'x-mock-hold-ms' => 8000, 'x-mock-events' => 8);
+read_until($s, qr/event: message_start/, 5);
+my $started = time;
+sleep(2 * $lease_seconds - (time - $started));
+is(leases($k->{id}), 1, 'after two lease lengths the stream still holds exactly one slot');
+is(http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey})->code, 429,
+         'so another request on the limit-1 key is refused');
+$got = read_until($s, qr/event: message_stop/, 10);
+is($got =~ /event: message_stop/ ? 1 : 0, 1, 'the long stream completed');
+close $s;
+ok defined wait_until(2, sub { leases($k->{id}) == 0 }), 'and gave its slot back';
+
+# 4. a child killed with SIGKILL runs no cleanup: its lease expires by itself
+$s = raw_request('POST', '/api/v1/messages', $stream, 'x-api-key' => $k->{apiKey},
+                 'x-mock-hold-ms' => 30000, 'x-mock-events' => 30);
+read_until($s, qr/event: message_start/, 5);
+my $cfg = Apache::Test::config();
+open my $pf, '<', $cfg->{vars}->{t_pid_file} or die "pid file: $!";
+chomp(my $parent = <$pf>);
+close $pf;
+my @children = grep { $_ } map { /(\d+)/ ? $1 : () } `pgrep -P $parent`;
+kill 'KILL', @children;
+close $s;
+sleep 0.5;
+is(leases($k->{id}), 1, 'right after SIGKILL the lease is still there (no cleanup ran)');
+$t = wait_until($lease_seconds + 3, sub { leases($k->{id}) == 0 });
+ok defined $t, 'the killed child\'s lease expired by itself within the lease length'
+    . (defined $t ? sprintf(' (%.2f s)', $t + 0.5) : '');
+ok defined wait_until(10, sub {
+    http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey})->code == 200 }),
+   'the key is usable again';

@@ -1,0 +1,93 @@
+#!/bin/bash
+# Runs the Apache::Test suite against the built module in a real httpd with a
+# real redis-server, both on free loopback ports.
+#
+#   t/run-tests.sh [Apache::Test arguments, e.g. t/relay/basic.t]
+#
+# The tree is staged into a temporary folder readable by the httpd children
+# (they run as nobody when this runs as root), because the checkout's parents
+# may not be.
+set -euo pipefail
+
+src=$(cd "$(dirname "$0")/.." && pwd)
+build=${RELAY_BUILD:-$src/build}
+for f in mod_claude_relay.so mod_relay_mock.so relay-keys; do
+    [ -e "$build/$f" ] || { echo "run-tests: $build/$f is missing; run make first" >&2; exit 2; }
+done
+
+stage=$(mktemp -d /tmp/relay-test.XXXXXX)
+redis_pid=""
+cleanup() {
+    if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
+    pkill -f "redis-server .*$stage" 2>/dev/null || true
+    if [ "${RELAY_KEEP_STAGE:-0}" = 1 ]; then
+        echo "run-tests: kept $stage"
+    else
+        rm -rf "$stage"
+    fi
+}
+trap cleanup EXIT
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+    perl -MIO::Socket::INET -e '
+        my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+                                      Proto => "tcp", Listen => 1, ReuseAddr => 1) or die $!;
+        print $s->sockport, "\n";'
+}
+
+cp -a "$src/t" "$stage/t"
+mkdir -p "$stage/build" "$stage/htdocs" "$stage/run"
+cp "$build/mod_claude_relay.so" "$build/mod_relay_mock.so" "$build/relay-keys" "$stage/build/"
+[ -d "$src/htdocs" ] && cp -a "$src/htdocs/." "$stage/htdocs/"
+rm -rf "$stage/t/logs" "$stage/t/conf/httpd.conf" "$stage/t/conf/extra.conf" "$stage/t/conf/apache_test_config.pm"
+chmod -R a+rX "$stage"
+chmod 1777 "$stage/run"
+chmod 755 "$stage"
+
+mods=/usr/lib/apache2/modules
+{
+    for m in mpm_event authz_core authn_core authn_file auth_basic authz_user authz_host \
+             access_compat proxy proxy_http mime alias headers env setenvif dir rewrite \
+             include filter; do
+        echo "LoadModule ${m}_module $mods/mod_${m}.so"
+    done
+    echo "LoadModule claude_relay_module $stage/build/mod_claude_relay.so"
+    echo "LoadModule relay_mock_module $stage/build/mod_relay_mock.so"
+} > "$stage/run/inherit.conf"
+
+export RELAY_TEST_REDIS_PORT=$(free_port)
+export RELAY_TEST_MOCK_LOG=$stage/run/mock.log
+export RELAY_TEST_SECRET=test-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export RELAY_TEST_UPSTREAM_KEY=sk-ant-upstream-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export RELAY_TEST_STAGE=$stage
+export RELAY_KEYS=$stage/build/relay-keys
+export RELAY_REDIS=127.0.0.1:$RELAY_TEST_REDIS_PORT
+export RELAY_KEY_HASH_SECRET=$RELAY_TEST_SECRET
+: > "$RELAY_TEST_MOCK_LOG"
+chmod 666 "$RELAY_TEST_MOCK_LOG"
+
+redis-server --bind 127.0.0.1 --port "$RELAY_TEST_REDIS_PORT" --save '' --appendonly no \
+    --dir "$stage/run" --logfile "$stage/run/redis.log" --daemonize no &
+redis_pid=$!
+for _ in $(seq 50); do
+    redis-cli -p "$RELAY_TEST_REDIS_PORT" PING >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+cd "$stage"
+user_args=()
+if [ "$(id -u)" = 0 ]; then
+    user_args=(-user nobody -group nogroup)
+fi
+set +e
+perl t/TEST.PL -httpd /usr/sbin/apache2 -apxs /usr/bin/apxs -httpd_conf "$stage/run/inherit.conf" \
+    -port select -servername 127.0.0.1 -maxclients 200 -threadsperchild 25 \
+    "${user_args[@]}" "$@"
+rc=$?
+set -e
+if [ $rc -ne 0 ]; then
+    echo "---- last lines of the test httpd's error_log ----"
+    tail -n 60 "$stage/t/logs/error_log" 2>/dev/null || true
+fi
+exit $rc
