@@ -44,6 +44,7 @@ deps:
 unit: $(BUILD)/test_keys $(BUILD)/relay-keys
 	$(BUILD)/test_keys
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
+	t/unit/check_directives.sh
 
 test: deps
 	$(MAKE) all unit

@@ -16,8 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* log levels, as in httpd's http_log.h, without including it */
-#define LEASE_LOG_ERR 3
+/* the warning level of httpd's http_log.h, without including it */
 #define LEASE_LOG_WARNING 4
 
 /* ids cached per child before the cache is emptied and refilled */
@@ -507,6 +506,5 @@ apr_status_t relay_lease_keeper_start(relay_lease_store *st, relay_log_fn log, v
         return rv;
     }
     apr_pool_pre_cleanup_register(pchild, st, keeper_stop);
-    (void)LEASE_LOG_ERR;
     return APR_SUCCESS;
 }

@@ -134,6 +134,7 @@ static apr_status_t conn_make(void **res, void *params, apr_pool_t *p)
     }
     c = apr_pcalloc(p, sizeof(*c));
     c->ctx = ctx;
+    c->target = &pool->target;
     *res = c;
     return APR_SUCCESS;
 }
@@ -222,12 +223,24 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
     redisReply *rep;
 
     rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    if (!rep && c->uses > 0) {
+        /* a connection that worked before has gone stale: one fresh try */
+        redisFree(c->ctx);
+        c->ctx = relay_redis_connect(c->target, p, err);
+        c->uses = 0;
+        if (!c->ctx) {
+            c->broken = 1;
+            return NULL;
+        }
+        rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    }
     if (!rep) {
         c->broken = 1;
         *err = apr_psprintf(p, "Redis I/O error: %s",
                             c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
         return NULL;
     }
+    c->uses++;
     return rep;
 }
 

@@ -34,7 +34,9 @@ typedef struct relay_redis_pool relay_redis_pool;
 /* One borrowed connection. */
 typedef struct {
     redisContext *ctx;
+    const relay_redis_target *target; /* for reconnecting */
     int broken;             /* set when the connection must not be reused */
+    unsigned long uses;     /* commands sent; > 0 means it may have gone stale */
 } relay_redis_conn;
 
 /* Compute the SHA1 of a script's source once, at start-up. */
@@ -62,7 +64,9 @@ relay_redis_conn *relay_redis_acquire(relay_redis_pool *pool, apr_pool_t *p, con
 void relay_redis_release(relay_redis_pool *pool, relay_redis_conn *c);
 
 /*
- * Run a command given as argv. Marks the connection broken on I/O errors.
+ * Run a command given as argv. A pooled connection that fails (Redis
+ * restarted, or dropped the idle connection) is reopened and the command sent
+ * once more; a connection that still fails is marked broken.
  * Returns the reply (caller frees with freeReplyObject) or NULL with *err set.
  */
 redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv,

@@ -8,7 +8,7 @@ use Apache::TestUtil qw(t_cmp);
 use RelayTest;
 use Time::HiRes qw(time sleep);
 
-plan tests => 8, need_module 'claude_relay', 'relay_mock';
+plan tests => 9, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 my $k = make_key(name => 'redis down', limit => 2);
@@ -43,3 +43,9 @@ my $t = wait_until(10, sub {
 ok defined $t, 'the relay recovers by itself, without an Apache restart';
 ok defined wait_until(2, sub { redis('ZCARD', "concurrency:$k2->{id}") == 0 }),
    'and gives slots back again';
+
+# every pooled connection of every child reconnects: no 503 once Redis is back
+my $free = make_key(name => 'after restart, unlimited', limit => 0);
+my @res = parallel_posts(30, '/api/v1/messages', $msg, 'x-api-key' => $free->{apiKey},
+                         'x-mock-hold-ms' => 300);
+is(scalar(grep { $_->{status} == 200 } @res), 30, 'after recovery 30 parallel requests all pass');

@@ -1,0 +1,26 @@
+# Runs last: after every other test, no log and nothing the upstream saw
+# holds a relay key.
+use strict;
+use warnings FATAL => 'all';
+use Apache::Test qw(-withtestmore);
+use RelayTest;
+
+plan tests => 3, need_module 'claude_relay', 'relay_mock';
+
+my $cfg = Apache::Test::config();
+my $logs = $cfg->{vars}->{t_logs};
+
+# make sure at least one key was used and refused in this run
+my $k = make_key(name => 'log check', limit => 1);
+http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey});
+http_post('/api/v1/messages', '{}', 'x-api-key' => 'cr_' . ('f' x 64));
+
+sub slurp { open my $f, '<', shift or return ''; local $/; my $t = <$f>; close $f; $t // '' }
+
+my $re = qr/cr_[0-9a-f]{64}/;
+my $error_log = slurp("$logs/error_log");
+ok($error_log ne '' && $error_log !~ $re, 'the error log holds no relay key');
+my $access = slurp("$logs/relay_log") . slurp("$logs/access_log");
+ok($access ne '' && $access !~ $re, 'the access logs hold no relay key');
+my $mock = slurp($ENV{RELAY_TEST_MOCK_LOG});
+ok($mock ne '' && $mock !~ /cr_/, 'the upstream never received anything with cr_ in it');
