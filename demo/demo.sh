@@ -60,6 +60,7 @@ start() {
 
     if [ -n "${ANTHROPIC_API_KEY:-}" ]; then
         upstream="https://api.anthropic.com/"
+        upstream_name="the Claude API"
         credential="env:ANTHROPIC_API_KEY"
         ssl="LoadModule ssl_module $mods/mod_ssl.so
 SSLProxyEngine On
@@ -68,6 +69,7 @@ SSLProxyCACertificateFile /etc/ssl/certs/ca-certificates.crt"
         mock=""
     else
         upstream="http://127.0.0.1:$mock_port/"
+        upstream_name="the built-in mock on 127.0.0.1:$mock_port"
         credential="sk-ant-demo-mock-upstream"
         ssl=""
         mock="Listen 127.0.0.1:$mock_port
@@ -126,7 +128,7 @@ CONF
 
     cat <<TXT
 
-The relay runs on http://127.0.0.1:$port/api/ (upstream: ${ANTHROPIC_API_KEY:+the Claude API}${ANTHROPIC_API_KEY:-the built-in mock}).
+The relay runs on http://127.0.0.1:$port/api/ (upstream: $upstream_name).
 Demo key (concurrency limit $limit; shown once, not stored): $key
 
 Try it:
