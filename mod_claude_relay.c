@@ -252,12 +252,16 @@ static int relay_check_access(request_rec *r)
                       RLOG "concurrency:%s held an old-style counter; replaced by a lease set",
                       res.id);
     }
-    rr = apr_pcalloc(root->pool, sizeof(*rr));
+    rr = apr_pcalloc(r->pool, sizeof(*rr));
     rr->store = sc->store;
     rr->lease = lease;
     rr->key_id = res.id;
     rr->server = r->server;
-    ap_set_module_config(root->request_config, &claude_relay_module, rr);
+    /*
+     * Redirects of this request find the state on it. A sub-request of a
+     * request that was not relayed keeps its slot to itself, for its own life.
+     */
+    ap_set_module_config(r->request_config, &claude_relay_module, rr);
     apr_pool_cleanup_register(r->pool, rr, release_lease, apr_pool_cleanup_null);
 
     apr_table_setn(r->notes, "relay-key-id", res.id);
