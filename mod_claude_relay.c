@@ -8,7 +8,9 @@
  * back however the request ends; a keeper thread per child renews the leases
  * of long requests; a killed child's leases expire by themselves.
  */
+#include "relay_admin.h"
 #include "relay_config.h"
+#include "relay_keystore.h"
 #include "relay_keys.h"
 #include "relay_lease.h"
 #include "relay_redis.h"
@@ -279,6 +281,13 @@ static int engine_possible(server_rec *s)
     return relay_engine_in_main() || sc->engine_seen;
 }
 
+/* Whether a server needs Redis: the engine, or an admin (which needs the secret). */
+static int redis_needed(server_rec *s)
+{
+    relay_server_conf *sc = ap_get_module_config(s->module_config, &claude_relay_module);
+    return engine_possible(s) || sc->secret != NULL;
+}
+
 /* check_config: refuse a configuration that enables the engine without a secret. */
 static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
                               server_rec *s)
@@ -328,7 +337,7 @@ static const char *target_signature(const relay_server_conf *sc, int lease, apr_
 
 /*
  * child_init: one Redis pool and lease store per distinct Redis target, with
- * its keeper thread. Nothing is built when no location enables the engine.
+ * its keeper thread. Nothing is built for a server without the relay.
  */
 static void relay_child_init(apr_pool_t *pchild, server_rec *s)
 {
@@ -336,6 +345,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
     int threads = 0;
     server_rec *v;
 
+    relay_keystore_init();
     if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS || threads < 1) {
         threads = 1;
     }
@@ -347,7 +357,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
         relay_lease_store *store;
         apr_status_t rv;
 
-        if (!engine_possible(v)) {
+        if (!redis_needed(v)) {
             continue;
         }
         sig = target_signature(sc, lease, pchild);
@@ -385,13 +395,14 @@ static int relay_pre_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *pte
     return OK;
 }
 
-/* Hooks: the access check, configuration checks, and per-child set-up. */
+/* Hooks: the access check, the admin handler, configuration checks, per-child set-up. */
 static void relay_register_hooks(apr_pool_t *p)
 {
     (void)p;
     ap_hook_pre_config(relay_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_check_config(relay_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(relay_child_init, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_handler(relay_admin_handler, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_check_access(relay_check_access, NULL, NULL, APR_HOOK_MIDDLE,
                          AP_AUTH_INTERNAL_PER_CONF);
 }

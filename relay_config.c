@@ -66,6 +66,7 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->redis.timeout_ms = add->timeout_set ? add->redis.timeout_ms : base->redis.timeout_ms;
     sc->timeout_set = add->timeout_set || base->timeout_set;
     sc->secret = add->secret ? add->secret : base->secret;
+    sc->admin_assets = add->admin_assets ? add->admin_assets : base->admin_assets;
     sc->lease_seconds = add->lease_seconds != RELAY_UNSET ? add->lease_seconds
                                                            : base->lease_seconds;
     /* engine_seen describes the sections of this server only: not inherited */
@@ -97,6 +98,11 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     dc->on_redis_error = add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error
                                                                   : base->on_redis_error;
     return dc;
+}
+
+const char *relay_admin_assets(const relay_server_conf *sc)
+{
+    return sc->admin_assets ? sc->admin_assets : RELAY_ASSETS_DIR;
 }
 
 int relay_lease_seconds(const relay_server_conf *sc)
@@ -279,6 +285,22 @@ static const char *set_lease_seconds(cmd_parms *cmd, void *dummy, const char *ar
     return parse_int(cmd, arg, 1, 86400, &sc->lease_seconds);
 }
 
+/* RelayAdminAssets /folder */
+static const char *set_admin_assets(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    const char *path = ap_server_root_relative(cmd->pool, arg);
+    apr_finfo_t fi;
+    (void)dummy;
+
+    if (!path || apr_stat(&fi, path, APR_FINFO_TYPE, cmd->temp_pool) != APR_SUCCESS ||
+        fi.filetype != APR_DIR) {
+        return apr_psprintf(cmd->pool, "RelayAdminAssets: '%s' is not a folder", arg);
+    }
+    sc->admin_assets = path;
+    return NULL;
+}
+
 /* RelayEngine On|Off */
 static const char *set_engine(cmd_parms *cmd, void *dcv, int flag)
 {
@@ -365,6 +387,8 @@ const command_rec relay_cmds[] = {
                   "Secret mixed into relay key hashes (value, env:VAR or file:/path)"),
     AP_INIT_TAKE1("RelayLeaseSeconds", set_lease_seconds, NULL, RSRC_CONF,
                   "Seconds a concurrency slot survives without renewal"),
+    AP_INIT_TAKE1("RelayAdminAssets", set_admin_assets, NULL, RSRC_CONF,
+                  "Folder holding the admin's admin.css and admin.js"),
     AP_INIT_FLAG("RelayEngine", set_engine, NULL, ACCESS_CONF,
                  "Authenticate relay keys and enforce their limits here"),
     AP_INIT_TAKE1("RelayUpstreamApiKey", set_upstream_key, NULL, ACCESS_CONF,

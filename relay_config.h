@@ -17,6 +17,9 @@
 #define RELAY_DEFAULT_REDIS_PORT 6379
 #define RELAY_DEFAULT_TIMEOUT_MS 1000
 #define RELAY_DEFAULT_LEASE_SECONDS 300
+#ifndef RELAY_ASSETS_DIR
+#define RELAY_ASSETS_DIR "/usr/share/mod_claude_relay/htdocs"
+#endif
 
 /* What to do when Redis cannot be reached. */
 typedef enum {
@@ -36,6 +39,7 @@ typedef struct {
     const char *secret;         /* RelayKeyHashSecret; NULL = unset */
     int lease_seconds;          /* RelayLeaseSeconds; RELAY_UNSET = default */
     int engine_seen;            /* a RelayEngine On appears in this server's sections */
+    const char *admin_assets;   /* RelayAdminAssets: folder of admin.css/admin.js; NULL = default */
     relay_lease_store *store;   /* per child, built in child_init; not merged */
 } relay_server_conf;
 
@@ -63,6 +67,9 @@ int relay_engine_in_main(void);
 
 /* Forget what an earlier configuration pass saw (called from pre_config). */
 void relay_config_reset(void);
+
+/* Where the admin's static files are read from. */
+const char *relay_admin_assets(const relay_server_conf *sc);
 
 /* Effective lease length of a server config. */
 int relay_lease_seconds(const relay_server_conf *sc);

@@ -385,6 +385,11 @@ const char *relay_lease_member(const relay_lease *lease)
     return lease->member;
 }
 
+relay_redis_pool *relay_lease_store_redis(relay_lease_store *st)
+{
+    return st->redis;
+}
+
 int relay_lease_live_count(relay_lease_store *st)
 {
     int n;

@@ -68,6 +68,9 @@ apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease, a
 /* The lease's member in concurrency:{id} (for log lines and tests). */
 const char *relay_lease_member(const relay_lease *lease);
 
+/* The Redis pool behind a store (the admin borrows connections from it). */
+relay_redis_pool *relay_lease_store_redis(relay_lease_store *store);
+
 /* How many leases this child holds now. */
 int relay_lease_live_count(relay_lease_store *store);
 

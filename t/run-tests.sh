@@ -64,6 +64,10 @@ export RELAY_TEST_STAGE=$stage
 export RELAY_KEYS=$stage/build/relay-keys
 export RELAY_REDIS=127.0.0.1:$RELAY_TEST_REDIS_PORT
 export RELAY_KEY_HASH_SECRET=$RELAY_TEST_SECRET
+export RELAY_TEST_ADMIN_USER=admin
+export RELAY_TEST_ADMIN_PASSWORD=pw-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
+htpasswd -bc "$stage/run/admin.htpasswd" "$RELAY_TEST_ADMIN_USER" "$RELAY_TEST_ADMIN_PASSWORD" 2>/dev/null
+chmod 644 "$stage/run/admin.htpasswd"
 : > "$RELAY_TEST_MOCK_LOG"
 chmod 666 "$RELAY_TEST_MOCK_LOG"
 

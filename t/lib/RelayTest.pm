@@ -16,7 +16,7 @@ use Apache::TestRequest ();
 
 our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
                  mock_entries mock_peak mock_clear parallel_posts raw_request
-                 wait_until json_decode leases);
+                 wait_until json_decode leases admin admin_json admin_auth);
 
 my $json = JSON::PP->new->canonical;
 
@@ -86,6 +86,35 @@ sub http_post {
 sub http_get {
     my ($path, @headers) = @_;
     return ua()->get(base_url() . $path, @headers);
+}
+
+# The Basic credentials of the test admin user.
+sub admin_auth {
+    require MIME::Base64;
+    return 'Basic ' . MIME::Base64::encode_base64(
+        "$ENV{RELAY_TEST_ADMIN_USER}:$ENV{RELAY_TEST_ADMIN_PASSWORD}", '');
+}
+
+# A request to the admin as the logged-in admin: (method, path, body, headers...).
+sub admin {
+    my ($method, $path, $body, @headers) = @_;
+    require HTTP::Request;
+    my $req = HTTP::Request->new($method => base_url() . $path);
+    my %h = @headers;
+    $req->header(Authorization => admin_auth()) unless exists $h{Authorization};
+    delete $h{Authorization} if exists $h{Authorization} && !defined $h{Authorization};
+    $req->header($_ => $h{$_}) for keys %h;
+    $req->content($body) if defined $body;
+    return ua()->request($req);
+}
+
+# An admin JSON API call; returns (response, decoded body).
+sub admin_json {
+    my ($method, $path, $data, @headers) = @_;
+    my $body = defined $data ? (ref $data ? $json->encode($data) : $data) : undef;
+    my $r = admin($method, $path, $body,
+                  (defined $body ? ('Content-Type' => 'application/json') : ()), @headers);
+    return ($r, json_decode($r->decoded_content // '') || {});
 }
 
 # The mock upstream's log entries, optionally only those with a given tag.
