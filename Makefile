@@ -35,8 +35,12 @@ $(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
 # always rebuild the module through Makefile.apxs, which tracks its sources
 .PHONY: $(BUILD)/mod_claude_relay.so
 
+ASSETS_DIR ?= /usr/share/mod_claude_relay/htdocs
+
 install: $(BUILD)/mod_claude_relay.so
 	$(MAKE) -f Makefile.apxs APXS=$(APXS) install
+	install -d $(DESTDIR)$(ASSETS_DIR)
+	install -m 644 htdocs/admin.css htdocs/admin.js $(DESTDIR)$(ASSETS_DIR)/
 
 deps:
 	scripts/install-deps
@@ -46,11 +50,13 @@ unit: $(BUILD)/test_keys $(BUILD)/relay-keys
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/check_directives.sh
 
-test: deps
+test:
+	scripts/install-deps --test
 	$(MAKE) all unit
 	t/run-tests.sh
 
-demo: deps
+demo:
+	scripts/install-deps
 	$(MAKE) all
 	demo/demo.sh start
 

@@ -383,7 +383,7 @@ static void sse_dispatch(relay_usage *u)
             /* the payload's own type wins over the event line */
             if (t != NULL && *t == '"') {
                 const char *te = js_skip_string(t, end);
-                int tk = sse_kind(t + 1, (size_t)(te - 1 - (t + 1)));
+                int tk = te ? sse_kind(t + 1, (size_t)(te - 1 - (t + 1))) : EV_NONE;
                 if (tk != EV_NONE) {
                     kind = tk;
                 }
@@ -740,10 +740,7 @@ static void json_open(struct relay_usage_json *j, int obj)
 {
     size_t d;
 
-    if (j->depth == 0) {
-        j->top_obj = obj;
-    }
-    else if (j->depth == 1 && obj && j->phase == PH_VALUE && j->key1 == KEY_USAGE) {
+    if (j->depth == 1 && obj && j->phase == PH_VALUE && j->key1 == KEY_USAGE) {
         j->in_usage = 1;
     }
     j->depth++;
@@ -761,7 +758,7 @@ static void json_open(struct relay_usage_json *j, int obj)
     json_set_key(j, KEY_NONE);
 }
 
-/* A '}' or ']' closes a container (which one is not checked: garbage is tolerated). */
+/* A '}' or ']' closes a container (which one is not checked: mismatches are tolerated). */
 static void json_close(relay_usage *u)
 {
     struct relay_usage_json *j = &u->json;
@@ -775,7 +772,7 @@ static void json_close(relay_usage *u)
     j->depth--;
     if (j->depth == 0) {
         /* the answer is over: whatever follows is not part of it */
-        u->complete = j->top_obj;
+        u->complete = 1;
         u->stopped = 1;
         return;
     }
@@ -787,6 +784,11 @@ static void json_between(relay_usage *u, unsigned char c)
 {
     struct relay_usage_json *j = &u->json;
 
+    if (j->depth == 0 && c != '{' && c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+        /* an answer is one object: an HTML page or a bare value holds no usage */
+        u->stopped = 1;
+        return;
+    }
     switch (c) {
     case ' ':
     case '\t':

@@ -49,7 +49,6 @@ struct relay_usage_json {
     int phase;                 /* what the current container expects next */
     size_t depth;
     unsigned char objbits[32]; /* levels 1..256: set when that container is an object */
-    int top_obj;               /* the outermost container is an object */
     int in_usage;              /* the level-2 container is the top-level "usage" */
     int key1, key2;            /* the last key read at levels 1 and 2 */
     int role;                  /* what the current string or number feeds */

@@ -47,7 +47,11 @@ start() {
     mkdir -p "$dir/logs"
     # httpd's children (nobody, when started as root) read the modules from here
     cp "$src/build/mod_claude_relay.so" "$src/build/mod_relay_mock.so" "$src/build/relay-keys" "$dir/"
-    chmod 755 "$dir"
+    cp -r "$src/htdocs" "$dir/htdocs"
+    chmod -R a+rX "$dir"
+    admin_password=$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    htpasswd -bc "$dir/admin.htpasswd" admin "$admin_password" 2>/dev/null
+    chmod 644 "$dir/admin.htpasswd"
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret"
     chmod 600 "$dir/secret"
 
@@ -95,6 +99,10 @@ LogLevel warn claude_relay:info
 $user
 LoadModule mpm_event_module $mods/mod_mpm_event.so
 LoadModule authz_core_module $mods/mod_authz_core.so
+LoadModule authn_core_module $mods/mod_authn_core.so
+LoadModule authn_file_module $mods/mod_authn_file.so
+LoadModule auth_basic_module $mods/mod_auth_basic.so
+LoadModule authz_user_module $mods/mod_authz_user.so
 LoadModule proxy_module $mods/mod_proxy.so
 LoadModule proxy_http_module $mods/mod_proxy_http.so
 LoadModule claude_relay_module $dir/mod_claude_relay.so
@@ -110,6 +118,15 @@ RelayKeyHashSecret file:$dir/secret
     RelayEngine On
     RelayUpstreamApiKey $credential
     ProxyPass $upstream
+</Location>
+
+RelayAdminAssets $dir/htdocs
+<Location /relay-admin>
+    SetHandler claude-relay-admin
+    AuthType Basic
+    AuthName "Relay admin"
+    AuthUserFile $dir/admin.htpasswd
+    Require valid-user
 </Location>
 
 $mock
@@ -137,6 +154,8 @@ Try it:
     -d '{"model":"claude-sonnet-4-20250514","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}'
 
 Streaming: add "stream":true to the body (and curl -N).
+Admin:        http://127.0.0.1:$port/relay-admin/  (user admin, password $admin_password)
+Check limit:  SERVER_URL=http://127.0.0.1:$port build/test-concurrency --hold-ms 2000 $key 5
 Manage keys:  RELAY_REDIS=127.0.0.1:$redis_port $dir/relay-keys --secret-file $dir/secret list
 Logs:         $dir/logs/
 Stop:         make demo-stop

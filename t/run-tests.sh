@@ -61,6 +61,8 @@ export RELAY_TEST_MOCK_LOG=$stage/run/mock.log
 export RELAY_TEST_SECRET=test-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export RELAY_TEST_UPSTREAM_KEY=sk-ant-upstream-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export RELAY_TEST_STAGE=$stage
+export RELAY_TEST_OUTPUT=$src/t/output
+mkdir -p "$RELAY_TEST_OUTPUT"
 export RELAY_KEYS=$stage/build/relay-keys
 export RELAY_REDIS=127.0.0.1:$RELAY_TEST_REDIS_PORT
 export RELAY_KEY_HASH_SECRET=$RELAY_TEST_SECRET

@@ -496,11 +496,7 @@ static size_t copy_utf8_char(const unsigned char *s, size_t len, char *out, size
     return need;
 }
 
-/*
- * Make one line of at most MESSAGE_CHARS characters from text: whitespace and
- * control characters become single spaces, invalid UTF-8 becomes '?', and
- * every copy of the key is replaced by its masked form. Returns a new string.
- */
+/* Make a new one-line string of at most MESSAGE_CHARS characters of text, the key masked. */
 static char *one_line(const char *text, size_t len, const options_t *opts)
 {
     size_t klen = strlen(opts->key), mlen = strlen(opts->masked);
@@ -1033,8 +1029,8 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
                 snprintf(base, sizeof(base), "%s", in_flight);
             } else {
                 snprintf(base, sizeof(base),
-                         "%ld succeeded, more than min(N, limit) = %ld, which is no fault "
-                         "because the successful requests did not all run at the same time",
+                             "%ld succeeded, more than min(N, limit) = %ld, "
+                         "not held against the relay",
                          s->succeeded, expected);
             }
         } else {

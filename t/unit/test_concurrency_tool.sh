@@ -66,7 +66,8 @@ trap 'exit 130' INT TERM
 # Environment: FAKE_LIMIT (limit in the 429 body, default 3), FAKE_ADMIT (how
 # many it really admits, default FAKE_LIMIT), FAKE_CURRENT (currentConcurrency
 # in the 429 body, default FAKE_LIMIT), FAKE_MODE (limit, error500 or
-# stream_error).
+# stream_error), FAKE_SERIAL=1 (serve one connection after the other, no
+# fork) with FAKE_TOTAL_ADMIT (admit that many in all, then answer 429).
 cat >"$TMP/fake.pl" <<'PERL'
 use strict;
 use warnings;
@@ -80,6 +81,9 @@ my $limit = $ENV{FAKE_LIMIT} // 3;
 my $admit = $ENV{FAKE_ADMIT} // $limit;
 my $current = $ENV{FAKE_CURRENT} // $limit;
 my $mode = $ENV{FAKE_MODE} // 'limit';
+my $serial = $ENV{FAKE_SERIAL} // 0;
+my $total_admit = $ENV{FAKE_TOTAL_ADMIT};
+my $served = 0;
 
 my $server = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
                                    Listen => 128, ReuseAddr => 1)
@@ -173,7 +177,7 @@ sub handle {
         return;
     }
     my $n = bump(1);
-    if ($n > $admit) {
+    if ($n > $admit || (defined $total_admit && $served >= $total_admit)) {
         bump(-1);
         respond($c, 429, 'application/json',
                 qq({"error":"Concurrency limit exceeded","message":"Too many concurrent )
@@ -182,6 +186,7 @@ sub handle {
         return;
     }
     note_peak($n);
+    $served++;
     Time::HiRes::sleep(($h{'x-mock-hold-ms'} // 0) / 1000);
     bump(-1);
     if ($body =~ /"stream":true/) {
@@ -220,6 +225,11 @@ while (1) {
         next if $!{EINTR};
         die "accept: $!\n";
     }
+    if ($serial) {
+        handle($c);
+        close $c;
+        next;
+    }
     sigprocmask(SIG_BLOCK, $chld);
     my $pid = fork;
     if (defined $pid && $pid == 0) {
@@ -239,7 +249,6 @@ PERL
 
 # start_server [VAR=VALUE...]: start a fresh fake server with those knobs; sets URL.
 start_server() {
-    local i
     stop_server
     rm -f "$TMP/port" "$TMP/log"
     : >"$TMP/log"
@@ -248,7 +257,7 @@ start_server() {
     env "$@" perl "$TMP/fake.pl" "$TMP/port" "$TMP/count" "$TMP/peak" "$TMP/log" \
         2>>"$TMP/server.err" &
     SERVER_PID=$!
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         [ -s "$TMP/port" ] && break
         sleep 0.05
     done
@@ -322,6 +331,13 @@ check_out() {
 check_count() {
     local got
     got=$(printf '%s\n' "$OUT" | grep -cE -- "$2")
+    check_eq "$1" "$got" "$3"
+}
+
+# check_count_log DESCRIPTION REGEX WANT: how many logged requests match the extended regex.
+check_count_log() {
+    local got
+    got=$(grep -cE -- "$2" "$TMP/log")
     check_eq "$1" "$got" "$3"
 }
 
@@ -419,22 +435,20 @@ check_out "limit 3: limit from the 429 bodies" "concurrency limit: 3  highest cu
 check_out "limit 3: verdict good" "verdict: GOOD - 3 succeeded = min(N, limit)"
 check_out "limit 3: requests overlapped" "requests overlapped"
 check_count "limit 3: 3 lines '200 ok'" '^#[1-8]  200 ok +[0-9]+ ms$' 3
-check_count "limit 3: 5 lines '429 limited' with the server's message" \
-    '^#[1-8]  429 limited +[0-9]+ ms  Too many concurrent requests\. Limit: 3 concurrent requests$' 5
+LIMITED_LINE='^#[1-8]  429 limited +[0-9]+ ms  '
+LIMITED_LINE+='Too many concurrent requests\. Limit: 3 concurrent requests$'
+check_count "limit 3: 5 lines '429 limited' with the server's message" "$LIMITED_LINE" 5
 SLOW=$(printf '%s\n' "$OUT" | sed -n 's/^#[0-9]*  200 ok *\([0-9]*\) ms$/\1/p' |
        awk '$1 >= 790' | wc -l)
 check_eq "limit 3: the successes were held for 800 ms" "$SLOW" 3
 check_eq "limit 3: the server admitted 3 at once" "$(cat "$TMP/peak")" 3
 check_eq "limit 3: the server got 8 requests" "$(wc -l <"$TMP/log")" 8
-check_count_log() {
-    local got
-    got=$(grep -cE -- "$2" "$TMP/log")
-    check_eq "$1" "$got" "$3"
-}
-check_count_log "requests: POST /api/v1/messages over HTTP/1.1 with the headers" \
-    "^x-api-key=$KEY\\|anthropic-version=2023-06-01\\|content-type=application/json\\|x-mock-hold-ms=800\\|expect=-\\|line=POST /api/v1/messages HTTP/1\\.1\\|" 8
-check_count_log "requests: the body" \
-    '\|body=\{"model":"claude-sonnet-4-20250514","max_tokens":32,"messages":\[\{"role":"user","content":"concurrency test [1-8]"\}\]\}$' 8
+HEADERS="^x-api-key=$KEY\\|anthropic-version=2023-06-01\\|content-type=application/json"
+HEADERS+='\|x-mock-hold-ms=800\|expect=-\|line=POST /api/v1/messages HTTP/1\.1\|'
+check_count_log "requests: POST /api/v1/messages over HTTP/1.1 with the headers" "$HEADERS" 8
+BODY='\|body=\{"model":"claude-sonnet-4-20250514","max_tokens":32,'
+BODY+='"messages":\[\{"role":"user","content":"concurrency test [1-8]"\}\]\}$'
+check_count_log "requests: the body" "$BODY" 8
 check_eq "requests: each has its own number" \
     "$(sed -n 's/.*concurrency test \([0-9]*\).*/\1/p' "$TMP/log" | sort -n | tr '\n' ' ')" \
     "1 2 3 4 5 6 7 8 "
@@ -508,6 +522,27 @@ run --hold-ms 800 "$KEY" 8
 check_rc "429 reporting 6 in flight with limit 3: exit 1" 1
 check_out "429 reporting 6 in flight: verdict" \
     "verdict: BAD - a 429 reported 6 in flight with limit 3"
+
+# a server that takes one request after the other: the successes do not overlap
+start_server FAKE_SERIAL=1 FAKE_TOTAL_ADMIT=5 FAKE_LIMIT=3
+run --hold-ms 200 "$KEY" 8
+check_rc "serial server, 5 successes with limit 3: exit 0 (not held against it)" 0
+check_out "serial server: totals" "succeeded: 5  limited (429): 3  failed: 0"
+check_out "serial server: the overlap warning" \
+    "warning: requests did not all overlap; use --hold-ms or --stream to make them longer"
+check_eq "serial server: one request at a time" "$(cat "$TMP/peak")" 1
+start_server FAKE_SERIAL=1 FAKE_TOTAL_ADMIT=5 FAKE_LIMIT=3
+run --json --hold-ms 200 "$KEY" 8
+JSON=$(json_fields)
+report "serial server, --json: valid JSON" $? "$OUT"
+check_eq "serial server, --json: overlapped" "$(jval overlapped)" false
+check_eq "serial server, --json: verdict" "$(jval verdict)" good
+
+start_server FAKE_SERIAL=1 FAKE_TOTAL_ADMIT=2 FAKE_LIMIT=3
+run --hold-ms 200 "$KEY" 8
+check_rc "serial server, 2 successes with limit 3: exit 1" 1
+check_out "serial server, too few successes: verdict" \
+    "verdict: BAD - expected 3 successes (min(N, limit)) but got 2"
 
 # a server answering 500 (and echoing the key)
 start_server FAKE_MODE=error500

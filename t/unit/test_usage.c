@@ -769,10 +769,13 @@ static void test_json(void)
                 strlen("{\"usage\":{\"input_tokens\":1000000000000000}}"));
     CHECK_LL(u.input_tokens, 1000000000000000LL);
 
-    /* a top-level array is not an answer */
+    /* a top-level array, or an HTML error page from a proxy, is not an answer */
     parse_whole(&u, RELAY_USAGE_JSON, "[{\"usage\":{\"input_tokens\":5}}]",
                 strlen("[{\"usage\":{\"input_tokens\":5}}]"));
     CHECK(u.seen_usage == 0 && u.complete == 0);
+    parse_whole(&u, RELAY_USAGE_JSON, "<html><style>p{color:red}</style>{\"usage\":{}}",
+                strlen("<html><style>p{color:red}</style>{\"usage\":{}}"));
+    CHECK(u.seen_usage == 0 && u.complete == 0 && u.error == 0);
 }
 
 /* A 1 MiB content string is read without being kept. */
