@@ -11,7 +11,8 @@ CC ?= gcc
 CFLAGS_TOOLS = -Wall -Wextra -Werror -O2 -g -I. -I/usr/include/hiredis
 BUILD = build
 
-all: $(BUILD)/mod_claude_relay.so $(BUILD)/mod_relay_mock.so $(BUILD)/relay-keys
+all: $(BUILD)/mod_claude_relay.so $(BUILD)/mod_relay_mock.so $(BUILD)/relay-keys \
+     $(BUILD)/test-concurrency
 
 $(BUILD):
 	mkdir -p $(BUILD)
@@ -29,8 +30,14 @@ $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
 $(BUILD)/relay-keys: tools/relay-keys.c relay_keys.c relay_keys.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ tools/relay-keys.c relay_keys.c -lhiredis -ljson-c
 
+$(BUILD)/test-concurrency: tools/test-concurrency.c | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ tools/test-concurrency.c -lcurl -ljson-c
+
 $(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_keys.c relay_keys.c
+
+$(BUILD)/test_usage: t/unit/test_usage.c relay_usage.c relay_usage.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_usage.c relay_usage.c
 
 # always rebuild the module through Makefile.apxs, which tracks its sources
 .PHONY: $(BUILD)/mod_claude_relay.so
@@ -45,9 +52,11 @@ install: $(BUILD)/mod_claude_relay.so
 deps:
 	scripts/install-deps
 
-unit: $(BUILD)/test_keys $(BUILD)/relay-keys
+unit: $(BUILD)/test_keys $(BUILD)/test_usage $(BUILD)/relay-keys $(BUILD)/test-concurrency
 	$(BUILD)/test_keys
+	$(BUILD)/test_usage
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
+	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh
 
 test:

@@ -14,6 +14,7 @@
 #include "relay_keys.h"
 #include "relay_lease.h"
 #include "relay_redis.h"
+#include "relay_usage.h"
 
 #include <apr_hash.h>
 #include <apr_strings.h>
@@ -29,12 +30,18 @@
 /* Stable prefix of this module's log lines. */
 #define RLOG "mod_claude_relay: "
 
+/* The name of the output filter that counts the answer's tokens. */
+#define USAGE_FILTER "RELAY_USAGE"
+
 /* The state of an admitted request, kept on its initial request. */
 typedef struct {
     relay_lease_store *store;   /* where the lease lives */
     relay_lease *lease;         /* NULL when admitted without one (Redis down, allow) */
     const char *key_id;         /* for log lines */
     server_rec *server;         /* for log lines from the cleanup */
+    request_rec *r;             /* the request, for notes */
+    int counting;               /* the usage filter is reading the answer */
+    relay_usage usage;          /* its parser: fixed size, no allocation */
 } relay_request;
 
 /* The request a client sent: the root of redirects and sub-requests. */
@@ -123,29 +130,121 @@ static void swap_credentials(request_rec *r, const relay_dir_conf *dc)
     }
 }
 
-/* Request-pool cleanup: give the lease back, whatever ended the request. */
+/* "input/output" for the relay-tokens note, once the answer has been read. */
+static void set_tokens_note(relay_request *rr)
+{
+    apr_table_set(rr->r->notes, "relay-tokens",
+                  apr_psprintf(rr->r->pool, "%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT,
+                               (apr_int64_t)rr->usage.input_tokens,
+                               (apr_int64_t)rr->usage.output_tokens));
+}
+
+/*
+ * Request-pool cleanup: give the lease back and count the request with what
+ * the upstream reported, whatever ended it (also a client hanging up).
+ */
 static apr_status_t release_lease(void *data)
 {
     relay_request *rr = data;
+    relay_usage_counts counts;
     const char *err = NULL;
     apr_pool_t *p;
 
     if (!rr->lease) {
         return APR_SUCCESS;
     }
+    memset(&counts, 0, sizeof(counts));
+    if (rr->counting) {
+        relay_usage_finish(&rr->usage);
+        counts.input = rr->usage.input_tokens;
+        counts.output = rr->usage.output_tokens;
+        counts.cache_create = rr->usage.cache_creation_input_tokens;
+        counts.cache_read = rr->usage.cache_read_input_tokens;
+        counts.model = rr->usage.model[0] ? rr->usage.model : NULL;
+    }
     /* the request pool is being cleared: work in a pool of our own */
     if (apr_pool_create(&p, NULL) != APR_SUCCESS) {
         return APR_SUCCESS;
     }
-    if (relay_lease_release(rr->store, rr->lease, p, &err) != APR_SUCCESS) {
+    if (relay_lease_release(rr->store, rr->lease, &counts, p, &err) != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rr->server,
                      RLOG "could not give back the slot of key %s now (%s); it expires "
-                          "by itself within its lease",
+                          "by itself within its lease, and this request's usage is not counted",
                      rr->key_id, err ? err : "unknown error");
     }
     rr->lease = NULL;
     apr_pool_destroy(p);
     return APR_SUCCESS;
+}
+
+/*
+ * Output filter: read the token usage from the answer as it passes. Every
+ * brigade goes on at once, untouched; only the parser's fixed state is kept.
+ */
+static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    relay_request *rr = f->ctx;
+    request_rec *r = f->r;
+    apr_bucket *b;
+
+    if (!rr->counting) {
+        const char *type = r->content_type ? r->content_type : "";
+        const char *enc = apr_table_get(r->headers_out, "Content-Encoding");
+
+        if (enc && strcasecmp(enc, "identity") != 0) {
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                          RLOG "answer for key %s is %s-encoded: its tokens are not counted",
+                          rr->key_id, ap_escape_logitem(r->pool, enc));
+            ap_remove_output_filter(f);
+            return ap_pass_brigade(f->next, bb);
+        }
+        if (strncasecmp(type, "text/event-stream", 17) == 0) {
+            relay_usage_init(&rr->usage, RELAY_USAGE_SSE);
+        }
+        else if (strncasecmp(type, "application/json", 16) == 0) {
+            relay_usage_init(&rr->usage, RELAY_USAGE_JSON);
+        }
+        else {
+            ap_remove_output_filter(f);
+            return ap_pass_brigade(f->next, bb);
+        }
+        rr->counting = 1;
+    }
+    for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
+        const char *data;
+        apr_size_t len;
+
+        if (APR_BUCKET_IS_EOS(b)) {
+            relay_usage_finish(&rr->usage);
+            set_tokens_note(rr);
+            break;
+        }
+        if (APR_BUCKET_IS_METADATA(b)) {
+            continue;
+        }
+        if (apr_bucket_read(b, &data, &len, APR_BLOCK_READ) == APR_SUCCESS && len > 0) {
+            relay_usage_feed(&rr->usage, data, len);
+        }
+    }
+    return ap_pass_brigade(f->next, bb);
+}
+
+/*
+ * insert_filter: count the tokens of every answer to an admitted request
+ * (after an internal redirect, the state sits on the original request).
+ */
+static void relay_insert_filter(request_rec *r)
+{
+    relay_request *rr = NULL;
+    request_rec *q;
+
+    for (q = r; q && !rr; q = q->prev) {
+        rr = ap_get_module_config(q->request_config, &claude_relay_module);
+    }
+
+    if (rr && rr->lease && !rr->counting) {
+        ap_add_output_filter(USAGE_FILTER, rr, r, r->connection);
+    }
 }
 
 /* Bodies of the 401 answers. */
@@ -224,16 +323,34 @@ static int relay_check_access(request_rec *r)
         return json_answer(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL);
     case RELAY_ADMIT_LIMITED:
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      RLOG "concurrency limit reached for key %s (%s): %ld in flight, limit %ld",
-                      res.id, ap_escape_logitem(r->pool, res.name), res.current, res.limit);
+                      RLOG "concurrency limit reached for key %s (%s): %" APR_INT64_T_FMT
+                           " in flight, limit %" APR_INT64_T_FMT,
+                      res.id, ap_escape_logitem(r->pool, res.name), (apr_int64_t)res.current,
+                      (apr_int64_t)res.limit);
         return json_answer(
             r, HTTP_TOO_MANY_REQUESTS,
             apr_psprintf(r->pool,
                          "{\"error\":\"Concurrency limit exceeded\",\"message\":\"Too many "
-                         "concurrent requests. Limit: %ld concurrent requests\","
-                         "\"currentConcurrency\":%ld,\"concurrencyLimit\":%ld}",
-                         res.limit, res.current, res.limit),
+                         "concurrent requests. Limit: %" APR_INT64_T_FMT " concurrent requests\","
+                         "\"currentConcurrency\":%" APR_INT64_T_FMT ",\"concurrencyLimit\":%"
+                         APR_INT64_T_FMT "}",
+                         (apr_int64_t)res.limit, (apr_int64_t)res.current, (apr_int64_t)res.limit),
             "1");
+    case RELAY_ADMIT_TOKENS:
+        /* no Retry-After: waiting does not help, only a higher limit does */
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      RLOG "token limit reached for key %s (%s): %" APR_INT64_T_FMT
+                           " tokens used, limit %" APR_INT64_T_FMT,
+                      res.id, ap_escape_logitem(r->pool, res.name), (apr_int64_t)res.current,
+                      (apr_int64_t)res.limit);
+        return json_answer(
+            r, HTTP_TOO_MANY_REQUESTS,
+            apr_psprintf(r->pool,
+                         "{\"error\":\"Token limit exceeded\",\"message\":\"Token limit of %"
+                         APR_INT64_T_FMT " tokens reached\",\"tokenLimit\":%" APR_INT64_T_FMT
+                         ",\"totalTokens\":%" APR_INT64_T_FMT "}",
+                         (apr_int64_t)res.limit, (apr_int64_t)res.limit, (apr_int64_t)res.current),
+            NULL);
     case RELAY_ADMIT_ERROR:
     default:
         if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
@@ -259,6 +376,7 @@ static int relay_check_access(request_rec *r)
     rr->lease = lease;
     rr->key_id = res.id;
     rr->server = r->server;
+    rr->r = r;
     /*
      * Redirects of this request find the state on it. A sub-request of a
      * request that was not relayed keeps its slot to itself, for its own life.
@@ -268,8 +386,10 @@ static int relay_check_access(request_rec *r)
 
     apr_table_setn(r->notes, "relay-key-id", res.id);
     apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
-    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, RLOG "admitted key %s (%ld/%ld), lease %s",
-                  res.id, res.current, res.limit, relay_lease_member(lease));
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                  RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT "), lease %s",
+                  res.id, (apr_int64_t)res.current, (apr_int64_t)res.limit,
+                  relay_lease_member(lease));
     swap_credentials(r, dc);
     return DECLINED;
 }
@@ -403,6 +523,9 @@ static void relay_register_hooks(apr_pool_t *p)
     ap_hook_check_config(relay_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(relay_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(relay_admin_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_insert_filter(relay_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);
+    /* a resource filter sees the answer before any content-encoding filter */
+    ap_register_output_filter(USAGE_FILTER, usage_filter, NULL, AP_FTYPE_RESOURCE);
     ap_hook_check_access(relay_check_access, NULL, NULL, APR_HOOK_MIDDLE,
                          AP_AUTH_INTERNAL_PER_CONF);
 }

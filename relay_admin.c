@@ -340,7 +340,7 @@ static int list_page(admin_ctx *a)
                    H(a, k->description), T(a, AM_KEY), H(a, k->key_preview), T(a, AM_STATUS),
                    status, T(a, status_msg(status)), T(a, AM_CONCURRENCY),
                    H(a, k->concurrency_limit), H(a, concurrency_text(a, k)), T(a, AM_TOKEN_LIMIT),
-                   H(a, token_limit_text(a, k)), T(a, AM_TOKENS_USED), (apr_int64_t)k->total_tokens,
+                   H(a, token_limit_text(a, k)), T(a, AM_TOKENS_USED), (apr_int64_t)k->total.tokens,
                    T(a, AM_CREATED), H(a, show_time(a, k->created_at, AM_NONE_YET)),
                    T(a, AM_LAST_USED), H(a, show_time(a, k->last_used_at, AM_NONE_YET)),
                    T(a, AM_EXPIRES), H(a, show_time(a, k->expires_at, AM_NEVER)));
@@ -977,11 +977,26 @@ static json_object *json_str(const char *s)
     return json_object_new_string(s ? s : "");
 }
 
+/* One period's counters as JSON. */
+static json_object *period_json(const relay_usage_period *u)
+{
+    json_object *o = json_object_new_object();
+
+    json_object_object_add(o, "tokens", json_object_new_int64(u->tokens));
+    json_object_object_add(o, "inputTokens", json_object_new_int64(u->input));
+    json_object_object_add(o, "outputTokens", json_object_new_int64(u->output));
+    json_object_object_add(o, "cacheCreateTokens", json_object_new_int64(u->cache_create));
+    json_object_object_add(o, "cacheReadTokens", json_object_new_int64(u->cache_read));
+    json_object_object_add(o, "allTokens", json_object_new_int64(u->all));
+    json_object_object_add(o, "requests", json_object_new_int64(u->requests));
+    return o;
+}
+
 /* A key as the API shows it: never its hash. */
 static json_object *key_json(const admin_ctx *a, const relay_key_record *k)
 {
     json_object *o = json_object_new_object();
-    json_object *usage = json_object_new_object(), *total = json_object_new_object();
+    json_object *usage = json_object_new_object();
 
     json_object_object_add(o, "id", json_str(k->id));
     json_object_object_add(o, "name", json_str(k->name));
@@ -999,9 +1014,9 @@ static json_object *key_json(const admin_ctx *a, const relay_key_record *k)
     json_object_object_add(o, "expiresAt", json_str(k->expires_at));
     json_object_object_add(o, "createdBy", json_str(k->created_by));
     json_object_object_add(o, "updatedBy", json_str(k->updated_by));
-    json_object_object_add(total, "tokens", json_object_new_int64(k->total_tokens));
-    json_object_object_add(total, "requests", json_object_new_int64(k->total_requests));
-    json_object_object_add(usage, "total", total);
+    json_object_object_add(usage, "total", period_json(&k->total));
+    json_object_object_add(usage, "daily", period_json(&k->today));
+    json_object_object_add(usage, "monthly", period_json(&k->month));
     json_object_object_add(o, "usage", usage);
     return o;
 }

@@ -10,24 +10,39 @@
 #include <string.h>
 
 /*
- * Read keys with their live lease count and usage totals in one call.
- * KEYS: apikey:{id} x n, concurrency:{id} x n, usage:{id} x n.
- * Returns n entries of {fields (flat HGETALL), live leases, totalTokens, totalRequests}.
+ * Read keys with their live lease count and usage in one call.
+ * KEYS: apikey:{id} x n, concurrency:{id} x n, usage:{id} x n,
+ *       usage:daily:{id}:{today} x n, usage:monthly:{id}:{month} x n.
+ * Returns n entries of {fields, live leases, total, today, month} (flat HGETALLs).
  */
 static const char read_lua[] =
-    "local n = #KEYS / 3\n"
+    "local n = #KEYS / 5\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local function all(key)\n"
+    "  local f = redis.pcall('HGETALL', key)\n"
+    "  if type(f) ~= 'table' or f.err then return {} end\n"
+    "  return f\n"
+    "end\n"
     "local out = {}\n"
     "for i = 1, n do\n"
     "  local live = redis.pcall('ZCOUNT', KEYS[n + i], string.format('%.0f', now + 1), '+inf')\n"
     "  if type(live) ~= 'number' then live = 0 end\n"
-    "  local u = redis.pcall('HMGET', KEYS[2 * n + i], 'totalTokens', 'totalRequests')\n"
-    "  local tokens, requests = '0', '0'\n"
-    "  if type(u) == 'table' and not u.err then tokens = u[1] or '0'; requests = u[2] or '0' end\n"
-    "  local f = redis.pcall('HGETALL', KEYS[i])\n"
+    "  out[i] = {all(KEYS[i]), live, all(KEYS[2 * n + i]), all(KEYS[3 * n + i]),"
+    " all(KEYS[4 * n + i])}\n"
+    "end\n"
+    "return out\n";
+
+/*
+ * History: KEYS = usage:daily:{id}:{date} x d, then usage:{id}:model:daily:{model}:{date}
+ * for each model and date. Returns the flat HGETALL of each, in order.
+ */
+static const char history_lua[] =
+    "local out = {}\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local f = redis.pcall('HGETALL', key)\n"
     "  if type(f) ~= 'table' or f.err then f = {} end\n"
-    "  out[i] = {f, live, tokens, requests}\n"
+    "  out[i] = f\n"
     "end\n"
     "return out\n";
 
@@ -60,12 +75,13 @@ static const char delete_lua[] =
     "redis.call('DEL', KEYS[1], KEYS[3])\n"
     "return 1\n";
 
-static relay_script read_script, create_script, update_script, delete_script;
+static relay_script read_script, history_script, create_script, update_script, delete_script;
 
 void relay_keystore_init(void)
 {
     if (!read_script.name) {
         relay_script_init(&read_script, "keys-read", read_lua);
+        relay_script_init(&history_script, "usage-history", history_lua);
         relay_script_init(&create_script, "key-create", create_lua);
         relay_script_init(&update_script, "key-update", update_lua);
         relay_script_init(&delete_script, "key-delete", delete_lua);
@@ -104,6 +120,30 @@ static const char *elem_str(const redisReply *e, apr_pool_t *p)
     return "";
 }
 
+/* Usage counters from a flat HGETALL reply (either naming scheme). */
+static void period_from(const redisReply *h, relay_usage_period *u, apr_pool_t *p)
+{
+    size_t i;
+
+    memset(u, 0, sizeof(*u));
+    if (!h || h->type != REDIS_REPLY_ARRAY) {
+        return;
+    }
+    for (i = 0; i + 1 < h->elements; i += 2) {
+        const char *f = elem_str(h->element[i], p);
+        long long v = strtoll(elem_str(h->element[i + 1], p), NULL, 10);
+        if (!strcmp(f, "totalTokens") || !strcmp(f, "tokens")) u->tokens = v;
+        else if (!strcmp(f, "totalInputTokens") || !strcmp(f, "inputTokens")) u->input = v;
+        else if (!strcmp(f, "totalOutputTokens") || !strcmp(f, "outputTokens")) u->output = v;
+        else if (!strcmp(f, "totalCacheCreateTokens") || !strcmp(f, "cacheCreateTokens"))
+            u->cache_create = v;
+        else if (!strcmp(f, "totalCacheReadTokens") || !strcmp(f, "cacheReadTokens"))
+            u->cache_read = v;
+        else if (!strcmp(f, "totalAllTokens") || !strcmp(f, "allTokens")) u->all = v;
+        else if (!strcmp(f, "totalRequests") || !strcmp(f, "requests")) u->requests = v;
+    }
+}
+
 /* Build a record from one entry of the read script's reply; NULL if the key is gone. */
 static relay_key_record *record_from(const redisReply *entry, const char *id, apr_pool_t *p)
 {
@@ -111,7 +151,7 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
     const redisReply *fields;
     size_t i;
 
-    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 4) {
+    if (entry->type != REDIS_REPLY_ARRAY || entry->elements < 5) {
         return NULL;
     }
     fields = entry->element[0];
@@ -143,8 +183,9 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
     }
     k->current_concurrency = entry->element[1]->type == REDIS_REPLY_INTEGER
                                  ? (long)entry->element[1]->integer : 0;
-    k->total_tokens = strtoll(elem_str(entry->element[2], p), NULL, 10);
-    k->total_requests = strtoll(elem_str(entry->element[3], p), NULL, 10);
+    period_from(entry->element[2], &k->total, p);
+    period_from(entry->element[3], &k->today, p);
+    period_from(entry->element[4], &k->month, p);
     return k;
 }
 
@@ -153,20 +194,23 @@ static apr_array_header_t *read_records(relay_redis_conn *c, const char **ids, i
                                         apr_pool_t *p, const char **err)
 {
     apr_array_header_t *out = apr_array_make(p, n > 0 ? n : 1, sizeof(relay_key_record *));
-    const char **keys;
+    const char **keys, *now;
     redisReply *rep;
     int i;
 
     if (n == 0) {
         return out;
     }
-    keys = apr_palloc(p, sizeof(*keys) * 3 * n);
+    keys = apr_palloc(p, sizeof(*keys) * 5 * n);
+    now = relay_now_iso(p);
     for (i = 0; i < n; i++) {
         keys[i] = apr_pstrcat(p, "apikey:", ids[i], NULL);
         keys[n + i] = apr_pstrcat(p, "concurrency:", ids[i], NULL);
         keys[2 * n + i] = apr_pstrcat(p, "usage:", ids[i], NULL);
+        keys[3 * n + i] = apr_psprintf(p, "usage:daily:%s:%.10s", ids[i], now);
+        keys[4 * n + i] = apr_psprintf(p, "usage:monthly:%s:%.7s", ids[i], now);
     }
-    rep = relay_redis_script(c, &read_script, 3 * n, keys, 0, NULL, p, err);
+    rep = relay_redis_script(c, &read_script, 5 * n, keys, 0, NULL, p, err);
     if (!rep) {
         return NULL;
     }
@@ -335,6 +379,87 @@ int relay_keystore_update(relay_redis_conn *c, const char *id, const apr_array_h
     done = rep->type == REDIS_REPLY_INTEGER && rep->integer == 1;
     freeReplyObject(rep);
     return done;
+}
+
+int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_pool_t *p,
+                           apr_array_header_t **days, apr_array_header_t **models,
+                           const char **err)
+{
+    const char *argv[2];
+    size_t lens[2];
+    redisReply *rep;
+    apr_array_header_t *names = apr_array_make(p, 8, sizeof(const char *));
+    const char **dates = apr_palloc(p, sizeof(*dates) * ndays);
+    const char **keys;
+    apr_time_t now = apr_time_now();
+    int i, j, nk;
+
+    /* the models this key has used */
+    argv[0] = "SMEMBERS";
+    argv[1] = apr_pstrcat(p, "usage:", id, ":models", NULL);
+    lens[0] = 8;
+    lens[1] = strlen(argv[1]);
+    rep = relay_redis_command(c, 2, argv, lens, p, err);
+    if (!rep) {
+        return -1;
+    }
+    if (rep->type == REDIS_REPLY_ARRAY) {
+        for (i = 0; i < (int)rep->elements && i < 50; i++) {
+            APR_ARRAY_PUSH(names, const char *) = elem_str(rep->element[i], p);
+        }
+    }
+    freeReplyObject(rep);
+
+    for (i = 0; i < ndays; i++) {
+        char iso[RELAY_ISO_LEN + 1];
+        apr_time_t t = now - apr_time_from_sec((apr_int64_t)(ndays - 1 - i) * 86400);
+        relay_iso8601((time_t)apr_time_sec(t), 0, iso);
+        dates[i] = apr_pstrndup(p, iso, 10);
+    }
+    nk = ndays * (1 + names->nelts);
+    keys = apr_palloc(p, sizeof(*keys) * nk);
+    for (i = 0; i < ndays; i++) {
+        keys[i] = apr_pstrcat(p, "usage:daily:", id, ":", dates[i], NULL);
+        for (j = 0; j < names->nelts; j++) {
+            keys[ndays * (1 + j) + i] =
+                apr_pstrcat(p, "usage:", id, ":model:daily:",
+                            APR_ARRAY_IDX(names, j, const char *), ":", dates[i], NULL);
+        }
+    }
+    rep = relay_redis_script(c, &history_script, nk, keys, 0, NULL, p, err);
+    if (!rep) {
+        return -1;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || (int)rep->elements != nk) {
+        freeReplyObject(rep);
+        *err = "unexpected reply reading the usage history";
+        return -1;
+    }
+    *days = apr_array_make(p, ndays, sizeof(relay_usage_day));
+    for (i = 0; i < ndays; i++) {
+        relay_usage_day *d = apr_array_push(*days);
+        d->date = dates[i];
+        period_from(rep->element[i], &d->usage, p);
+    }
+    *models = apr_array_make(p, names->nelts + 1, sizeof(relay_usage_model));
+    for (j = 0; j < names->nelts; j++) {
+        relay_usage_model *m = apr_array_push(*models);
+        m->model = APR_ARRAY_IDX(names, j, const char *);
+        memset(&m->usage, 0, sizeof(m->usage));
+        for (i = 0; i < ndays; i++) {
+            relay_usage_period one;
+            period_from(rep->element[ndays * (1 + j) + i], &one, p);
+            m->usage.tokens += one.tokens;
+            m->usage.input += one.input;
+            m->usage.output += one.output;
+            m->usage.cache_create += one.cache_create;
+            m->usage.cache_read += one.cache_read;
+            m->usage.all += one.all;
+            m->usage.requests += one.requests;
+        }
+    }
+    freeReplyObject(rep);
+    return 0;
 }
 
 int relay_keystore_delete(relay_redis_conn *c, const char *id, apr_pool_t *p, const char **err)

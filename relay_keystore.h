@@ -12,6 +12,14 @@
 #include <apr_pools.h>
 #include <apr_tables.h>
 
+/* Usage counters of one period, as relay_lease's release script keeps them. */
+typedef struct {
+    long long tokens;          /* input + output */
+    long long input, output, cache_create, cache_read;
+    long long all;             /* every kind */
+    long long requests;
+} relay_usage_period;
+
 /* One key as the admin shows it (all strings, as stored; never the hash). */
 typedef struct {
     const char *id;
@@ -28,8 +36,9 @@ typedef struct {
     const char *created_by;
     const char *updated_by;
     long current_concurrency;      /* live leases now */
-    long long total_tokens;        /* usage:{id} totalTokens (0 until counted) */
-    long long total_requests;      /* usage:{id} totalRequests */
+    relay_usage_period total;      /* usage:{id} */
+    relay_usage_period today;      /* usage:daily:{id}:{today, UTC} */
+    relay_usage_period month;      /* usage:monthly:{id}:{this month, UTC} */
 } relay_key_record;
 
 /* Fields of a new key, already validated. */
@@ -67,6 +76,26 @@ relay_key_record *relay_keystore_create(relay_redis_conn *c, const relay_key_new
  */
 int relay_keystore_update(relay_redis_conn *c, const char *id, const apr_array_header_t *pairs,
                           const char *by, apr_pool_t *p, const char **err);
+
+/* One day of a key's usage history. */
+typedef struct {
+    const char *date;              /* YYYY-MM-DD */
+    relay_usage_period usage;
+} relay_usage_day;
+
+/* One model's share over a period. */
+typedef struct {
+    const char *model;
+    relay_usage_period usage;
+} relay_usage_model;
+
+/*
+ * The last `days` days of a key (oldest first, ending today, UTC) in *days,
+ * and the split of those days by model in *models. Returns 0, or -1 with *err.
+ */
+int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_pool_t *p,
+                           apr_array_header_t **days, apr_array_header_t **models,
+                           const char **err);
 
 /* Delete a key, its hash-map entry and its leases: 1 done, 0 unknown, -1 error. */
 int relay_keystore_delete(relay_redis_conn *c, const char *id, apr_pool_t *p, const char **err);

@@ -26,19 +26,27 @@
 
 /*
  * Admit: check the key and take a lease atomically.
- * KEYS[1] apikey:{id}  KEYS[2] concurrency:{id}
+ * KEYS[1] apikey:{id}  KEYS[2] concurrency:{id}  KEYS[3] usage:{id}
  * ARGV[1] key hash  ARGV[2] lease member  ARGV[3] lease ms  ARGV[4] now, ISO-8601
  * Returns {code, current, limit, name, legacy}: code 1 admitted, 0 unknown,
- * -1 disabled, -2 expired, 2 over the limit (nothing taken).
- * Expired leases are dropped before counting; Redis's clock scores them.
+ * -1 disabled, -2 expired, 2 over the concurrency limit, 3 over the token
+ * limit (then current/limit are the tokens used and the token limit).
+ * Nothing is taken unless the request is admitted. Expired leases are dropped
+ * before counting; Redis's clock scores them.
  */
 static const char admit_lua[] =
     "local k = redis.call('HMGET', KEYS[1], 'apiKey', 'isActive', 'expiresAt',"
-    " 'concurrencyLimit', 'name')\n"
+    " 'concurrencyLimit', 'name', 'tokenLimit')\n"
     "if k[1] ~= ARGV[1] then return {0, 0, 0, '', 0} end\n"
     "local name = k[5] or ''\n"
     "if k[2] == 'false' then return {-1, 0, 0, name, 0} end\n"
     "if k[3] and k[3] ~= '' and k[3] < ARGV[4] then return {-2, 0, 0, name, 0} end\n"
+    "local tlimit = math.floor(tonumber(k[6]) or 0)\n"
+    "if tlimit > 0 then\n"
+    "  local used = redis.pcall('HGET', KEYS[3], 'totalTokens')\n"
+    "  used = math.floor(tonumber(used) or 0)\n"
+    "  if used >= tlimit then return {3, used, tlimit, name, 0} end\n"
+    "end\n"
     "local limit = math.floor(tonumber(k[4]) or 0)\n"
     "if limit < 0 then limit = 0 end\n"
     "local t = redis.call('TIME')\n"
@@ -57,14 +65,43 @@ static const char admit_lua[] =
     "return {1, n + 1, limit, name, legacy}\n";
 
 /*
- * Release: drop the lease and note when the key was last used (only if the
- * key still exists, so a deleted key is not brought back as a stub).
- * KEYS[1] concurrency:{id}  KEYS[2] apikey:{id}  ARGV[1] member  ARGV[2] now ISO
+ * Release: drop the lease, note when the key was last used and add what the
+ * request consumed to its usage counters -- only if the key still exists, so
+ * a deleted key is not brought back as a stub.
+ * KEYS[1] concurrency:{id}  KEYS[2] apikey:{id}  KEYS[3] usage:{id}
+ * KEYS[4] usage:daily:{id}:{day}  KEYS[5] usage:monthly:{id}:{month}
+ * KEYS[6] usage:{id}:model:daily:{model}:{day}  KEYS[7] usage:{id}:models
+ * ARGV[1] member  ARGV[2] now ISO  ARGV[3] "1" to count the request
+ * ARGV[4..7] input, output, cache creation, cache read tokens  ARGV[8] model or ""
  */
 static const char release_lua[] =
     "redis.pcall('ZREM', KEYS[1], ARGV[1])\n"
-    "if redis.call('EXISTS', KEYS[2]) == 1 then\n"
-    "  redis.call('HSET', KEYS[2], 'lastUsedAt', ARGV[2])\n"
+    "if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end\n"
+    "redis.call('HSET', KEYS[2], 'lastUsedAt', ARGV[2])\n"
+    "if ARGV[3] ~= '1' then return 1 end\n"
+    "local i, o = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
+    "local cc, cr = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+    "local all = i + o + cc + cr\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalTokens', i + o)\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalInputTokens', i)\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalOutputTokens', o)\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalCacheCreateTokens', cc)\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalCacheReadTokens', cr)\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalAllTokens', all)\n"
+    "redis.call('HINCRBY', KEYS[3], 'totalRequests', 1)\n"
+    "local last = 5\n"
+    "if ARGV[8] ~= '' then\n"
+    "  last = 6\n"
+    "  redis.call('SADD', KEYS[7], ARGV[8])\n"
+    "end\n"
+    "for j = 4, last do\n"
+    "  redis.call('HINCRBY', KEYS[j], 'tokens', i + o)\n"
+    "  redis.call('HINCRBY', KEYS[j], 'inputTokens', i)\n"
+    "  redis.call('HINCRBY', KEYS[j], 'outputTokens', o)\n"
+    "  redis.call('HINCRBY', KEYS[j], 'cacheCreateTokens', cc)\n"
+    "  redis.call('HINCRBY', KEYS[j], 'cacheReadTokens', cr)\n"
+    "  redis.call('HINCRBY', KEYS[j], 'allTokens', all)\n"
+    "  redis.call('HINCRBY', KEYS[j], 'requests', 1)\n"
     "end\n"
     "return 1\n";
 
@@ -201,7 +238,7 @@ static const char *now_iso(apr_pool_t *p)
 }
 
 /* Read an integer element of a script's array reply. */
-static long reply_int(const redisReply *rep, size_t i)
+static long long reply_int(const redisReply *rep, size_t i)
 {
     const redisReply *e;
 
@@ -210,10 +247,10 @@ static long reply_int(const redisReply *rep, size_t i)
     }
     e = rep->element[i];
     if (e->type == REDIS_REPLY_INTEGER) {
-        return (long)e->integer;
+        return e->integer;
     }
     if (e->type == REDIS_REPLY_STRING) {
-        return strtol(e->str, NULL, 10);
+        return strtoll(e->str, NULL, 10);
     }
     return 0;
 }
@@ -247,7 +284,7 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
 {
     relay_redis_conn *c;
     const char *id, *err = NULL;
-    const char *keys[2], *args[4];
+    const char *keys[3], *args[4];
     redisReply *rep;
     relay_lease *lease;
     int cached = 1, failed = 0;
@@ -279,11 +316,12 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     lease->member = apr_psprintf(p, "%s-%u", st->prefix, apr_atomic_inc32(&st->counter));
     keys[0] = lease->key_key;
     keys[1] = lease->conc_key;
+    keys[2] = apr_pstrcat(p, "usage:", id, NULL);
     args[0] = hash;
     args[1] = lease->member;
     args[2] = apr_itoa(p, st->lease_ms);
     args[3] = now_iso(p);
-    rep = relay_redis_script(c, &admit_script, 2, keys, 4, args, p, &err);
+    rep = relay_redis_script(c, &admit_script, 3, keys, 4, args, p, &err);
     relay_redis_release(st->redis, c);
     if (!rep) {
         res->code = RELAY_ADMIT_ERROR;
@@ -322,7 +360,8 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         *lease_out = lease;
         break;
     case 2:
-        res->code = RELAY_ADMIT_LIMITED;
+    case 3:
+        res->code = code == 2 ? RELAY_ADMIT_LIMITED : RELAY_ADMIT_TOKENS;
         if (!cached) {
             cache_put(st, hash, id);
         }
@@ -345,11 +384,14 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     return res->code;
 }
 
-apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease, apr_pool_t *p,
-                                 const char **err)
+apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
+                                 const relay_usage_counts *usage, apr_pool_t *p, const char **err)
 {
     relay_redis_conn *c;
-    const char *keys[2], *args[2];
+    const char *keys[7], *args[8];
+    const char *now = now_iso(p);
+    const char *day = apr_pstrndup(p, now, 10), *month = apr_pstrndup(p, now, 7);
+    const char *model = usage && usage->model ? usage->model : "";
     redisReply *rep;
 
     apr_thread_mutex_lock(st->lock);
@@ -369,9 +411,20 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease, apr_
     }
     keys[0] = lease->conc_key;
     keys[1] = lease->key_key;
+    keys[2] = apr_pstrcat(p, "usage:", lease->id, NULL);
+    keys[3] = apr_pstrcat(p, "usage:daily:", lease->id, ":", day, NULL);
+    keys[4] = apr_pstrcat(p, "usage:monthly:", lease->id, ":", month, NULL);
+    keys[5] = apr_pstrcat(p, "usage:", lease->id, ":model:daily:", model, ":", day, NULL);
+    keys[6] = apr_pstrcat(p, "usage:", lease->id, ":models", NULL);
     args[0] = lease->member;
-    args[1] = now_iso(p);
-    rep = relay_redis_script(c, &release_script, 2, keys, 2, args, p, err);
+    args[1] = now;
+    args[2] = usage ? "1" : "0";
+    args[3] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->input : 0);
+    args[4] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->output : 0);
+    args[5] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->cache_create : 0);
+    args[6] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->cache_read : 0);
+    args[7] = model;
+    rep = relay_redis_script(c, &release_script, 7, keys, 8, args, p, err);
     relay_redis_release(st->redis, c);
     if (!rep) {
         return APR_EGENERAL;

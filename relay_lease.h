@@ -26,6 +26,7 @@ typedef enum {
     RELAY_ADMIT_DISABLED,      /* isActive is "false" */
     RELAY_ADMIT_EXPIRED,       /* expiresAt is in the past */
     RELAY_ADMIT_LIMITED,       /* concurrency limit reached; nothing taken */
+    RELAY_ADMIT_TOKENS,        /* token limit reached; nothing taken */
     RELAY_ADMIT_ERROR          /* Redis unreachable or failing */
 } relay_admit_code;
 
@@ -33,8 +34,8 @@ typedef struct {
     relay_admit_code code;
     const char *id;            /* key id (when found) */
     const char *name;          /* key name (when found) */
-    long current;              /* in flight, including this request when admitted */
-    long limit;                /* concurrencyLimit, 0 = unlimited */
+    long long current;         /* in flight (incl. this request); tokens used for _TOKENS */
+    long long limit;           /* concurrencyLimit (0 = unlimited); tokenLimit for _TOKENS */
     int legacy_replaced;       /* a plain-counter concurrency key was replaced */
     const char *error;         /* sentence, for RELAY_ADMIT_ERROR */
 } relay_admit_result;
@@ -61,8 +62,21 @@ apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_log_fn log
 relay_admit_code relay_lease_admit(relay_lease_store *store, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease);
 
-/* Give a lease back (once; later calls do nothing). */
-apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease, apr_pool_t *p,
+/* What one request consumed, as the upstream reported it. */
+typedef struct {
+    long long input;           /* input_tokens */
+    long long output;          /* output_tokens */
+    long long cache_create;    /* cache_creation_input_tokens */
+    long long cache_read;      /* cache_read_input_tokens */
+    const char *model;         /* the model that answered, or NULL */
+} relay_usage_counts;
+
+/*
+ * Give a lease back (once; later calls do nothing) and, when usage is given,
+ * count the request and its tokens -- all in one script call.
+ */
+apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease,
+                                 const relay_usage_counts *usage, apr_pool_t *p,
                                  const char **err);
 
 /* The lease's member in concurrency:{id} (for log lines and tests). */

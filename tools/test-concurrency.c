@@ -238,6 +238,9 @@ static void parse_args(int argc, char **argv, options_t *opts)
                      (int)(eq != NULL ? (size_t)(eq - arg) : strlen(arg)), arg);
             if (strcmp(arg, "--") == 0) {
                 options_done = true;
+            } else if (eq != NULL && (strcmp(name, "--help") == 0 || strcmp(name, "--stream") == 0
+                                      || strcmp(name, "--json") == 0)) {
+                usage_error("option %s takes no value", name);
             } else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
                 usage(stdout);
                 exit(EXIT_GOOD);
@@ -269,8 +272,8 @@ static void parse_args(int argc, char **argv, options_t *opts)
         usage_error("%s", "an API key is needed");
     }
     for (const unsigned char *p = (const unsigned char *)positional[0]; *p; p++) {
-        if (*p <= ' ' || *p == 0x7f) {
-            usage_error("%s", "the API key contains spaces or control characters");
+        if (*p <= ' ' || *p >= 0x7f) {
+            usage_error("%s", "the API key must be printable ASCII without spaces");
         }
     }
     opts->key = positional[0];

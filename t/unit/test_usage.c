@@ -349,8 +349,8 @@ static void parse_sse(relay_usage *u, const char *body)
 
 #define START_25                                                                                   \
     "event: message_start\n"                                                                       \
-    "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\",\"content\":[]," \
-    "\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":3,"                             \
+    "data: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-haiku-4-5\","               \
+    "\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":3,"             \
     "\"cache_read_input_tokens\":7,\"output_tokens\":1}}}\n\n"
 
 /* message_delta figures are running totals: the last one stands. */
@@ -392,8 +392,8 @@ static void test_sse_cumulative(void)
               "\"cache_read_input_tokens\":\"9\",\"cache_creation_input_tokens\":-4,"
               "\"output_tokens\":1.5}}\n\n"
               "event: message_delta\n"
-              "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":99999999999999999999}}"
-              "\n\n");
+              "data: {\"type\":\"message_delta\","
+              "\"usage\":{\"output_tokens\":99999999999999999999}}\n\n");
     CHECK_LL(u.input_tokens, 25);
     CHECK_LL(u.cache_read_input_tokens, 7);
     CHECK_LL(u.cache_creation_input_tokens, 3);
@@ -425,8 +425,9 @@ static void test_sse_error(void)
     CHECK(u.error == 1 && u.seen_usage == 0 && u.input_tokens == 0 && u.model[0] == '\0');
 
     /* the payload's type counts even without an event line */
-    parse_sse(&u, START_25 "data: {\"type\":\"error\",\"error\":{}}\n\n"
-                           "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n");
+    parse_sse(&u, START_25
+              "data: {\"type\":\"error\",\"error\":{}}\n\n"
+              "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n");
     CHECK(u.error == 1);
     CHECK_LL(u.output_tokens, 1);
 }
@@ -625,8 +626,8 @@ static void test_sse_odd(void)
     }
 
     /* a non-ASCII or control byte in the model is replaced */
-    parse_sse(&u, "data: {\"type\":\"message_start\",\"message\":{\"model\":\"a\\u00e9\\tb\xc3\xa9\"}}"
-                  "\n\n");
+    parse_sse(&u, "data: {\"type\":\"message_start\","
+                  "\"message\":{\"model\":\"a\\u00e9\\tb\xc3\xa9\"}}\n\n");
     CHECK_STR(u.model, "a??b??");
 }
 
