@@ -3,6 +3,7 @@
 #   make            build the module, the mock upstream and relay-keys into build/
 #   make install    install mod_claude_relay.so into httpd's module folder
 #   make test       install missing packages, then run every test
+#   make fuzz       fuzz the usage parser (FUZZ_SECONDS, default 300)
 #   make demo       install missing packages, build, and run the relay on 127.0.0.1:8080
 #   make demo-stop  stop the demo
 
@@ -52,6 +53,18 @@ install: $(BUILD)/mod_claude_relay.so
 deps:
 	scripts/install-deps
 
+# libFuzzer with AddressSanitizer and UBSan on the usage parser:
+#   make fuzz                      (FUZZ_SECONDS=300 by default)
+FUZZ_SECONDS ?= 300
+$(BUILD)/fuzz_usage: t/fuzz/fuzz_usage.c relay_usage.c relay_usage.h | $(BUILD)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. \
+	    -o $@ t/fuzz/fuzz_usage.c relay_usage.c
+
+fuzz: $(BUILD)/fuzz_usage
+	rm -rf $(BUILD)/fuzz-corpus && cp -r t/fuzz/corpus_usage $(BUILD)/fuzz-corpus
+	$(BUILD)/fuzz_usage -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+	    $(BUILD)/fuzz-corpus 2>&1 | tail -n 12
+
 unit: $(BUILD)/test_keys $(BUILD)/test_usage $(BUILD)/relay-keys $(BUILD)/test-concurrency
 	$(BUILD)/test_keys
 	$(BUILD)/test_usage
@@ -62,6 +75,7 @@ unit: $(BUILD)/test_keys $(BUILD)/test_usage $(BUILD)/relay-keys $(BUILD)/test-c
 test:
 	scripts/install-deps --test
 	$(MAKE) all unit
+	$(MAKE) fuzz FUZZ_SECONDS=20
 	t/run-tests.sh
 
 demo:
@@ -76,4 +90,4 @@ clean:
 	$(MAKE) -f Makefile.apxs clean
 	rm -rf $(BUILD) mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
 
-.PHONY: all install deps unit test demo demo-stop clean
+.PHONY: all install deps unit fuzz test demo demo-stop clean

@@ -278,6 +278,30 @@ static const char *token_limit_text(admin_ctx *a, const relay_key_record *k)
                       : apr_psprintf(a->r->pool, "%" APR_INT64_T_FMT, limit);
 }
 
+/*
+ * Tokens used (against the limit, with a bar when there is one), requests and
+ * today's tokens. The bar is a <progress>: no inline style under the CSP.
+ */
+static const char *usage_cell(admin_ctx *a, const relay_key_record *k)
+{
+    apr_pool_t *p = a->r->pool;
+    apr_int64_t limit = apr_atoi64(k->token_limit);
+    const char *used = apr_psprintf(p, "<span class=\"tokens\">%" APR_INT64_T_FMT "</span>",
+                                    (apr_int64_t)k->total.tokens);
+
+    if (limit > 0) {
+        used = apr_psprintf(p,
+                            "%s / %" APR_INT64_T_FMT "<progress max=\"%" APR_INT64_T_FMT
+                            "\" value=\"%" APR_INT64_T_FMT "\"></progress>",
+                            used, limit, limit,
+                            (apr_int64_t)(k->total.tokens < limit ? k->total.tokens : limit));
+    }
+    return apr_psprintf(p,
+                        "%s<small>%" APR_INT64_T_FMT " %s · %s %" APR_INT64_T_FMT "</small>",
+                        used, (apr_int64_t)k->total.requests, T(a, AM_REQUESTS), T(a, AM_TODAY),
+                        (apr_int64_t)k->today.tokens);
+}
+
 static admin_msg status_msg(const char *status)
 {
     return !strcmp(status, "disabled") ? AM_DISABLED
@@ -333,14 +357,14 @@ static int list_page(admin_ctx *a)
                    "<td data-label=\"%s\"><code>%s</code></td>"
                    "<td data-label=\"%s\"><span class=\"status %s\">%s</span></td>"
                    "<td data-label=\"%s\" class=\"inflight\" data-limit=\"%s\">%s</td>"
-                   "<td data-label=\"%s\">%s</td><td data-label=\"%s\" class=\"tokens\">%" APR_INT64_T_FMT "</td>"
+                   "<td data-label=\"%s\">%s</td><td data-label=\"%s\" class=\"usage\">%s</td>"
                    "<td data-label=\"%s\">%s</td><td data-label=\"%s\">%s</td>"
                    "<td data-label=\"%s\">%s</td>",
                    H(a, k->id), T(a, AM_NAME), H(a, k->name), T(a, AM_DESCRIPTION),
                    H(a, k->description), T(a, AM_KEY), H(a, k->key_preview), T(a, AM_STATUS),
                    status, T(a, status_msg(status)), T(a, AM_CONCURRENCY),
                    H(a, k->concurrency_limit), H(a, concurrency_text(a, k)), T(a, AM_TOKEN_LIMIT),
-                   H(a, token_limit_text(a, k)), T(a, AM_TOKENS_USED), (apr_int64_t)k->total.tokens,
+                   H(a, token_limit_text(a, k)), T(a, AM_TOKENS_USED), usage_cell(a, k),
                    T(a, AM_CREATED), H(a, show_time(a, k->created_at, AM_NONE_YET)),
                    T(a, AM_LAST_USED), H(a, show_time(a, k->last_used_at, AM_NONE_YET)),
                    T(a, AM_EXPIRES), H(a, show_time(a, k->expires_at, AM_NEVER)));
@@ -416,6 +440,74 @@ static void create_form(admin_ctx *a, const key_form *f)
     page_end(a);
 }
 
+/* The last 30 days as an inline SVG bar chart, and the split by model. */
+static void usage_history(admin_ctx *a, const relay_key_record *k)
+{
+    request_rec *r = a->r;
+    apr_array_header_t *days = NULL, *models = NULL;
+    const char *err = NULL;
+    relay_redis_conn *c = borrow(a, &err);
+    long long max = 0;
+    int i, rc = -1;
+    const int w = 600, h = 140, gap = 2;
+
+    if (c) {
+        rc = relay_keystore_history(c, k->id, 30, r->pool, &days, &models, &err);
+        give_back(a, c);
+    }
+    if (rc != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin: cannot read usage of %s: %s",
+                      k->id, err);
+        return;
+    }
+    for (i = 0; i < days->nelts; i++) {
+        relay_usage_day *d = &APR_ARRAY_IDX(days, i, relay_usage_day);
+        if (d->usage.tokens > max) {
+            max = d->usage.tokens;
+        }
+    }
+    ap_rprintf(r, "<section class=\"usage-history\"><h2>%s</h2>", T(a, AM_LAST_30));
+    ap_rprintf(r,
+               "<svg class=\"chart\" viewBox=\"0 0 %d %d\" role=\"img\" aria-label=\"%s\">"
+               "<line class=\"axis\" x1=\"0\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>",
+               w, h + 16, T(a, AM_LAST_30), h, w, h);
+    for (i = 0; i < days->nelts; i++) {
+        relay_usage_day *d = &APR_ARRAY_IDX(days, i, relay_usage_day);
+        int bw = w / days->nelts;
+        int bh = max > 0 ? (int)((double)d->usage.tokens * (h - 4) / (double)max) : 0;
+        if (d->usage.tokens > 0 && bh < 1) {
+            bh = 1;
+        }
+        ap_rprintf(r,
+                   "<rect class=\"bar\" x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\">"
+                   "<title>%s: %" APR_INT64_T_FMT " %s, %" APR_INT64_T_FMT " %s</title></rect>",
+                   i * bw + gap / 2, h - bh, bw - gap, bh, d->date,
+                   (apr_int64_t)d->usage.tokens, T(a, AM_TOKENS),
+                   (apr_int64_t)d->usage.requests, T(a, AM_REQUESTS));
+        if (i == 0 || i == days->nelts - 1) {
+            ap_rprintf(r, "<text x=\"%d\" y=\"%d\" text-anchor=\"%s\">%s</text>",
+                       i == 0 ? 0 : w, h + 14, i == 0 ? "start" : "end", d->date + 5);
+        }
+    }
+    ap_rprintf(r, "<text class=\"max\" x=\"2\" y=\"10\">%" APR_INT64_T_FMT "</text></svg>",
+               (apr_int64_t)max);
+    ap_rprintf(r, "<h2>%s</h2>", T(a, AM_BY_MODEL));
+    if (models->nelts == 0) {
+        ap_rprintf(r, "<p class=\"empty\">%s</p></section>", T(a, AM_NO_USAGE));
+        return;
+    }
+    ap_rprintf(r, "<table class=\"models\"><thead><tr><th>%s</th><th>%s</th><th>%s</th>"
+                  "</tr></thead><tbody>",
+               T(a, AM_MODEL), T(a, AM_TOKENS), T(a, AM_REQUESTS));
+    for (i = 0; i < models->nelts; i++) {
+        relay_usage_model *m = &APR_ARRAY_IDX(models, i, relay_usage_model);
+        ap_rprintf(r, "<tr><td><code>%s</code></td><td>%" APR_INT64_T_FMT "</td><td>%"
+                      APR_INT64_T_FMT "</td></tr>",
+                   H(a, m->model), (apr_int64_t)m->usage.tokens, (apr_int64_t)m->usage.requests);
+    }
+    ap_rputs("</tbody></table></section>", r);
+}
+
 static void edit_form(admin_ctx *a, const relay_key_record *k, const key_form *f)
 {
     request_rec *r = a->r;
@@ -445,6 +537,7 @@ static void edit_form(admin_ctx *a, const relay_key_record *k, const key_form *f
                " <a class=\"button secondary\" href=\"%s/\">%s</a></div></form>",
                active ? " checked" : "", T(a, AM_ENABLED_LABEL), T(a, AM_SAVE), H(a, a->base),
                T(a, AM_CANCEL));
+    usage_history(a, k);
     page_end(a);
 }
 

@@ -60,6 +60,13 @@ typedef enum {
     AM_UNAVAILABLE,
     AM_SIGNED_IN_AS,
     AM_IN_FLIGHT_HINT,
+    AM_REQUESTS,
+    AM_TODAY,
+    AM_LAST_30,
+    AM_BY_MODEL,
+    AM_MODEL,
+    AM_TOKENS,
+    AM_NO_USAGE,
     AM_COUNT
 } admin_msg;
 
@@ -124,6 +131,13 @@ static const char *const admin_text[AM_COUNT][2] = {
                        "目前无法连接密钥存储 (Redis)。"},
     [AM_SIGNED_IN_AS] = {"Signed in as", "当前用户"},
     [AM_IN_FLIGHT_HINT] = {"in flight / limit", "进行中 / 上限"},
+    [AM_REQUESTS] = {"requests", "次请求"},
+    [AM_TODAY] = {"today", "今日"},
+    [AM_LAST_30] = {"Tokens, last 30 days (UTC)", "最近 30 天的 Token (UTC)"},
+    [AM_BY_MODEL] = {"By model, last 30 days", "按模型，最近 30 天"},
+    [AM_MODEL] = {"Model", "模型"},
+    [AM_TOKENS] = {"Tokens", "Token"},
+    [AM_NO_USAGE] = {"No usage yet.", "暂无用量。"},
 };
 
 #endif

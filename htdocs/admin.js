@@ -38,9 +38,13 @@
             cell.textContent = key.currentConcurrency + ' / ' +
               (key.concurrencyLimit > 0 ? key.concurrencyLimit : unlimited);
           }
-          var tokens = row.querySelector('td.tokens');
+          var tokens = row.querySelector('td.usage .tokens');
           if (tokens && key.usage && key.usage.total) {
             tokens.textContent = String(key.usage.total.tokens);
+          }
+          var bar = row.querySelector('td.usage progress');
+          if (bar && key.usage && key.usage.total) {
+            bar.value = Math.min(key.usage.total.tokens, Number(bar.max));
           }
         });
       })

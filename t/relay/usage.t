@@ -7,7 +7,7 @@ use Apache::Test qw(-withtestmore);
 use RelayTest;
 use Time::HiRes qw(time sleep);
 
-plan tests => 27, need_module 'claude_relay', 'relay_mock';
+plan tests => 31, need_module 'claude_relay', 'relay_mock';
 
 my $json_body = '{"model":"claude-opus-4-20250514","max_tokens":64,"messages":[]}';
 my $sse_body = '{"model":"claude-sonnet-4-20250514","max_tokens":64,"stream":true,"messages":[]}';
@@ -56,6 +56,16 @@ my ($res, $b) = admin_json('GET', "/relay-admin/api/keys/$k->{id}");
 is($b->{data}{usage}{total}{tokens}, 960, 'the admin API shows the total');
 is($b->{data}{usage}{daily}{tokens}, 960, 'and today\'s tokens');
 
+# the admin pages show it
+my $list = admin('GET', '/relay-admin/')->decoded_content;
+like($list, qr/data-id="\Q$k->{id}\E".*?<span class="tokens">960<\/span><small>10 requests \S+ today 960<\/small>/s,
+     'the list shows tokens used, requests and today\'s tokens');
+my $edit = admin('GET', "/relay-admin/keys/$k->{id}/edit")->decoded_content;
+like($edit, qr/<svg class="chart".*<title>\Q$date\E: 960 Tokens, 10 requests<\/title>/s,
+     'the edit page charts today in the 30-day SVG');
+like($edit, qr/<code>claude-opus-4-20250514<\/code><\/td><td>240<\/td><td>4<\/td>/,
+     'and splits the usage by model');
+
 # the access log note
 my $cfg = Apache::Test::config();
 ok(defined wait_until(3, sub {
@@ -101,6 +111,9 @@ is($r->decoded_content,
 ok(!defined $r->header('Retry-After'), 'and no Retry-After');
 ($res) = admin_json('PUT', "/relay-admin/api/keys/$t->{id}", {tokenLimit => 1000});
 is($res->code, 200, 'the admin raises the limit');
+like(admin('GET', '/relay-admin/')->decoded_content,
+     qr/data-id="\Q$t->{id}\E".*?110<\/span> \/ 1000<progress max="1000" value="110">/s,
+     'the list shows the tokens against the limit with a bar');
 is(http_post('/api/v1/messages', $json_body, 'x-api-key' => $t->{apiKey})->code, 200,
    'the next request passes');
 open my $f, '<', "$cfg->{vars}{t_logs}/error_log";
