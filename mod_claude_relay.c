@@ -450,8 +450,17 @@ static void keeper_log(void *baton, int level, const char *msg)
 static const char *target_signature(const relay_server_conf *sc, int lease, apr_pool_t *p)
 {
     const relay_redis_target *t = &sc->redis;
-    return apr_psprintf(p, "%s|%s|%d|%s|%s|%d|%d|%d", t->unix_path ? t->unix_path : "",
-                        t->host ? t->host : "", t->port, t->username ? t->username : "",
+    const char *sentinels = "";
+    int i;
+
+    /* with sentinels, the list and the master name say where; host/port are unused */
+    for (i = 0; i < t->nsentinels; i++) {
+        sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
+                                 t->sentinels[i].port);
+    }
+    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%d|%d|%d", t->unix_path ? t->unix_path : "",
+                        t->host ? t->host : "", t->port, sentinels,
+                        t->master_name ? t->master_name : "", t->username ? t->username : "",
                         t->password ? t->password : "", t->database, t->timeout_ms, lease);
 }
 

@@ -45,18 +45,18 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     relay_server_conf *base = basev, *add = addv;
     relay_server_conf *sc = apr_pcalloc(p, sizeof(*sc));
 
-    /* where: host, port and socket travel together */
-    if (add->redis_set) {
-        sc->redis.host = add->redis.host;
-        sc->redis.port = add->redis.port;
-        sc->redis.unix_path = add->redis.unix_path;
+    /* where: host, port, socket and sentinels travel together */
+    {
+        const relay_server_conf *from = add->redis_set || add->sentinel_set ? add : base;
+        sc->redis.host = from->redis.host;
+        sc->redis.port = from->redis.port;
+        sc->redis.unix_path = from->redis.unix_path;
+        sc->redis.sentinels = from->redis.sentinels;
+        sc->redis.nsentinels = from->redis.nsentinels;
+        sc->redis.master_name = from->redis.master_name;
+        sc->redis_set = from->redis_set;
+        sc->sentinel_set = from->sentinel_set;
     }
-    else {
-        sc->redis.host = base->redis.host;
-        sc->redis.port = base->redis.port;
-        sc->redis.unix_path = base->redis.unix_path;
-    }
-    sc->redis_set = add->redis_set || base->redis_set;
     sc->redis.password = add->password_set ? add->redis.password : base->redis.password;
     sc->password_set = add->password_set || base->password_set;
     sc->redis.username = add->username_set ? add->redis.username : base->redis.username;
@@ -204,6 +204,10 @@ static const char *set_redis_server(cmd_parms *cmd, void *dummy, const char *arg
     relay_server_conf *sc = server_conf(cmd);
     (void)dummy;
 
+    if (sc->sentinel_set) {
+        return "RelayRedisServer: cannot be combined with RelayRedisSentinel in the same "
+               "server (which one wins would be ambiguous); keep one of them";
+    }
     if (strncmp(arg, "unix:", 5) == 0) {
         if (arg[5] != '/') {
             return apr_psprintf(cmd->pool,
@@ -226,6 +230,68 @@ static const char *set_redis_server(cmd_parms *cmd, void *dummy, const char *arg
         sc->redis.unix_path = NULL;
     }
     sc->redis_set = 1;
+    return NULL;
+}
+
+/* RelayRedisSentinel host:port[,host:port...] master-name */
+static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, char *const argv[])
+{
+    relay_server_conf *sc = server_conf(cmd);
+    const char *usage = "(RelayRedisSentinel host:port[,host:port...] master-name)";
+    apr_array_header_t *addrs;
+    char *list, *item, *last = NULL;
+    const char *name;
+    (void)dummy;
+
+    if (sc->redis_set) {
+        return "RelayRedisSentinel: cannot be combined with RelayRedisServer in the same "
+               "server (which one wins would be ambiguous); keep one of them";
+    }
+    if (argc == 0) {
+        return apr_psprintf(cmd->pool, "RelayRedisSentinel: needs a sentinel list and a master "
+                                        "name %s", usage);
+    }
+    if (argc == 1) {
+        return apr_psprintf(cmd->pool, "RelayRedisSentinel: '%s' needs a master name after it %s",
+                            argv[0], usage);
+    }
+    if (argc > 2) {
+        return apr_psprintf(cmd->pool, "RelayRedisSentinel: takes 2 words, got %d; write the "
+                                        "sentinel list without spaces %s", argc, usage);
+    }
+    name = argv[1];
+    if (*name == '\0' || strpbrk(name, " \t\r\n")) {
+        return apr_psprintf(cmd->pool, "RelayRedisSentinel: the master name must be one word %s",
+                            usage);
+    }
+    addrs = apr_array_make(cmd->pool, 3, sizeof(relay_redis_addr));
+    list = apr_pstrdup(cmd->temp_pool, argv[0]);
+    if (*list == '\0' || *list == ',' || list[strlen(list) - 1] == ',' || strstr(list, ",,")) {
+        return apr_psprintf(cmd->pool, "RelayRedisSentinel: the sentinel list '%s' is empty or "
+                                        "has an empty entry %s", argv[0], usage);
+    }
+    for (item = apr_strtok(list, ",", &last); item; item = apr_strtok(NULL, ",", &last)) {
+        char *host = NULL, *scope = NULL;
+        apr_port_t port = 0;
+        apr_status_t rv = apr_parse_addr_port(&host, &scope, &port, item, cmd->pool);
+        relay_redis_addr *a;
+
+        if (rv != APR_SUCCESS || !host || scope || port == 0) {
+            return apr_psprintf(cmd->pool, "RelayRedisSentinel: '%s' in the sentinel list is not "
+                                            "host:port %s", item, usage);
+        }
+        if (addrs->nelts >= RELAY_MAX_SENTINELS) {
+            return apr_psprintf(cmd->pool, "RelayRedisSentinel: at most %d sentinels",
+                                RELAY_MAX_SENTINELS);
+        }
+        a = apr_array_push(addrs);
+        a->host = host;
+        a->port = port;
+    }
+    sc->redis.sentinels = (const relay_redis_addr *)addrs->elts;
+    sc->redis.nsentinels = addrs->nelts;
+    sc->redis.master_name = name;
+    sc->sentinel_set = 1;
     return NULL;
 }
 
@@ -375,6 +441,9 @@ static const char *set_on_redis_error(cmd_parms *cmd, void *dcv, const char *arg
 const command_rec relay_cmds[] = {
     AP_INIT_TAKE1("RelayRedisServer", set_redis_server, NULL, RSRC_CONF,
                   "Redis holding keys and leases: host[:port] or unix:/path"),
+    AP_INIT_TAKE_ARGV("RelayRedisSentinel", set_redis_sentinel, NULL, RSRC_CONF,
+                      "Sentinels that name the Redis master, and its name: "
+                      "host:port[,host:port...] master-name"),
     AP_INIT_TAKE1("RelayRedisPassword", set_redis_password, NULL, RSRC_CONF,
                   "Redis AUTH password (value, env:VAR or file:/path)"),
     AP_INIT_TAKE1("RelayRedisUsername", set_redis_username, NULL, RSRC_CONF,

@@ -15,6 +15,7 @@
 
 #define RELAY_DEFAULT_REDIS_HOST "127.0.0.1"
 #define RELAY_DEFAULT_REDIS_PORT 6379
+#define RELAY_MAX_SENTINELS 32
 #define RELAY_DEFAULT_TIMEOUT_MS 1000
 #define RELAY_DEFAULT_LEASE_SECONDS 300
 #ifndef RELAY_ASSETS_DIR
@@ -30,8 +31,9 @@ typedef enum {
 
 /* Server-wide settings: one Redis, one secret, per virtual host. */
 typedef struct {
-    relay_redis_target redis;   /* RelayRedisServer/Password/Username/Database/Timeout */
+    relay_redis_target redis;   /* RelayRedisServer/Sentinel/Password/Username/Database/Timeout */
     int redis_set;              /* RelayRedisServer was given here */
+    int sentinel_set;           /* RelayRedisSentinel was given here */
     int password_set;           /* RelayRedisPassword was given here */
     int username_set;           /* RelayRedisUsername was given here */
     int database_set;           /* RelayRedisDatabase was given here */

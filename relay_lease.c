@@ -15,6 +15,7 @@
 #include <apr_time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* the warning level of httpd's http_log.h, without including it */
 #define LEASE_LOG_WARNING 4
@@ -313,7 +314,9 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     lease->id = id;
     lease->key_key = apr_pstrcat(p, "apikey:", id, NULL);
     lease->conc_key = apr_pstrcat(p, "concurrency:", id, NULL);
-    lease->member = apr_psprintf(p, "%s-%u", st->prefix, apr_atomic_inc32(&st->counter));
+    /* random per child, the pid for people reading it, a counter per request */
+    lease->member = apr_psprintf(p, "%s-%" APR_PID_T_FMT "-%u", st->prefix, getpid(),
+                                 apr_atomic_inc32(&st->counter));
     keys[0] = lease->key_key;
     keys[1] = lease->conc_key;
     keys[2] = apr_pstrcat(p, "usage:", id, NULL);

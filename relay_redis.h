@@ -11,6 +11,12 @@
 #include <apr_reslist.h>
 #include <hiredis/hiredis.h>
 
+/* A TCP address: one sentinel of a RelayRedisSentinel list. */
+typedef struct {
+    const char *host;       /* host name or address */
+    int port;               /* TCP port */
+} relay_redis_addr;
+
 /* Where and how to reach Redis; filled from the server config. */
 typedef struct {
     const char *host;       /* host name or address; NULL when unix_path is set */
@@ -20,6 +26,9 @@ typedef struct {
     const char *password;   /* AUTH password, or NULL */
     int database;           /* SELECT index, 0 = default */
     int timeout_ms;         /* connect and I/O timeout */
+    const relay_redis_addr *sentinels; /* sentinels naming the master; NULL = use host/port */
+    int nsentinels;         /* entries in sentinels; > 0 means host/port/unix_path are unused */
+    const char *master_name;/* the name the sentinels monitor the master under */
 } relay_redis_target;
 
 /* A Lua script with its SHA1, so calls can use EVALSHA. */
@@ -42,12 +51,17 @@ typedef struct {
 /* Compute the SHA1 of a script's source once, at start-up. */
 void relay_script_init(relay_script *s, const char *name, const char *source);
 
-/* Describe a target for log lines ("127.0.0.1:6379" or "unix:/path"). */
+/*
+ * Describe a target for log lines ("127.0.0.1:6379", "unix:/path", or
+ * "master 'mymaster' of the sentinels 127.0.0.1:26379,127.0.0.1:26380").
+ */
 const char *relay_redis_target_str(const relay_redis_target *t, apr_pool_t *p);
 
 /*
- * Open a single connection (connect, timeouts, AUTH, SELECT). On failure
- * returns NULL and sets *err to a sentence allocated from p.
+ * Open a single connection (connect, timeouts, AUTH, SELECT). With sentinels,
+ * the sentinels are asked in turn for the master's address until one names a
+ * server that answers ROLE as a master. On failure returns NULL and sets *err
+ * to a sentence allocated from p.
  */
 redisContext *relay_redis_connect(const relay_redis_target *t, apr_pool_t *p, const char **err);
 
@@ -65,9 +79,12 @@ void relay_redis_release(relay_redis_pool *pool, relay_redis_conn *c);
 
 /*
  * Run a command given as argv. A pooled connection that fails (Redis
- * restarted, or dropped the idle connection) is reopened and the command sent
- * once more; a connection that still fails is marked broken.
- * Returns the reply (caller frees with freeReplyObject) or NULL with *err set.
+ * restarted, or dropped the idle connection), or whose server answers
+ * READONLY, MASTERDOWN or LOADING (a master demoted by a failover, or not
+ * ready yet), is reopened (through the sentinels when configured) and the
+ * command sent once more; a connection that still fails is marked broken.
+ * Returns the reply (caller frees with freeReplyObject; an error reply is a
+ * reply) or NULL with *err set.
  */
 redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv,
                                 const size_t *argvlen, apr_pool_t *p, const char **err);

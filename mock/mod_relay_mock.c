@@ -26,6 +26,7 @@
 
 #include <json-c/json.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -201,6 +202,35 @@ static int mock_client_gone(conn_rec *c)
     return 0;
 }
 
+/*
+ * Sleep, but wake at once when the client's socket turns readable (it hung
+ * up), so a closed connection is seen as the end of the request right away.
+ */
+static void mock_wait(conn_rec *c, apr_interval_time_t step)
+{
+    apr_socket_t *sock = ap_get_conn_socket(c);
+    apr_os_sock_t fd;
+    struct pollfd pfd;
+
+    if (!sock || apr_os_sock_get(&fd, sock) != APR_SUCCESS) {
+        apr_sleep(step);
+        return;
+    }
+    pfd.fd = fd;
+    pfd.events = POLLIN | POLLRDHUP;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, (int)(step / 1000) + 1) > 0) {
+        int eof = 0;
+        if (apr_socket_atreadeof(sock, &eof) != APR_SUCCESS || eof) {
+            c->aborted = 1;
+        }
+        else {
+            /* readable but not closed (pipelined bytes): do not spin */
+            apr_sleep(step);
+        }
+    }
+}
+
 /* Absolute deadlines keep a long stream's total duration from drifting. */
 static int mock_sleep_until(request_rec *r, apr_time_t deadline)
 {
@@ -215,7 +245,7 @@ static int mock_sleep_until(request_rec *r, apr_time_t deadline)
         if (mock_client_gone(r->connection)) {
             return -1;
         }
-        apr_sleep(step > MOCK_SLEEP_STEP ? MOCK_SLEEP_STEP : step);
+        mock_wait(r->connection, step > MOCK_SLEEP_STEP ? MOCK_SLEEP_STEP : step);
         now = apr_time_now();
     }
     return mock_client_gone(r->connection) ? -1 : 0;

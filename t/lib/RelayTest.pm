@@ -16,7 +16,8 @@ use Apache::TestRequest ();
 
 our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
                  mock_entries mock_peak mock_clear parallel_posts raw_request
-                 wait_until json_decode leases admin admin_json admin_auth);
+                 wait_until json_decode leases admin admin_json admin_auth
+                 free_port mock_port start_httpd stop_httpd httpd_children);
 
 my $json = JSON::PP->new->canonical;
 
@@ -69,9 +70,12 @@ sub make_key {
     return $k;
 }
 
+# The server the helpers talk to: the Apache::Test server unless set.
+our $PORT;
+
 sub base_url {
     my $cfg = Apache::Test::config();
-    return "http://127.0.0.1:" . $cfg->{vars}->{port};
+    return "http://127.0.0.1:" . ($PORT // $cfg->{vars}->{port});
 }
 
 sub ua { return LWP::UserAgent->new(timeout => 60, keep_alive => 0) }
@@ -115,6 +119,82 @@ sub admin_json {
     my $r = admin($method, $path, $body,
                   (defined $body ? ('Content-Type' => 'application/json') : ()), @headers);
     return ($r, json_decode($r->decoded_content // '') || {});
+}
+
+# A free TCP port on 127.0.0.1.
+sub free_port {
+    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Proto => 'tcp',
+                                  Listen => 1, ReuseAddr => 1) or die "no free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+# The port of the mock upstream's virtual host.
+sub mock_port {
+    return Apache::Test::config()->{vhosts}{relay_mock}{port};
+}
+
+# The pids of an httpd's children (parent pid given).
+sub httpd_children {
+    my $parent = shift;
+    return grep { $_ } map { /(\d+)/ ? $1 : () } `pgrep -P $parent`;
+}
+
+# Start one more httpd with the relay at /api/ in front of the test's mock
+# upstream. Options: name, redis (directive lines for Redis), extra (more
+# config). Returns {port, dir, pid} once it answers.
+sub start_httpd {
+    my %o = @_;
+    my $name = $o{name} // 'second';
+    my $dir = "$ENV{RELAY_TEST_STAGE}/run/httpd-$name";
+    mkdir $dir;
+    mkdir "$dir/logs";
+    chmod 0777, "$dir/logs";
+    my $port = free_port();
+    my $redis = $o{redis} // "RelayRedisServer 127.0.0.1:$ENV{RELAY_TEST_REDIS_PORT}";
+    my $user = $> == 0 ? "User nobody\nGroup nogroup\n" : '';
+    my $mock = mock_port();
+    open my $fh, '>', "$dir/httpd.conf" or die $!;
+    print $fh <<"CONF";
+ServerRoot $dir
+ServerName 127.0.0.1
+Include $ENV{RELAY_TEST_STAGE}/run/inherit.conf
+TypesConfig /etc/mime.types
+Listen 127.0.0.1:$port
+PidFile $dir/httpd.pid
+ErrorLog $dir/logs/error_log
+LogLevel info claude_relay:debug
+${user}StartServers 2
+ServerLimit 16
+ThreadsPerChild 25
+MaxRequestWorkers 400
+$redis
+RelayKeyHashSecret env:RELAY_TEST_SECRET
+RelayLeaseSeconds 3
+<Location /api/>
+    RelayEngine On
+    RelayUpstreamApiKey env:RELAY_TEST_UPSTREAM_KEY
+    ProxyPass http://127.0.0.1:$mock/
+</Location>
+$o{extra}
+CONF
+    close $fh;
+    system('/usr/sbin/apache2', '-f', "$dir/httpd.conf", '-k', 'start') == 0
+        or die "cannot start httpd $name";
+    my $ok = wait_until(10, sub {
+        -s "$dir/httpd.pid"
+            && IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 1) ? 1 : 0 });
+    die "httpd $name did not come up" unless defined $ok;
+    open my $pf, '<', "$dir/httpd.pid" or die $!;
+    chomp(my $pid = <$pf>);
+    return {port => $port, dir => $dir, pid => $pid, name => $name};
+}
+
+sub stop_httpd {
+    my $h = shift;
+    system('/usr/sbin/apache2', '-f', "$h->{dir}/httpd.conf", '-k', 'stop');
+    wait_until(10, sub { !-e "$h->{dir}/httpd.pid" });
 }
 
 # The mock upstream's log entries, optionally only those with a given tag.
@@ -187,7 +267,7 @@ sub parallel_posts {
 sub raw_request {
     my ($method, $path, $body, %headers) = @_;
     my $cfg = Apache::Test::config();
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $cfg->{vars}->{port},
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $PORT // $cfg->{vars}->{port},
                                   Proto => 'tcp', Timeout => 10) or die "connect: $!";
     my $req = "$method $path HTTP/1.1\r\nHost: 127.0.0.1\r\n";
     $req .= "$_: $headers{$_}\r\n" for sort keys %headers;

@@ -1,0 +1,262 @@
+# RelayRedisSentinel: the relay finds the Redis master through three
+# sentinels, keeps the limit, rides out a failover by itself (the master
+# killed, a replica promoted), follows a master demoted under its pooled
+# connections (READONLY) to the new one (whose script cache is empty), and
+# refuses bad directive values at configtest.
+use strict;
+use warnings FATAL => 'all';
+use Apache::Test qw(-withtestmore);
+use RelayTest;
+use LWP::UserAgent ();
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+plan tests => 25, need_module 'claude_relay', 'relay_mock';
+
+my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
+my $dir = "$ENV{RELAY_TEST_STAGE}/run/sentinel";
+mkdir $dir;
+
+my %pidfiles;        # name => pidfile of every redis-server this test started
+my $httpd;           # the sentinel-configured httpd
+my $loop_pid;        # the background request loop
+my $saved_port = $RelayTest::PORT;
+
+END {
+    local $?;
+    $RelayTest::PORT = $saved_port;
+    kill 'KILL', $loop_pid if $loop_pid;
+    stop_httpd($httpd) if $httpd;
+    for my $pf (values %pidfiles) {
+        open my $fh, '<', $pf or next;
+        chomp(my $pid = <$fh> // '');
+        close $fh;
+        kill 'TERM', $pid if $pid =~ /^\d+$/;
+    }
+}
+
+# redis-cli against one of this test's servers; the output without the last newline.
+sub rcli {
+    my ($port, @args) = @_;
+    open my $fh, '-|', 'redis-cli', '-h', '127.0.0.1', '-p', $port, @args or die "redis-cli: $!";
+    my $out = do { local $/; <$fh> } // '';
+    close $fh;
+    chomp $out;
+    return $out;
+}
+
+sub pid_of {
+    my $name = shift;
+    open my $fh, '<', $pidfiles{$name} or return;
+    chomp(my $pid = <$fh> // '');
+    return $pid;
+}
+
+# Start a data redis-server (daemonized) on a port; extra arguments appended.
+sub start_redis {
+    my ($name, $port, @extra) = @_;
+    $pidfiles{$name} = "$dir/$name.pid";
+    system('redis-server', '--bind', '127.0.0.1', '--port', $port, '--save', '',
+           '--appendonly', 'no', '--dir', $dir, '--dbfilename', "$name.rdb",
+           '--daemonize', 'yes', '--pidfile', $pidfiles{$name}, '--logfile', "$dir/$name.log",
+           @extra) == 0 or die "cannot start redis-server $name";
+    wait_until(5, sub { rcli($port, 'PING') eq 'PONG' }) // die "redis-server $name is not up";
+}
+
+# The master address one sentinel gives, as "host:port" (or '' when none).
+sub sentinel_master {
+    my $port = shift;
+    return join ':', split /\n/, rcli($port, 'SENTINEL', 'get-master-addr-by-name', 'mymaster');
+}
+
+# One field of SENTINEL MASTER mymaster as seen by one sentinel.
+sub sentinel_field {
+    my ($port, $field) = @_;
+    my %h = split /\n/, rcli($port, 'SENTINEL', 'MASTER', 'mymaster');
+    return $h{$field} // '';
+}
+
+my $auth;
+sub post { return http_post('/api/v1/messages', $msg, 'x-api-key' => $auth, @_) }
+
+# --- one master, one replica, three sentinels ---------------------------------
+my $mport = free_port();
+my $rport = free_port();
+start_redis('master', $mport);
+start_redis('replica', $rport, '--replicaof', '127.0.0.1', $mport);
+my @sports = map { free_port() } 1 .. 3;
+for my $i (0 .. 2) {
+    my $conf = "$dir/sentinel$i.conf";
+    open my $fh, '>', $conf or die $!;
+    print $fh "port $sports[$i]\nbind 127.0.0.1\ndir $dir\nsentinel resolve-hostnames no\n"
+            . "sentinel monitor mymaster 127.0.0.1 $mport 2\n"
+            . "sentinel down-after-milliseconds mymaster 1000\n"
+            . "sentinel failover-timeout mymaster 5000\n";
+    close $fh;
+    $pidfiles{"sentinel$i"} = "$dir/sentinel$i.pid";
+    system('redis-server', $conf, '--sentinel', '--daemonize', 'yes',
+           '--pidfile', $pidfiles{"sentinel$i"}, '--logfile', "$dir/sentinel$i.log") == 0
+        or die "cannot start sentinel $i";
+}
+my $ready = wait_until(20, sub {
+    rcli($rport, 'INFO', 'replication') =~ /master_link_status:up/ or return 0;
+    for my $s (@sports) {
+        return 0 unless sentinel_master($s) eq "127.0.0.1:$mport"
+            && sentinel_field($s, 'num-slaves') eq '1'
+            && sentinel_field($s, 'num-other-sentinels') eq '2';
+    }
+    return 1;
+});
+ok defined $ready, sprintf('the sentinels see the master, the replica and each other (%.1f s)',
+                           $ready // -1);
+
+# keys live in the master; the replica must have them before the master dies
+sub key_in_master {
+    my ($name, $limit) = @_;
+    my ($rc, $out) = relay_keys('--redis', "127.0.0.1:$mport", 'create', '--json',
+                                '--name', $name, '--concurrency-limit', $limit);
+    die "relay-keys create failed ($rc): $out" if $rc != 0;
+    return json_decode($out) || die "relay-keys gave no JSON: $out";
+}
+my $k = key_in_master('sentinel limit 2', 2);
+my $free = key_in_master('sentinel unlimited', 0);
+wait_until(5, sub { rcli($rport, 'EXISTS', "apikey:$k->{id}", "apikey:$free->{id}") eq '2' });
+
+$httpd = start_httpd(name => 'sentinel',
+                     redis => "RelayRedisSentinel 127.0.0.1:$sports[0],127.0.0.1:$sports[1],"
+                            . "127.0.0.1:$sports[2] mymaster\nRelayRedisTimeout 500");
+$RelayTest::PORT = $httpd->{port};
+
+# --- 1. through the sentinels, the limit holds -----------------------------------
+$auth = $k->{apiKey};
+is(post()->code, 200, 'a request passes through the sentinel-configured relay');
+my @res = parallel_posts(6, '/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey},
+                         'x-mock-hold-ms' => 1500);
+is(scalar(grep { $_->{status} == 200 } @res), 2, '6 held requests on a limit-2 key: 2 pass');
+is(scalar(grep { $_->{status} == 429 } @res), 4, 'and 4 get 429');
+
+# --- 2. the master dies ------------------------------------------------------
+my $loop_file = "$dir/loop.txt";
+my $stop_file = "$dir/loop.stop";
+unlink $loop_file, $stop_file;
+$loop_pid = fork // die "fork: $!";
+if ($loop_pid == 0) {
+    # sequential requests until told to stop; one line per request
+    my $ua = LWP::UserAgent->new(timeout => 10, keep_alive => 0);
+    open my $out, '>', $loop_file or POSIX::_exit(1);
+    $out->autoflush(1);
+    my $end = time + 60;
+    while (!-e $stop_file && time < $end) {
+        my $t0 = time;
+        my $r = $ua->post("http://127.0.0.1:$httpd->{port}/api/v1/messages",
+                          'Content-Type' => 'application/json', 'x-api-key' => $free->{apiKey},
+                          Content => $msg);
+        my $b = json_decode($r->decoded_content // '') || {};
+        printf $out "%.3f %.3f %d %s\n", $t0, time - $t0, $r->code,
+               ($b->{error} // '-') =~ s/\s+/_/gr;
+        sleep 0.05;
+    }
+    close $out;
+    POSIX::_exit(0);
+}
+sleep 1;
+my $killed_at = time;
+kill 'KILL', pid_of('master');
+wait_until(5, sub { rcli($mport, 'PING') ne 'PONG' });
+$auth = $free->{apiKey};
+my $took = wait_until(30, sub { post()->code == 200 });
+ok defined $took && $took < 20,
+   sprintf('requests succeed again %.1f s after the master was killed', $took // -1);
+sleep 1;
+open my $sf, '>', $stop_file or die $!;
+close $sf;
+waitpid $loop_pid, 0;
+$loop_pid = undef;
+open my $lf, '<', $loop_file or die $!;
+my @loop = map { [split ' '] } <$lf>;
+close $lf;
+my @after = grep { $_->[0] >= $killed_at } @loop;
+my @bad = grep { $_->[2] != 200 && !($_->[2] == 503
+                                      && $_->[3] eq 'Service_temporarily_unavailable') } @loop;
+my $n503 = grep { $_->[2] == 503 } @loop;
+my ($slowest) = sort { $b <=> $a } map { $_->[1] } @loop;
+ok @after > 0 && !@bad,
+   sprintf('meanwhile every answer was 200 or the 503 JSON (%d requests, %d with 503)',
+           scalar @loop, $n503) or diag(join "\n", map { "@$_" } @bad);
+ok defined $slowest && $slowest < 3, sprintf('no request hung (slowest %.2f s)', $slowest // -1);
+ok $after[-1] && $after[-1][2] == 200, 'the background loop ended with successes';
+is(sentinel_master($sports[0]), "127.0.0.1:$rport", 'the sentinels promoted the replica');
+
+# --- 3. on the promoted replica the limit still holds -----------------------------
+@res = parallel_posts(6, '/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey},
+                      'x-mock-hold-ms' => 1500);
+is(scalar(grep { $_->{status} == 200 } @res), 2, 'after the failover: 2 of 6 held requests pass');
+is(scalar(grep { $_->{status} == 429 } @res), 4, 'and 4 get 429');
+ok defined wait_until(6, sub { rcli($rport, 'ZCARD', "concurrency:$k->{id}") eq '0' }),
+   'concurrency:{id} on the new master is empty afterwards';
+
+# --- 4. a master demoted under the relay's pooled connections: READONLY -------------
+# The old master comes back as a replica of the new one; then the two swap
+# roles by hand (no sentinel failover, so no client is disconnected), and the
+# sentinels are pointed at the new master. The relay's pooled connections
+# still go to the demoted server, which answers READONLY.
+start_redis('master2', $mport, '--replicaof', '127.0.0.1', $rport);
+ok defined wait_until(10, sub { rcli($mport, 'INFO', 'replication') =~ /master_link_status:up/ }),
+   'the old master is back, as a replica of the new one';
+rcli($mport, 'REPLICAOF', 'NO', 'ONE');
+rcli($rport, 'REPLICAOF', '127.0.0.1', $mport);
+for my $s (@sports) {
+    rcli($s, 'SENTINEL', 'REMOVE', 'mymaster');
+    rcli($s, 'SENTINEL', 'MONITOR', 'mymaster', '127.0.0.1', $mport, 2);
+    rcli($s, 'SENTINEL', 'SET', 'mymaster', 'down-after-milliseconds', 1000,
+         'failover-timeout', 5000);
+}
+like(rcli($rport, 'ROLE'), qr/^slave/, 'the server the relay is connected to is a replica now');
+is(rcli($mport, 'SCRIPT', 'EXISTS', '0' x 40) . '|' . (rcli($mport, 'EVALSHA', '0' x 40, 0) =~ /NOSCRIPT/ ? 'noscript' : ''),
+   '0|noscript', 'and the new master has no script cached');
+my @codes = map { post()->code } 1 .. 10;
+is("@codes", join(' ', (200) x 10), 'every request after the switch passes, none gets 503');
+like(rcli($rport, 'INFO', 'errorstats'), qr/errorstat_READONLY:count=[1-9]/,
+     'the demoted server did answer READONLY (and the relay moved on)');
+$auth = $k->{apiKey};
+@res = parallel_posts(6, '/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey},
+                      'x-mock-hold-ms' => 1500);
+is(scalar(grep { $_->{status} == 200 } @res), 2, 'on the new master: 2 of 6 held requests pass');
+ok defined wait_until(6, sub { rcli($mport, 'ZCARD', "concurrency:$k->{id}") eq '0' }),
+   'and concurrency:{id} there is empty afterwards';
+
+$RelayTest::PORT = $saved_port;
+
+# --- 5. configtest ---------------------------------------------------------------
+my $cdir = "$dir/configtest";
+mkdir $cdir;
+sub configtest {
+    my $body = shift;
+    my $conf = "$cdir/httpd.conf";
+    open my $fh, '>', $conf or die $!;
+    print $fh "ServerRoot $cdir\nServerName 127.0.0.1\nInclude $ENV{RELAY_TEST_STAGE}/run/inherit.conf\n"
+            . "Listen 127.0.0.1:1\nPidFile $cdir/httpd.pid\nErrorLog $cdir/error.log\n"
+            . "RelayKeyHashSecret s3cret\n<Location /api/>\nRelayEngine On\n</Location>\n$body\n";
+    close $fh;
+    my $out = `/usr/sbin/apache2 -t -f $conf 2>&1`;
+    return ($? >> 8, $out);
+}
+for my $c (
+    ['no master name', "RelayRedisSentinel 127.0.0.1:1", 1,
+     qr/RelayRedisSentinel: '127\.0\.0\.1:1' needs a master name/],
+    ['not host:port', "RelayRedisSentinel nonsense mymaster", 1,
+     qr/RelayRedisSentinel: 'nonsense' in the sentinel list is not host:port/],
+    ['empty entry', "RelayRedisSentinel 127.0.0.1:1,,127.0.0.1:2 mymaster", 1,
+     qr/RelayRedisSentinel: the sentinel list .* empty entry/],
+    ['with RelayRedisServer', "RelayRedisServer 127.0.0.1:6379\nRelayRedisSentinel 127.0.0.1:1 m", 1,
+     qr/RelayRedisSentinel: cannot be combined with RelayRedisServer .*ambiguous/],
+    ['good', "RelayRedisSentinel 127.0.0.1:1,[::1]:2 mymaster", 0, qr/Syntax OK/],
+    ['vhost sentinels over main server',
+     "RelayRedisServer 127.0.0.1:6379\n<VirtualHost 127.0.0.1:1>\n"
+     . "RelayRedisSentinel 127.0.0.1:1 mymaster\n</VirtualHost>", 0, qr/Syntax OK/],
+) {
+    my ($name, $body, $fails, $re) = @$c;
+    my ($rc, $out) = configtest($body);
+    ok(($rc != 0) == $fails && $out =~ $re, "configtest, $name: " . ($fails ? 'refused' : 'accepted'))
+        or diag($out);
+}
