@@ -1,0 +1,93 @@
+# A flood: 500 connections hammer one key with limit 10 for 30 seconds
+# (RELAY_FLOOD_SECONDS), a fifth of them hanging up mid-stream. The upstream
+# never sees more than 10 in flight, every request ends admitted or refused
+# with 429, and afterwards concurrency:{id} is empty.
+use strict;
+use warnings FATAL => 'all';
+use Apache::Test qw(-withtestmore);
+use RelayTest;
+use IO::Socket::INET ();
+use Errno qw(EAGAIN EWOULDBLOCK EINPROGRESS);
+use Time::HiRes qw(time sleep);
+
+plan tests => 7, need_module 'claude_relay', 'relay_mock';
+
+my $clients = $ENV{RELAY_FLOOD_CLIENTS} // 500;
+my $seconds = $ENV{RELAY_FLOOD_SECONDS} // 30;
+my $k = make_key(name => 'flood', limit => 10);
+my $port = Apache::Test::config()->{vars}{port};
+my $body = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"stream":true,"messages":[]}';
+my $req = "POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: $k->{apiKey}\r\n"
+        . "x-mock-hold-ms: 600\r\nx-mock-events: 3\r\nx-mock-tag: flood\r\n"
+        . "Content-Type: application/json\r\nContent-Length: " . length($body)
+        . "\r\nConnection: close\r\n\r\n$body";
+mock_clear();
+
+my %count = (admitted => 0, limited => 0, aborted => 0, completed => 0, failed => 0);
+my @failures;
+my @c = map { {id => $_, aborter => $_ % 5 == 0, next => time + rand(0.5)} } 1 .. $clients;
+my $deadline = time + $seconds;
+
+# finish one request of a client and schedule its next one
+sub done {
+    my ($cl, $outcome) = @_;
+    close $cl->{sock} if $cl->{sock};
+    $cl->{sock} = undef;
+    $count{$outcome}++;
+    $cl->{next} = time + 0.05 + rand(0.1);
+}
+
+while (1) {
+    my $now = time;
+    my $active = 0;
+    for my $cl (@c) {
+        if (!$cl->{sock}) {
+            next if $now >= $deadline || $now < $cl->{next};
+            my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                          Proto => 'tcp', Timeout => 5);
+            if (!$s) { $count{failed}++; push @failures, "connect: $!"; $cl->{next} = $now + 0.2; next }
+            $s->blocking(0);
+            syswrite($s, $req);
+            @$cl{qw(sock buf status started)} = ($s, '', 0, $now);
+        }
+        $active++;
+    }
+    last if !$active && time >= $deadline;
+    my $rin = '';
+    vec($rin, fileno($_->{sock}), 1) = 1 for grep { $_->{sock} } @c;
+    select(my $rout = $rin, undef, undef, 0.05);
+    for my $cl (grep { $_->{sock} } @c) {
+        next unless vec($rout, fileno($cl->{sock}), 1);
+        my $n = sysread($cl->{sock}, my $chunk, 65536);
+        if (!defined $n) { next if $! == EAGAIN || $! == EWOULDBLOCK; }
+        if (!$n) {    # the server closed: the answer is complete
+            my ($st) = $cl->{buf} =~ m{^HTTP/1\.\d (\d{3})};
+            $st //= 0;
+            if ($st == 200 && $cl->{buf} =~ /event: message_stop/) { $count{admitted}++; done($cl, 'completed') }
+            elsif ($st == 429 && $cl->{buf} =~ /"concurrencyLimit":10/) { done($cl, 'limited') }
+            else { push @failures, "status $st: " . substr($cl->{buf}, 0, 120); done($cl, 'failed') }
+            next;
+        }
+        $cl->{buf} .= $chunk;
+        if ($cl->{aborter} && $cl->{buf} =~ m{^HTTP/1\.\d 200} && $cl->{buf} =~ /content_block_delta/) {
+            $count{admitted}++;
+            done($cl, 'aborted');    # hang up mid-stream
+        }
+    }
+    for my $cl (grep { $_->{sock} && time - $_->{started} > 30 } @c) {
+        push @failures, 'no answer within 30 s';
+        done($cl, 'failed');
+    }
+}
+diag(join ', ', map { "$_=$count{$_}" } sort keys %count);
+diag("first failures: @failures[0 .. ($#failures < 4 ? $#failures : 4)]") if @failures;
+
+ok($count{admitted} >= 50, "many requests were admitted ($count{admitted})");
+ok($count{limited} > 0, "many were refused with the 429 body ($count{limited})");
+ok($count{aborted} > 0, "clients hung up mid-stream ($count{aborted})");
+is($count{failed}, 0, 'every request ended admitted or 429: none failed');
+my $peak = mock_peak('flood');
+ok($peak <= 10 && $peak > 0, "the upstream never saw more than 10 in flight (peak $peak)");
+ok(defined wait_until(5, sub { leases($k->{id}) == 0 }), 'afterwards no live lease is left');
+ok(defined wait_until(5, sub { redis('ZCARD', "concurrency:$k->{id}") == 0 }),
+   'and concurrency:{id} is empty');
