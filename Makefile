@@ -4,6 +4,7 @@
 #   make install    install mod_claude_relay.so into httpd's module folder
 #   make test       install missing packages, then run every test
 #   make fuzz       fuzz the usage parser (FUZZ_SECONDS, default 300)
+#   make soak       10 minutes of mixed traffic; checks leaks and memory (SOAK_SECONDS)
 #   make demo       install missing packages, build, and run the relay on 127.0.0.1:8080
 #   make demo-stop  stop the demo
 
@@ -78,6 +79,12 @@ test:
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	t/run-tests.sh
 
+# a bounded soak: SOAK_SECONDS (600) of mixed traffic, then leaks and memory
+soak:
+	scripts/install-deps --test
+	$(MAKE) all
+	RELAY_SOAK=1 t/run-tests.sh t/soak/soak.t
+
 demo:
 	scripts/install-deps
 	$(MAKE) all
@@ -90,4 +97,4 @@ clean:
 	$(MAKE) -f Makefile.apxs clean
 	rm -rf $(BUILD) mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
 
-.PHONY: all install deps unit fuzz test demo demo-stop clean
+.PHONY: all install deps unit fuzz test soak demo demo-stop clean

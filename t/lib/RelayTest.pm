@@ -175,7 +175,7 @@ RelayLeaseSeconds 3
 <Location /api/>
     RelayEngine On
     RelayUpstreamApiKey env:RELAY_TEST_UPSTREAM_KEY
-    ProxyPass http://127.0.0.1:$mock/
+    ProxyPass http://127.0.0.1:$mock/ disablereuse=On
 </Location>
 $o{extra}
 CONF

@@ -62,7 +62,7 @@ my $bh = start_httpd(name => 'blackhole',
                      redis => "RelayRedisServer 127.0.0.1:$hole_port\nRelayRedisTimeout 500",
                      extra => "<Location /api-allow/>\n RelayEngine On\n RelayOnRedisError allow\n"
                             . " RelayUpstreamApiKey env:RELAY_TEST_UPSTREAM_KEY\n"
-                            . " ProxyPass http://127.0.0.1:" . mock_port() . "/\n</Location>");
+                            . " ProxyPass http://127.0.0.1:" . mock_port() . "/ disablereuse=On\n</Location>");
 push @cleanup, sub { stop_httpd($bh) };
 {
     local $RelayTest::PORT = $bh->{port};
