@@ -4,6 +4,7 @@
 #   make install    install mod_claude_relay.so into httpd's module folder
 #   make test       install missing packages, then run every test
 #   make fuzz       fuzz the usage parser (FUZZ_SECONDS, default 300)
+#   make test-asan  the suite with the module under AddressSanitizer and UBSan
 #   make soak       10 minutes of mixed traffic; checks leaks and memory (SOAK_SECONDS)
 #   make demo       install missing packages, build, and run the relay on 127.0.0.1:8080
 #   make demo-stop  stop the demo
@@ -79,6 +80,19 @@ test:
 	$(MAKE) fuzz FUZZ_SECONDS=20
 	t/run-tests.sh
 
+# the whole suite with the module built with AddressSanitizer and UBSan, the
+# runtimes preloaded into Debian's httpd; any report fails the run
+test-asan:
+	scripts/install-deps --test
+	$(MAKE) all
+	$(MAKE) -f Makefile.apxs clean
+	$(MAKE) -f Makefile.apxs SANITIZE=1
+	mkdir -p $(BUILD)-asan
+	cp .libs/mod_claude_relay.so $(BUILD)-asan/
+	cp $(BUILD)/mod_relay_mock.so $(BUILD)/relay-keys $(BUILD)-asan/
+	$(MAKE) -f Makefile.apxs clean
+	RELAY_ASAN=1 RELAY_BUILD=$(CURDIR)/$(BUILD)-asan t/run-tests.sh
+
 # a bounded soak: SOAK_SECONDS (600) of mixed traffic, then leaks and memory
 soak:
 	scripts/install-deps --test
@@ -93,8 +107,16 @@ demo:
 demo-stop:
 	demo/demo.sh stop
 
+# benchmarks (not part of make test): relay vs plain mod_proxy with wrk, then
+# concurrent SSE streams; results in bench/results-latest.md (BENCH_* variables:
+# see bench/run.sh and bench/streams.sh)
+bench:
+	scripts/install-deps --bench && $(MAKE) all && bench/run.sh && bench/streams.sh
+
+.PHONY: bench
+
 clean:
 	$(MAKE) -f Makefile.apxs clean
-	rm -rf $(BUILD) mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
+	rm -rf $(BUILD) $(BUILD)-asan mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
 
-.PHONY: all install deps unit fuzz test soak demo demo-stop clean
+.PHONY: all install deps unit fuzz test test-asan soak demo demo-stop clean

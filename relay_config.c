@@ -44,19 +44,17 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
 {
     relay_server_conf *base = basev, *add = addv;
     relay_server_conf *sc = apr_pcalloc(p, sizeof(*sc));
-
     /* where: host, port, socket and sentinels travel together */
-    {
-        const relay_server_conf *from = add->redis_set || add->sentinel_set ? add : base;
-        sc->redis.host = from->redis.host;
-        sc->redis.port = from->redis.port;
-        sc->redis.unix_path = from->redis.unix_path;
-        sc->redis.sentinels = from->redis.sentinels;
-        sc->redis.nsentinels = from->redis.nsentinels;
-        sc->redis.master_name = from->redis.master_name;
-        sc->redis_set = from->redis_set;
-        sc->sentinel_set = from->sentinel_set;
-    }
+    const relay_server_conf *from = add->redis_set || add->sentinel_set ? add : base;
+
+    sc->redis.host = from->redis.host;
+    sc->redis.port = from->redis.port;
+    sc->redis.unix_path = from->redis.unix_path;
+    sc->redis.sentinels = from->redis.sentinels;
+    sc->redis.nsentinels = from->redis.nsentinels;
+    sc->redis.master_name = from->redis.master_name;
+    sc->redis_set = from->redis_set;
+    sc->sentinel_set = from->sentinel_set;
     sc->redis.password = add->password_set ? add->redis.password : base->redis.password;
     sc->password_set = add->password_set || base->password_set;
     sc->redis.username = add->username_set ? add->redis.username : base->redis.username;
@@ -248,16 +246,19 @@ static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, cha
                "server (which one wins would be ambiguous); keep one of them";
     }
     if (argc == 0) {
-        return apr_psprintf(cmd->pool, "RelayRedisSentinel: needs a sentinel list and a master "
-                                        "name %s", usage);
+        return apr_psprintf(cmd->pool,
+                            "RelayRedisSentinel: needs a sentinel list and a master name %s",
+                            usage);
     }
     if (argc == 1) {
         return apr_psprintf(cmd->pool, "RelayRedisSentinel: '%s' needs a master name after it %s",
                             argv[0], usage);
     }
     if (argc > 2) {
-        return apr_psprintf(cmd->pool, "RelayRedisSentinel: takes 2 words, got %d; write the "
-                                        "sentinel list without spaces %s", argc, usage);
+        return apr_psprintf(cmd->pool,
+                            "RelayRedisSentinel: takes 2 words, got %d; write the sentinel list "
+                            "without spaces %s",
+                            argc, usage);
     }
     name = argv[1];
     if (*name == '\0' || strpbrk(name, " \t\r\n")) {
@@ -267,8 +268,10 @@ static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, cha
     addrs = apr_array_make(cmd->pool, 3, sizeof(relay_redis_addr));
     list = apr_pstrdup(cmd->temp_pool, argv[0]);
     if (*list == '\0' || *list == ',' || list[strlen(list) - 1] == ',' || strstr(list, ",,")) {
-        return apr_psprintf(cmd->pool, "RelayRedisSentinel: the sentinel list '%s' is empty or "
-                                        "has an empty entry %s", argv[0], usage);
+        return apr_psprintf(cmd->pool,
+                            "RelayRedisSentinel: the sentinel list '%s' is empty or has an empty "
+                            "entry %s",
+                            argv[0], usage);
     }
     for (item = apr_strtok(list, ",", &last); item; item = apr_strtok(NULL, ",", &last)) {
         char *host = NULL, *scope = NULL;
@@ -277,8 +280,9 @@ static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, cha
         relay_redis_addr *a;
 
         if (rv != APR_SUCCESS || !host || scope || port == 0) {
-            return apr_psprintf(cmd->pool, "RelayRedisSentinel: '%s' in the sentinel list is not "
-                                            "host:port %s", item, usage);
+            return apr_psprintf(cmd->pool,
+                                "RelayRedisSentinel: '%s' in the sentinel list is not host:port %s",
+                                item, usage);
         }
         if (addrs->nelts >= RELAY_MAX_SENTINELS) {
             return apr_psprintf(cmd->pool, "RelayRedisSentinel: at most %d sentinels",

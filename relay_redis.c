@@ -448,6 +448,12 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
     const char *refusal = NULL;
     int reopen = 0;
 
+    if (!c->ctx) {
+        /* an earlier reconnect on this connection failed */
+        c->broken = 1;
+        *err = "the Redis connection is closed";
+        return NULL;
+    }
     rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
     if (!rep && c->uses > 0) {
         /* a connection that worked before has gone stale */

@@ -28,7 +28,7 @@ typedef struct {
     int timeout_ms;         /* connect and I/O timeout */
     const relay_redis_addr *sentinels; /* sentinels naming the master; NULL = use host/port */
     int nsentinels;         /* entries in sentinels; > 0 means host/port/unix_path are unused */
-    const char *master_name;/* the name the sentinels monitor the master under */
+    const char *master_name; /* the name the sentinels monitor the master under */
 } relay_redis_target;
 
 /* A Lua script with its SHA1, so calls can use EVALSHA. */

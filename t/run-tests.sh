@@ -81,6 +81,26 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 
+httpd=/usr/sbin/apache2
+if [ "${RELAY_ASAN:-0}" = 1 ]; then
+    # a module built with -fsanitize=address,undefined needs the runtimes
+    # loaded first; every report lands in run/sanitizer.* and fails the run
+    asan=$(gcc -print-file-name=libasan.so)
+    ubsan=$(gcc -print-file-name=libubsan.so)
+    mkdir -p "$stage/run/sanitizer"
+    chmod 1777 "$stage/run/sanitizer"
+    cat > "$stage/run/httpd-sanitized" <<WRAP
+#!/bin/sh
+export LD_PRELOAD="$asan $ubsan"
+export ASAN_OPTIONS="detect_leaks=0:use_sigaltstack=0:log_path=$stage/run/sanitizer/asan:abort_on_error=0"
+export UBSAN_OPTIONS="print_stacktrace=1:log_path=$stage/run/sanitizer/ubsan"
+exec /usr/sbin/apache2 "\$@"
+WRAP
+    chmod 755 "$stage/run/httpd-sanitized"
+    httpd=$stage/run/httpd-sanitized
+fi
+export RELAY_HTTPD=$httpd
+
 cd "$stage"
 # the flood test holds hundreds of connections
 ulimit -n 8192 2>/dev/null || true
@@ -89,11 +109,21 @@ if [ "$(id -u)" = 0 ]; then
     user_args=(-user nobody -group nogroup)
 fi
 set +e
-perl t/TEST.PL -httpd /usr/sbin/apache2 -apxs /usr/bin/apxs -httpd_conf "$stage/run/inherit.conf" \
+perl t/TEST.PL -httpd "$httpd" -apxs /usr/bin/apxs -httpd_conf "$stage/run/inherit.conf" \
     -port select -servername 127.0.0.1 -maxclients 200 -threadsperchild 25 \
     "${user_args[@]}" "$@"
 rc=$?
 set -e
+if [ "${RELAY_ASAN:-0}" = 1 ]; then
+    reports=$(ls "$stage"/run/sanitizer/ 2>/dev/null | wc -l)
+    if [ "$reports" -gt 0 ]; then
+        echo "---- sanitizer reports ($reports) ----"
+        head -n 80 "$stage"/run/sanitizer/*
+        rc=1
+    else
+        echo "sanitizers: no report from httpd"
+    fi
+fi
 if [ $rc -ne 0 ]; then
     echo "---- last lines of the test httpd's error_log ----"
     tail -n 60 "$stage/t/logs/error_log" 2>/dev/null || true

@@ -72,6 +72,8 @@ sub make_key {
 
 # The server the helpers talk to: the Apache::Test server unless set.
 our $PORT;
+# The httpd binary (a wrapper that preloads the sanitizers under make test-asan).
+our $HTTPD = $ENV{RELAY_HTTPD} // '/usr/sbin/apache2';
 
 sub base_url {
     my $cfg = Apache::Test::config();
@@ -155,6 +157,7 @@ sub start_httpd {
     my $redis = $o{redis} // "RelayRedisServer 127.0.0.1:$ENV{RELAY_TEST_REDIS_PORT}";
     my $user = $> == 0 ? "User nobody\nGroup nogroup\n" : '';
     my $mock = mock_port();
+    my $extra = $o{extra} // '';
     open my $fh, '>', "$dir/httpd.conf" or die $!;
     print $fh <<"CONF";
 ServerRoot $dir
@@ -177,10 +180,10 @@ RelayLeaseSeconds 3
     RelayUpstreamApiKey env:RELAY_TEST_UPSTREAM_KEY
     ProxyPass http://127.0.0.1:$mock/ disablereuse=On
 </Location>
-$o{extra}
+$extra
 CONF
     close $fh;
-    system('/usr/sbin/apache2', '-f', "$dir/httpd.conf", '-k', 'start') == 0
+    system($RelayTest::HTTPD, '-f', "$dir/httpd.conf", '-k', 'start') == 0
         or die "cannot start httpd $name";
     my $ok = wait_until(10, sub {
         -s "$dir/httpd.pid"
@@ -193,7 +196,7 @@ CONF
 
 sub stop_httpd {
     my $h = shift;
-    system('/usr/sbin/apache2', '-f', "$h->{dir}/httpd.conf", '-k', 'stop');
+    system($RelayTest::HTTPD, '-f', "$h->{dir}/httpd.conf", '-k', 'stop');
     wait_until(10, sub { !-e "$h->{dir}/httpd.pid" });
 }
 

@@ -39,7 +39,7 @@ sub configtest {
             . ($with_secret ? "RelayKeyHashSecret s3cret\n" : '')
             . "<Location /api/>\nRelayEngine On\n</Location>\n$body\n";
     close $fh;
-    my $out = `/usr/sbin/apache2 -t -f $conf 2>&1`;
+    my $out = `$RelayTest::HTTPD -t -f $conf 2>&1`;
     return ($? >> 8, $out);
 }
 

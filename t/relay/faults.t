@@ -152,7 +152,7 @@ push @cleanup, sub { stop_httpd($sv) };
         $x
     } 1 .. 4;
     is(leases($gk->{id}), 4, 'four long streams in flight');
-    system('/usr/sbin/apache2', '-f', "$sv->{dir}/httpd.conf", '-k', 'graceful');
+    system($RelayTest::HTTPD, '-f', "$sv->{dir}/httpd.conf", '-k', 'graceful');
     my $complete = 0;
     for my $x (@socks) {
         $complete++ if read_until($x, qr/message_stop/, 15) =~ /message_stop/;
@@ -172,7 +172,7 @@ push @cleanup, sub { stop_httpd($sv) };
         $x
     } 1 .. 4;
     is(leases($gk->{id}), 4, 'four more streams in flight');
-    system('/usr/sbin/apache2', '-f', "$sv->{dir}/httpd.conf", '-k', 'restart');
+    system($RelayTest::HTTPD, '-f', "$sv->{dir}/httpd.conf", '-k', 'restart');
     my $t = wait_until(10 + $lease + 3, sub { redis('ZCARD', "concurrency:$gk->{id}") == 0 });
     ok(defined $t, sprintf('hard restart: slots released or expired (%.1f s)', $t // -1));
     $_->close for @socks;
