@@ -30,14 +30,19 @@ $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
 	    mod_relay_mock.c -ljson-c >/dev/null
 	cp mock/.libs/mod_relay_mock.so $@
 
-$(BUILD)/relay-keys: tools/relay-keys.c relay_keys.c relay_keys.h | $(BUILD)
-	$(CC) $(CFLAGS_TOOLS) -o $@ tools/relay-keys.c relay_keys.c -lhiredis -ljson-c
+$(BUILD)/relay-keys: tools/relay-keys.c relay_keys.c relay_keys.h relay_validate.c \
+                     relay_validate.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ tools/relay-keys.c relay_keys.c relay_validate.c \
+	    -lhiredis -ljson-c
 
 $(BUILD)/test-concurrency: tools/test-concurrency.c | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ tools/test-concurrency.c -lcurl -ljson-c
 
 $(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_keys.c relay_keys.c
+
+$(BUILD)/test_validate: t/unit/test_validate.c relay_validate.c relay_keys.c relay_validate.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_validate.c relay_validate.c relay_keys.c
 
 $(BUILD)/test_usage: t/unit/test_usage.c relay_usage.c relay_usage.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_usage.c relay_usage.c
@@ -67,8 +72,10 @@ fuzz: $(BUILD)/fuzz_usage
 	$(BUILD)/fuzz_usage -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
 	    $(BUILD)/fuzz-corpus 2>&1 | tail -n 12
 
-unit: $(BUILD)/test_keys $(BUILD)/test_usage $(BUILD)/relay-keys $(BUILD)/test-concurrency
+unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/relay-keys \
+      $(BUILD)/test-concurrency
 	$(BUILD)/test_keys
+	$(BUILD)/test_validate
 	$(BUILD)/test_usage
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency

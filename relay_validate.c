@@ -11,8 +11,11 @@ long relay_utf8_chars(const char *s)
     const unsigned char *p = (const unsigned char *)s;
     long n = 0;
 
+    /* the smallest code point each sequence length may encode */
+    static const unsigned int min_for[4] = {0, 0x80, 0x800, 0x10000};
+
     while (*p) {
-        int extra;
+        int extra, len;
         unsigned int cp;
         if (*p < 0x80) {
             p++;
@@ -35,6 +38,7 @@ long relay_utf8_chars(const char *s)
             return -1;
         }
         p++;
+        len = extra;
         while (extra-- > 0) {
             if ((*p & 0xc0) != 0x80) {
                 return -1;
@@ -42,8 +46,8 @@ long relay_utf8_chars(const char *s)
             cp = (cp << 6) | (*p & 0x3f);
             p++;
         }
-        /* overlong forms of ASCII, surrogates and values past Unicode */
-        if (cp < 0x80 || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) {
+        /* overlong forms, surrogates and values past Unicode */
+        if (cp < min_for[len] || (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff) {
             return -1;
         }
         n++;
@@ -51,13 +55,19 @@ long relay_utf8_chars(const char *s)
     return n;
 }
 
-/* Whether s holds control characters (tab and line breaks allowed if multiline). */
+/*
+ * Whether valid UTF-8 s holds control characters: C0, DEL and C1 (U+0080 to
+ * U+009F, encoded 0xc2 0x80..0x9f); tab and line breaks allowed if multiline.
+ */
 static int has_control(const char *s, int multiline)
 {
     const unsigned char *p = (const unsigned char *)s;
 
     for (; *p; p++) {
         if (*p == 0x7f || (*p < 0x20 && !(multiline && (*p == '\t' || *p == '\n' || *p == '\r')))) {
+            return 1;
+        }
+        if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
             return 1;
         }
     }

@@ -19,11 +19,15 @@
  *
  * Build:
  *   gcc -Wall -Wextra -Werror -O2 -I. -I/usr/include/hiredis \
- *       tools/relay-keys.c relay_keys.c -lhiredis -ljson-c -o relay-keys
+ *       tools/relay-keys.c relay_keys.c relay_validate.c -lhiredis -ljson-c -o relay-keys
+ *
+ * What users type for a key is checked by relay_validate.c, the same checks
+ * as the admin pages, so both accept and refuse the same input.
  */
 #define _DEFAULT_SOURCE
 
 #include "relay_keys.h"
+#include "relay_validate.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -41,9 +45,6 @@
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
 
-#define NAME_MAX_CHARS 100
-#define DESCRIPTION_MAX_CHARS 500
-#define BY_MAX_CHARS 100
 #define DEFAULT_BY "relay-keys"
 #define DEFAULT_REDIS "127.0.0.1:6379"
 #define DEFAULT_PORT 6379
@@ -294,110 +295,6 @@ static long parse_db(const char *s, const char *source)
     return db;
 }
 
-/*
- * Count the characters of a UTF-8 string; returns -1 when it is not valid
- * UTF-8 or (unless allow_space_ctl) holds control characters. Tab, CR and LF
- * are allowed when allow_space_ctl is set.
- */
-static long utf8_chars(const char *s, int allow_space_ctl)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    long n = 0;
-
-    while (*p) {
-        unsigned char c = *p;
-        int more;
-        unsigned char lo = 0x80, hi = 0xbf;
-
-        if (c < 0x80) {
-            if (c < 0x20 || c == 0x7f) {
-                if (!allow_space_ctl || !(c == '\t' || c == '\n' || c == '\r')) {
-                    return -1;
-                }
-            }
-            p++;
-            n++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf) {
-            more = 1;
-        }
-        else if (c >= 0xe0 && c <= 0xef) {
-            more = 2;
-            if (c == 0xe0) {
-                lo = 0xa0;
-            }
-            else if (c == 0xed) {
-                hi = 0x9f;
-            }
-        }
-        else if (c >= 0xf0 && c <= 0xf4) {
-            more = 3;
-            if (c == 0xf0) {
-                lo = 0x90;
-            }
-            else if (c == 0xf4) {
-                hi = 0x8f;
-            }
-        }
-        else {
-            return -1;
-        }
-        p++;
-        if (*p < lo || *p > hi) {
-            return -1;
-        }
-        p++;
-        while (--more > 0) {
-            if (*p < 0x80 || *p > 0xbf) {
-                return -1;
-            }
-            p++;
-        }
-        /* C1 controls U+0080..U+009F are encoded as c2 80..c2 9f */
-        if (!allow_space_ctl && c == 0xc2 && p[-1] <= 0x9f) {
-            return -1;
-        }
-        n++;
-    }
-    return n;
-}
-
-/* Whether s holds something besides spaces and tabs. */
-static int has_visible(const char *s)
-{
-    for (; *s; s++) {
-        if (*s != ' ' && *s != '\t') {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* Check a text option: valid UTF-8, at most max characters. */
-static void check_text(const char *opt, const char *s, long max, int multiline)
-{
-    long n = utf8_chars(s, multiline);
-
-    if (n < 0) {
-        usage_error("option %s must be valid UTF-8 text without control characters.", opt);
-    }
-    if (n > max) {
-        usage_error("option %s is %ld characters long; at most %ld are allowed.", opt, n, max);
-    }
-}
-
-/* Parse a limit option or exit 2 naming it. */
-static long parse_limit_opt(const char *opt, const char *s)
-{
-    long v;
-
-    if (*s == '\0' || relay_parse_limit(s, &v) != 0) {
-        usage_error("option %s: \"%s\" is not a whole number from 0 to 2147483647.", opt, s);
-    }
-    return v;
-}
-
 /* The current time in milliseconds since the epoch (local clock). */
 static long long local_now_ms(void)
 {
@@ -413,24 +310,60 @@ static void iso_from_ms(long long ms, char out[RELAY_ISO_LEN + 1])
     relay_iso8601((time_t)(ms / 1000), (int)(ms % 1000), out);
 }
 
-/* Parse an --expires value: "none" gives "", a date must lie in the future. */
-static void parse_expires_opt(const char *s, char out[RELAY_ISO_LEN + 1])
+/*
+ * Exit 2 unless v, the shared check of option opt's value s, is RELAY_VALID.
+ * max is the longest s may be, in characters, for RELAY_INVALID_TOO_LONG.
+ */
+static void check_opt(const char *opt, const char *s, relay_invalid v, long max)
+{
+    switch (v) {
+    case RELAY_VALID:
+        return;
+    case RELAY_INVALID_REQUIRED:
+        usage_error("option %s must not be empty.", opt);
+    case RELAY_INVALID_TOO_LONG:
+        usage_error("option %s is %ld characters long; at most %ld are allowed.", opt,
+                    relay_utf8_chars(s), max);
+    case RELAY_INVALID_ENCODING:
+        usage_error("option %s must be valid UTF-8 text without control characters.", opt);
+    case RELAY_INVALID_NUMBER:
+        usage_error("option %s: \"%s\" is not a whole number from 0 to 2147483647.", opt, s);
+    case RELAY_INVALID_DATE:
+        usage_error("option %s: \"%s\" is not YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.mmm]]Z or "
+                    "\"none\".",
+                    opt, s);
+    case RELAY_INVALID_PAST:
+        usage_error("option %s: \"%s\" is not in the future.", opt, s);
+    }
+    usage_error("option %s: \"%s\" is not valid.", opt, s);
+}
+
+/* A limit option ("" = 0 = unlimited), or exit 2 naming it. */
+static long limit_opt(const char *opt, const char *s)
+{
+    long v;
+
+    check_opt(opt, s, relay_check_limit(s, &v), 0);
+    return v;
+}
+
+/* An --expires value: "none" or "never" gives "", a date must lie in the future. */
+static void expires_opt(const char *s, char out[RELAY_ISO_LEN + 1])
 {
     char now[RELAY_ISO_LEN + 1];
 
-    if (strcmp(s, "none") == 0 || strcmp(s, "never") == 0 || *s == '\0') {
+    if (strcmp(s, "none") == 0 || strcmp(s, "never") == 0) {
         out[0] = '\0';
         return;
     }
-    if (relay_iso8601_normalize(s, out) != 0) {
-        usage_error("option --expires: \"%s\" is not YYYY-MM-DD, "
-                    "YYYY-MM-DDTHH:MM[:SS[.mmm]]Z or \"none\".",
-                    s);
-    }
     iso_from_ms(local_now_ms(), now);
-    if (strcmp(out, now) <= 0) {
-        usage_error("option --expires: %s is not in the future.", out);
-    }
+    check_opt("--expires", s, relay_check_expiry(s, now, out), 0);
+}
+
+/* A --by value: the same rule as a key name (required, 100 characters, no controls). */
+static void check_by(const char *by)
+{
+    check_opt("--by", by, relay_check_name(by), RELAY_NAME_MAX_CHARS);
 }
 
 /* Fill buf with n random bytes from getrandom(2). */
@@ -622,8 +555,8 @@ static void connect_redis(const options *o)
     }
 }
 
-/* The Redis server's clock in milliseconds (TIME). */
-static long long redis_now_ms(void)
+/* The Redis server's clock (TIME) in milliseconds; iso receives it in ISO-8601. */
+static long long redis_now(char iso[RELAY_ISO_LEN + 1])
 {
     argbuf a = {0};
     redisReply *r;
@@ -639,6 +572,7 @@ static long long redis_now_ms(void)
     ms = strtoll(r->element[0]->str, NULL, 10) * 1000 +
          strtoll(r->element[1]->str, NULL, 10) / 1000;
     freeReplyObject(r);
+    iso_from_ms(ms, iso);
     return ms;
 }
 
@@ -715,19 +649,28 @@ static const char *rec_get(const key_record *rec, const char *field)
     return NULL;
 }
 
+/* A field of a loaded key, or fallback when it is missing or empty. */
+static const char *rec_or(const key_record *rec, const char *field, const char *fallback)
+{
+    const char *v = rec_get(rec, field);
+    return v != NULL && *v != '\0' ? v : fallback;
+}
+
 /* A field of a loaded key, or "" when missing. */
 static const char *rec_str(const key_record *rec, const char *field)
 {
-    const char *v = rec_get(rec, field);
-    return v != NULL ? v : "";
+    return rec_or(rec, field, "");
 }
 
-/* active, disabled or expired, from isActive and expiresAt at now_iso. */
+/*
+ * active, disabled or expired, from isActive and expiresAt at now_iso. Only
+ * "false" disables a key, as in the relay itself.
+ */
 static const char *key_status(const char *is_active, const char *expires, const char *now_iso)
 {
     char norm[RELAY_ISO_LEN + 1];
 
-    if (is_active == NULL || strcmp(is_active, "true") != 0) {
+    if (is_active != NULL && strcmp(is_active, "false") == 0) {
         return "disabled";
     }
     if (expires != NULL && *expires != '\0' && relay_iso8601_normalize(expires, norm) == 0 &&
@@ -776,6 +719,27 @@ static int load_record(const char *id, key_record *rec, long long now_ms, const 
 }
 
 /*
+ * Bytes of the UTF-8 character at p (a byte >= 0x80) when it may be printed as
+ * is, else 0. relay_utf8_chars checks the encoding; C1 controls (U+0080..U+009F)
+ * and the overlong 3- and 4-byte forms it lets through are refused here.
+ */
+static size_t printable_utf8(const unsigned char *p)
+{
+    char one[5];
+    size_t len = *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : 2, k;
+
+    for (k = 0; k < len && p[k] != '\0'; k++) {
+        one[k] = (char)p[k];
+    }
+    one[k] = '\0';
+    if (relay_utf8_chars(one) != 1 || (p[0] == 0xc2 && p[1] < 0xa0) ||
+        (p[0] == 0xe0 && p[1] < 0xa0) || (p[0] == 0xf0 && p[1] < 0x90)) {
+        return 0;
+    }
+    return len;
+}
+
+/*
  * Copy s for terminal display: control characters and bad bytes become '?',
  * at most maxchars characters (longer text ends in "..."). Returns the width.
  */
@@ -786,8 +750,6 @@ static size_t display_text(const char *s, size_t maxchars, char *out, size_t out
 
     while (*p && o + 8 < outlen) {
         size_t clen = 1;
-        char one[2] = {'?', 0};
-        const char *src = one;
 
         if (n == maxchars) {
             memcpy(out + o, "\xe2\x80\xa6", 3);
@@ -796,29 +758,15 @@ static size_t display_text(const char *s, size_t maxchars, char *out, size_t out
             break;
         }
         if (*p >= 0x20 && *p < 0x7f) {
-            one[0] = (char)*p;
+            out[o++] = (char)*p;
         }
-        else if (*p >= 0xc2 && *p <= 0xf4) {
-            char tmp[5];
-            size_t want = *p >= 0xf0 ? 4 : *p >= 0xe0 ? 3 : 2;
-            size_t k;
-            for (k = 1; k < want && p[k] >= 0x80 && p[k] <= 0xbf; k++) {
-            }
-            if (k == want) {
-                memcpy(tmp, p, want);
-                tmp[want] = '\0';
-                if (utf8_chars(tmp, 0) == 1) {
-                    src = (const char *)p;
-                    clen = want;
-                }
-            }
-        }
-        if (src == one) {
-            out[o++] = one[0];
+        else if (*p >= 0x80 && (clen = printable_utf8(p)) > 0) {
+            memcpy(out + o, p, clen);
+            o += clen;
         }
         else {
-            memcpy(out + o, src, clen);
-            o += clen;
+            out[o++] = '?';
+            clen = 1;
         }
         p += clen;
         n++;
@@ -839,21 +787,16 @@ static void print_padded(const char *text, size_t chars, size_t width)
 /* Describe a stored limit: "unlimited" for 0 or missing, else the number (or the raw text). */
 static void limit_text(const char *stored, char *out, size_t outlen)
 {
-    long v;
+    long v = 0;
 
-    if (stored == NULL || relay_parse_limit(stored, &v) == 0) {
-        if (stored == NULL) {
-            v = 0;
-        }
-        if (v == 0) {
-            snprintf(out, outlen, "unlimited");
-        }
-        else {
-            snprintf(out, outlen, "%ld", v);
-        }
+    if (stored != NULL && relay_parse_limit(stored, &v) != 0) {
+        display_text(stored, 20, out, outlen);
+    }
+    else if (v == 0) {
+        snprintf(out, outlen, "unlimited");
     }
     else {
-        display_text(stored, 20, out, outlen);
+        snprintf(out, outlen, "%ld", v);
     }
 }
 
@@ -989,6 +932,16 @@ static void check_id(const char *id)
     }
 }
 
+/* The only argument of cmd, a key id; exits 2 when there is not exactly one. */
+static const char *one_id(const char *cmd, int argc, char **argv)
+{
+    if (argc != 1 || argv[0][0] == '-') {
+        usage_error("%s needs exactly one key id.", cmd);
+    }
+    check_id(argv[0]);
+    return argv[0];
+}
+
 /* `create`: make a new key and print it once. */
 static int cmd_create(const options *o, int argc, char **argv)
 {
@@ -1012,13 +965,13 @@ static int cmd_create(const options *o, int argc, char **argv)
             description = val;
         }
         else if (take_opt(argc, argv, &i, "--concurrency-limit", &val)) {
-            conc = parse_limit_opt("--concurrency-limit", val);
+            conc = limit_opt("--concurrency-limit", val);
         }
         else if (take_opt(argc, argv, &i, "--token-limit", &val)) {
-            tokens = parse_limit_opt("--token-limit", val);
+            tokens = limit_opt("--token-limit", val);
         }
         else if (take_opt(argc, argv, &i, "--expires", &val)) {
-            parse_expires_opt(val, expires);
+            expires_opt(val, expires);
         }
         else if (take_opt(argc, argv, &i, "--by", &val)) {
             by = val;
@@ -1030,15 +983,13 @@ static int cmd_create(const options *o, int argc, char **argv)
             usage_error("create: unexpected argument \"%s\".", argv[i]);
         }
     }
-    if (name == NULL || !has_visible(name)) {
+    if (name == NULL) {
         usage_error("create needs --name NAME (not empty).");
     }
-    check_text("--name", name, NAME_MAX_CHARS, 0);
-    check_text("--description", description, DESCRIPTION_MAX_CHARS, 1);
-    if (!has_visible(by)) {
-        usage_error("option --by must not be empty.");
-    }
-    check_text("--by", by, BY_MAX_CHARS, 0);
+    check_opt("--name", name, relay_check_name(name), RELAY_NAME_MAX_CHARS);
+    check_opt("--description", description, relay_check_description(description),
+              RELAY_DESCRIPTION_MAX_CHARS);
+    check_by(by);
     secret = get_secret(o, "create");
 
     random_bytes(rnd, sizeof(rnd));
@@ -1144,6 +1095,28 @@ static int cmd_create(const options *o, int argc, char **argv)
     return 0;
 }
 
+/*
+ * The arguments of list (id NULL) or show (one ID into *id): returns whether
+ * --json was given; exits 2 on anything else.
+ */
+static int json_args(const char *cmd, int argc, char **argv, const char **id)
+{
+    int json = 0, i;
+
+    for (i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        }
+        else if (id != NULL && *id == NULL && argv[i][0] != '-') {
+            *id = argv[i];
+        }
+        else {
+            usage_error("%s: unexpected argument \"%s\".", cmd, argv[i]);
+        }
+    }
+    return json;
+}
+
 /* Print the plain-text table of keys. */
 static void print_table(key_record *recs, size_t n)
 {
@@ -1171,9 +1144,7 @@ static void print_table(key_record *recs, size_t n)
             len[3] = strlen(buf[3]);
             limit_text(rec_get(&recs[i], "tokenLimit"), buf[4], sizeof(buf[4]));
             len[4] = strlen(buf[4]);
-            len[5] = display_text(*rec_str(&recs[i], "createdAt") ? rec_str(&recs[i], "createdAt")
-                                                                 : "-",
-                                  30, buf[5], sizeof(buf[5]));
+            len[5] = display_text(rec_or(&recs[i], "createdAt", "-"), 30, buf[5], sizeof(buf[5]));
             for (c = 0; c < 6; c++) {
                 if (pass == 0) {
                     if (len[c] > w[c]) {
@@ -1194,24 +1165,15 @@ static void print_table(key_record *recs, size_t n)
 /* `list`: every key with its status and live concurrency. */
 static int cmd_list(const options *o, int argc, char **argv)
 {
-    int json = 0, i;
+    int json = json_args("list", argc, argv, NULL);
     char **names;
     size_t n, k, nrec = 0;
     key_record *recs;
     long long now_ms;
     char now_iso[RELAY_ISO_LEN + 1];
 
-    for (i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            json = 1;
-        }
-        else {
-            usage_error("list: unexpected argument \"%s\".", argv[i]);
-        }
-    }
     connect_redis(o);
-    now_ms = redis_now_ms();
-    iso_from_ms(now_ms, now_iso);
+    now_ms = redis_now(now_iso);
     names = scan_key_names(&n);
     recs = xmalloc(n * sizeof(*recs));
     for (k = 0; k < n; k++) {
@@ -1265,29 +1227,17 @@ static void show_line(const char *label, const char *value, size_t maxchars)
 static int cmd_show(const options *o, int argc, char **argv)
 {
     const char *id = NULL;
-    int json = 0, i;
+    int json = json_args("show", argc, argv, &id);
     key_record rec;
     long long now_ms;
     char now_iso[RELAY_ISO_LEN + 1], buf[128];
 
-    for (i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            json = 1;
-        }
-        else if (argv[i][0] != '-' && id == NULL) {
-            id = argv[i];
-        }
-        else {
-            usage_error("show: unexpected argument \"%s\".", argv[i]);
-        }
-    }
     if (id == NULL) {
         usage_error("show needs a key id.");
     }
     check_id(id);
     connect_redis(o);
-    now_ms = redis_now_ms();
-    iso_from_ms(now_ms, now_iso);
+    now_ms = redis_now(now_iso);
     if (load_record(id, &rec, now_ms, now_iso, 0) != 0) {
         fail("no key with id %s.", id);
     }
@@ -1304,19 +1254,37 @@ static int cmd_show(const options *o, int argc, char **argv)
         show_line("Concurrency:", buf, 60);
         limit_text(rec_get(&rec, "tokenLimit"), buf, sizeof(buf));
         show_line("Token limit:", buf, 60);
-        show_line("Expires:", *rec_str(&rec, "expiresAt") ? rec_str(&rec, "expiresAt") : "never",
-                  60);
+        show_line("Expires:", rec_or(&rec, "expiresAt", "never"), 60);
         show_line("Created:", rec_str(&rec, "createdAt"), 60);
         show_line("Created by:", rec_str(&rec, "createdBy"), 200);
         show_line("Updated:", rec_str(&rec, "updatedAt"), 60);
         if (rec_get(&rec, "updatedBy") != NULL) {
             show_line("Updated by:", rec_str(&rec, "updatedBy"), 200);
         }
-        show_line("Last used:",
-                  *rec_str(&rec, "lastUsedAt") ? rec_str(&rec, "lastUsedAt") : "never", 60);
+        show_line("Last used:", rec_or(&rec, "lastUsedAt", "never"), 60);
     }
     freeReplyObject(rec.hash);
     return 0;
+}
+
+/*
+ * Send an EVAL (a) of a script that returns 1 when it changed key id and 0
+ * when that key does not exist. Exits 1 on 0 or an unexpected reply; doing
+ * ("updating", "deleting") is for the message.
+ */
+static void eval_on_key(argbuf *a, const char *id, const char *doing)
+{
+    redisReply *r = redis_cmd(a);
+    int integer = r->type == REDIS_REPLY_INTEGER;
+    long long n = integer ? r->integer : 0;
+
+    freeReplyObject(r);
+    if (!integer) {
+        fail("unexpected reply while %s apikey:%s", doing, id);
+    }
+    if (n == 0) {
+        fail("no key with id %s.", id);
+    }
 }
 
 /*
@@ -1332,7 +1300,6 @@ static void hset_existing(const char *id, argbuf *pairs)
         "return 1\n";
     char key[64];
     argbuf a = {0};
-    redisReply *r;
     int i;
 
     snprintf(key, sizeof(key), "apikey:%s", id);
@@ -1343,16 +1310,7 @@ static void hset_existing(const char *id, argbuf *pairs)
     for (i = 0; i < pairs->argc; i++) {
         arg_add(&a, pairs->argv[i]);
     }
-    r = redis_cmd(&a);
-    if (r->type != REDIS_REPLY_INTEGER) {
-        freeReplyObject(r);
-        fail("unexpected reply while updating %s", key);
-    }
-    if (r->integer == 0) {
-        freeReplyObject(r);
-        fail("no key with id %s.", id);
-    }
-    freeReplyObject(r);
+    eval_on_key(&a, id, "updating");
 }
 
 /* `edit ID`: change only the given fields. */
@@ -1368,14 +1326,14 @@ static int cmd_edit(const options *o, int argc, char **argv)
     for (i = 0; i < argc; i++) {
         if (take_opt(argc, argv, &i, "--concurrency-limit", &val)) {
             conc_opt = val;
-            snprintf(conc_s, sizeof(conc_s), "%ld", parse_limit_opt("--concurrency-limit", val));
+            snprintf(conc_s, sizeof(conc_s), "%ld", limit_opt("--concurrency-limit", val));
         }
         else if (take_opt(argc, argv, &i, "--token-limit", &val)) {
             tokens_opt = val;
-            snprintf(tokens_s, sizeof(tokens_s), "%ld", parse_limit_opt("--token-limit", val));
+            snprintf(tokens_s, sizeof(tokens_s), "%ld", limit_opt("--token-limit", val));
         }
         else if (take_opt(argc, argv, &i, "--expires", &val)) {
-            parse_expires_opt(val, expires);
+            expires_opt(val, expires);
             have_expires = 1;
         }
         else if (take_opt(argc, argv, &i, "--by", &val)) {
@@ -1396,10 +1354,7 @@ static int cmd_edit(const options *o, int argc, char **argv)
         usage_error("edit needs at least one of --concurrency-limit, --token-limit, --expires.");
     }
     if (by != NULL) {
-        if (!has_visible(by)) {
-            usage_error("option --by must not be empty.");
-        }
-        check_text("--by", by, BY_MAX_CHARS, 0);
+        check_by(by);
     }
 
     if (conc_opt != NULL) {
@@ -1425,20 +1380,16 @@ static int cmd_edit(const options *o, int argc, char **argv)
 /* `disable ID` / `enable ID`: set isActive. */
 static int cmd_set_active(const options *o, int argc, char **argv, int active)
 {
-    const char *cmd = active ? "enable" : "disable";
+    const char *id = one_id(active ? "enable" : "disable", argc, argv);
     char now[RELAY_ISO_LEN + 1];
     argbuf pairs = {0};
 
-    if (argc != 1 || argv[0][0] == '-') {
-        usage_error("%s needs exactly one key id.", cmd);
-    }
-    check_id(argv[0]);
     iso_from_ms(local_now_ms(), now);
     arg_pair(&pairs, "isActive", active ? "true" : "false");
     arg_pair(&pairs, "updatedAt", now);
     connect_redis(o);
-    hset_existing(argv[0], &pairs);
-    printf("%s key %s.\n", active ? "Enabled" : "Disabled", argv[0]);
+    hset_existing(id, &pairs);
+    printf("%s key %s.\n", active ? "Enabled" : "Disabled", id);
     return 0;
 }
 
@@ -1458,16 +1409,12 @@ static int cmd_delete(const options *o, int argc, char **argv)
         "end\n"
         "redis.call('DEL', KEYS[3])\n"
         "return 1\n";
+    const char *id = one_id("delete", argc, argv);
     char key[64], conc_key[64];
     argbuf a = {0};
-    redisReply *r;
 
-    if (argc != 1 || argv[0][0] == '-') {
-        usage_error("delete needs exactly one key id.");
-    }
-    check_id(argv[0]);
-    snprintf(key, sizeof(key), "apikey:%s", argv[0]);
-    snprintf(conc_key, sizeof(conc_key), "concurrency:%s", argv[0]);
+    snprintf(key, sizeof(key), "apikey:%s", id);
+    snprintf(conc_key, sizeof(conc_key), "concurrency:%s", id);
     connect_redis(o);
     arg_add(&a, "EVAL");
     arg_add(&a, script);
@@ -1475,18 +1422,9 @@ static int cmd_delete(const options *o, int argc, char **argv)
     arg_add(&a, key);
     arg_add(&a, HASH_MAP_KEY);
     arg_add(&a, conc_key);
-    arg_add(&a, argv[0]);
-    r = redis_cmd(&a);
-    if (r->type != REDIS_REPLY_INTEGER) {
-        freeReplyObject(r);
-        fail("unexpected reply while deleting %s", key);
-    }
-    if (r->integer == 0) {
-        freeReplyObject(r);
-        fail("no key with id %s.", argv[0]);
-    }
-    freeReplyObject(r);
-    printf("Deleted key %s.\n", argv[0]);
+    arg_add(&a, id);
+    eval_on_key(&a, id, "deleting");
+    printf("Deleted key %s.\n", id);
     return 0;
 }
 

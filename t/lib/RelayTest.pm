@@ -237,7 +237,7 @@ sub parallel_posts {
     my @pids;
     my $tmp = "/tmp/relay-par.$$." . int(rand(1e9));
     mkdir $tmp or die $!;
-    my $go = time + 0.3;
+    my $go = time + 0.3 + 0.02 * $n;    # every client is forked and waiting by then
     for my $i (1 .. $n) {
         my $pid = fork;
         die "fork: $!" unless defined $pid;

@@ -14,7 +14,7 @@ my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[{"rol
 # 50 parallel slow requests on a key with limit 5
 my $k = make_key(name => 'burst', limit => 5);
 my @res = parallel_posts(50, '/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey},
-                         'x-mock-hold-ms' => 2500, 'x-mock-tag' => 'burst');
+                         'x-mock-hold-ms' => 4000, 'x-mock-tag' => 'burst');
 my @ok = grep { $_->{status} == 200 } @res;
 my @limited = grep { $_->{status} == 429 } @res;
 is(scalar @ok, 5, 'exactly 5 of 50 overlapping requests admitted');

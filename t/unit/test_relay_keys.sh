@@ -364,6 +364,14 @@ check_eq "edit normalizes expiresAt" "$(rcli HGET "apikey:$ID1" expiresAt)" \
     "2998-01-02T03:04:00.000Z"
 run edit "$ID1" --expires none
 check_eq "edit --expires none clears it" "$(rcli HGET "apikey:$ID1" expiresAt)" ""
+# the same rules as the admin pages: "" is 0, spaces before a date and a blank expiry are fine
+run edit "$ID2" --token-limit "" --expires " 2999-12-30"
+check_rc "edit with an empty limit and a space before the date exits 0" 0
+check_eq "empty --token-limit stored as 0" "$(rcli HGET "apikey:$ID2" tokenLimit)" "0"
+check_eq "space before an --expires date ignored" "$(rcli HGET "apikey:$ID2" expiresAt)" \
+    "2999-12-30T23:59:59.999Z"
+run edit "$ID2" --expires " "
+check_eq "blank --expires clears it" "$(rcli HGET "apikey:$ID2" expiresAt)" ""
 run list
 printf '%s\n' "$OUT" | grep -F "$ID1" | contains "2/unlimited"
 report "list shows unlimited concurrency" $? "$OUT"
@@ -416,6 +424,14 @@ runs create --name "$NAME100"x
 check_rc "name of 101 UTF-8 characters exits 2" 2
 runs create --name "desc too long" --description "$(printf 'd%.0s' $(seq 1 501))"
 check_rc "description of 501 characters exits 2" 2
+runs create --name "control" --description $'tab\tand line\nbreak are fine, \x01 is not'
+check_rc "description with a control character exits 2" 2
+printf '%s\n' "$ERR" | contains "--description"
+report "control character message names the option" $? "$ERR"
+runs create --name $'\n'
+check_rc "name of only a line break exits 2" 2
+printf '%s\n' "$ERR" | contains "must not be empty"
+report "blank name message says it is empty" $? "$ERR"
 runs create --description "no name"
 check_rc "create without --name exits 2" 2
 runs create --name ""
