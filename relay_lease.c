@@ -32,8 +32,9 @@
  * Returns {code, current, limit, name, legacy}: code 1 admitted, 0 unknown,
  * -1 disabled, -2 expired, 2 over the concurrency limit, 3 over the token
  * limit (then current/limit are the tokens used and the token limit).
- * Nothing is taken unless the request is admitted. Expired leases are dropped
- * before counting; Redis's clock scores them.
+ * Nothing is taken unless the request is admitted. Only live leases count
+ * (scored on Redis's own clock); expired ones are swept on one admission in
+ * sixteen, and the set disappears by itself once its last lease is given back.
  */
 static const char admit_lua[] =
     "local k = redis.call('HMGET', KEYS[1], 'apiKey', 'isActive', 'expiresAt',"
@@ -52,17 +53,19 @@ static const char admit_lua[] =
     "if limit < 0 then limit = 0 end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local stamp = string.format('%.0f', now)\n"
     "local legacy = 0\n"
-    "local r = redis.pcall('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.0f', now))\n"
-    "if type(r) == 'table' and r.err then\n"
+    /* live leases only; expired ones (a killed child's) are swept now and then */
+    "local n = redis.pcall('ZCOUNT', KEYS[2], '(' .. stamp, '+inf')\n"
+    "if type(n) == 'table' and n.err then\n"
     "  redis.call('DEL', KEYS[2])\n"
     "  legacy = 1\n"
+    "  n = 0\n"
+    "elseif tonumber(t[2]) % 16 == 0 then\n"
+    "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', stamp)\n"
     "end\n"
-    "local n = redis.call('ZCARD', KEYS[2])\n"
     "if limit > 0 and n >= limit then return {2, n, limit, name, legacy} end\n"
-    "local lease = tonumber(ARGV[3])\n"
-    "redis.call('ZADD', KEYS[2], string.format('%.0f', now + lease), ARGV[2])\n"
-    "redis.call('PEXPIRE', KEYS[2], string.format('%.0f', lease + 1000))\n"
+    "redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ARGV[3])), ARGV[2])\n"
     "return {1, n + 1, limit, name, legacy}\n";
 
 /*
@@ -77,56 +80,57 @@ static const char admit_lua[] =
  */
 static const char release_lua[] =
     "redis.pcall('ZREM', KEYS[1], ARGV[1])\n"
-    "if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end\n"
-    "redis.call('HSET', KEYS[2], 'lastUsedAt', ARGV[2])\n"
+    "local k = redis.call('HMGET', KEYS[2], 'id', 'lastUsedAt')\n"
+    "if not k[1] then return 0 end\n"
+    /* lastUsedAt to the second: busy keys are not rewritten on every request */
+    "if not k[2] or string.sub(k[2], 1, 19) ~= string.sub(ARGV[2], 1, 19) then\n"
+    "  redis.call('HSET', KEYS[2], 'lastUsedAt', ARGV[2])\n"
+    "end\n"
     "if ARGV[3] ~= '1' then return 1 end\n"
     "local i, o = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
     "local cc, cr = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
-    /* zero deltas are skipped: a request without usage costs three calls */
-    "local function add(key, field, n)\n"
-    "  if n ~= 0 then redis.call('HINCRBY', key, field, n) end\n"
-    "end\n"
     "local all = i + o + cc + cr\n"
-    "add(KEYS[3], 'totalTokens', i + o)\n"
-    "add(KEYS[3], 'totalInputTokens', i)\n"
-    "add(KEYS[3], 'totalOutputTokens', o)\n"
-    "add(KEYS[3], 'totalCacheCreateTokens', cc)\n"
-    "add(KEYS[3], 'totalCacheReadTokens', cr)\n"
-    "add(KEYS[3], 'totalAllTokens', all)\n"
-    "add(KEYS[3], 'totalRequests', 1)\n"
+    "local names = {'totalTokens', 'totalInputTokens', 'totalOutputTokens',"
+    " 'totalCacheCreateTokens', 'totalCacheReadTokens', 'totalAllTokens', 'totalRequests',"
+    " 'tokens', 'inputTokens', 'outputTokens', 'cacheCreateTokens', 'cacheReadTokens',"
+    " 'allTokens', 'requests'}\n"
+    "local deltas = {i + o, i, o, cc, cr, all, 1}\n"
     "local last = 5\n"
     "if ARGV[8] ~= '' then\n"
     "  last = 6\n"
     "  redis.call('SADD', KEYS[7], ARGV[8])\n"
     "end\n"
-    "for j = 4, last do\n"
-    "  add(KEYS[j], 'tokens', i + o)\n"
-    "  add(KEYS[j], 'inputTokens', i)\n"
-    "  add(KEYS[j], 'outputTokens', o)\n"
-    "  add(KEYS[j], 'cacheCreateTokens', cc)\n"
-    "  add(KEYS[j], 'cacheReadTokens', cr)\n"
-    "  add(KEYS[j], 'allTokens', all)\n"
-    "  add(KEYS[j], 'requests', 1)\n"
+    /* zero deltas are skipped: a request without usage costs one call per hash */
+    "for j = 3, last do\n"
+    "  local base = j == 3 and 0 or 7\n"
+    "  for f = 1, 7 do\n"
+    "    if deltas[f] ~= 0 then redis.call('HINCRBY', KEYS[j], names[base + f], deltas[f]) end\n"
+    "  end\n"
     "end\n"
     "return 1\n";
 
 /*
  * Renew: push the expiry of live leases forward. ZADD XX never re-adds a
  * lease that was already given back or lost, so nothing is counted twice.
+ * The sets carry no TTL (a TTL could drop a live lease of another child);
+ * expired leases are swept here and on one admission in sixteen.
  * KEYS[i] concurrency:{id}  ARGV[1] lease ms  ARGV[i+1] member of KEYS[i]
  */
 static const char renew_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local lease = tonumber(ARGV[1])\n"
-    "local score = string.format('%.0f', now + lease)\n"
-    "local ttl = string.format('%.0f', lease + 1000)\n"
-    "local renewed = 0\n"
+    "local score = string.format('%.0f', now + tonumber(ARGV[1]))\n"
+    "local stamp = string.format('%.0f', now)\n"
+    "local renewed, swept = 0, {}\n"
     "for i, key in ipairs(KEYS) do\n"
     "  local r = redis.pcall('ZADD', key, 'XX', 'CH', score, ARGV[i + 1])\n"
-    "  if type(r) == 'number' then\n"
-    "    redis.call('PEXPIRE', key, ttl)\n"
-    "    renewed = renewed + 1\n"
+    "  if type(r) == 'number' then renewed = renewed + 1 end\n"
+    "end\n"
+    /* then sweep each set once: a killed child's leases go once they expire */
+    "for i, key in ipairs(KEYS) do\n"
+    "  if not swept[key] then\n"
+    "    swept[key] = true\n"
+    "    redis.pcall('ZREMRANGEBYSCORE', key, '-inf', stamp)\n"
     "  end\n"
     "end\n"
     "return renewed\n";

@@ -137,8 +137,8 @@ push @cleanup, sub { stop_httpd($sv) };
     $kept += $still{$_} // 0 for @pids[1 .. $#pids];
     is($kept, $others, "the other children's $others leases are untouched");
     $_->close for @socks;
-    ok(defined wait_until($lease + 3, sub { redis('ZCARD', "concurrency:$kk->{id}") == 0 }),
-       'afterwards nothing is left');
+    ok(defined wait_until($lease + 3, sub { leases($kk->{id}) == 0 }),
+       'afterwards no live lease is left');
 }
 
 # ---- 4. graceful restart and hard restart during long streams --------------
