@@ -392,6 +392,19 @@ static void mock_set_status(request_rec *r, int status)
 }
 
 /* The end line goes out before the body so a log reader never sees it late. */
+/*
+ * x-mock-content-encoding: label the answer with that Content-Encoding (the
+ * body stays as it is), so tests see how the relay treats encoded answers.
+ */
+static void mock_content_encoding(request_rec *r)
+{
+    const char *enc = apr_table_get(r->headers_in, "x-mock-content-encoding");
+
+    if (enc && *enc && strlen(enc) < 32 && !strpbrk(enc, "\r\n")) {
+        apr_table_setn(r->headers_out, "Content-Encoding", enc);
+    }
+}
+
 static int mock_send_json(mock_req *mr, int status, json_object *body)
 {
     request_rec *r = mr->r;
@@ -400,6 +413,7 @@ static int mock_send_json(mock_req *mr, int status, json_object *body)
 
     mock_set_status(r, status);
     ap_set_content_type(r, "application/json");
+    mock_content_encoding(r);
     mock_log_end(mr, status, 0, 0);
     ap_rwrite(js, (int)len, r);
     json_object_put(body);
@@ -494,6 +508,7 @@ static int mock_send_stream(mock_req *mr, const char *model, const mock_usage *u
     r->status = HTTP_OK;
     ap_set_content_type(r, "text/event-stream");
     apr_table_setn(r->headers_out, "Cache-Control", "no-cache");
+    mock_content_encoding(r);
 
     o = json_object_new_object();
     json_object_object_add(o, "type", json_object_new_string("message_start"));

@@ -7,7 +7,7 @@ use Apache::Test qw(-withtestmore);
 use RelayTest;
 use Time::HiRes qw(time sleep);
 
-plan tests => 31, need_module 'claude_relay', 'relay_mock';
+plan tests => 33, need_module 'claude_relay', 'relay_mock';
 
 my $json_body = '{"model":"claude-opus-4-20250514","max_tokens":64,"messages":[]}';
 my $sse_body = '{"model":"claude-sonnet-4-20250514","max_tokens":64,"stream":true,"messages":[]}';
@@ -80,6 +80,19 @@ http_post('/api/v1/messages', $json_body, 'x-api-key' => $e->{apiKey}, 'x-mock-s
 wait_until(3, sub { (h("usage:$e->{id}")->{totalRequests} // 0) == 1 });
 $u = h("usage:$e->{id}");
 is(($u->{totalRequests} // 0) . "/" . ($u->{totalTokens} // 0), '1/0', 'a 500 answer: one request, no tokens');
+
+# an encoded answer is passed through, counted as a request, its tokens skipped
+my $z = make_key(name => 'usage gzip', limit => 0);
+http_post('/api/v1/messages', $json_body, 'x-api-key' => $z->{apiKey},
+          'x-mock-content-encoding' => 'gzip', 'x-mock-input-tokens' => 70);
+wait_until(3, sub { (h("usage:$z->{id}")->{totalRequests} // 0) == 1 });
+$u = h("usage:$z->{id}");
+is(($u->{totalRequests} // 0) . '/' . ($u->{totalTokens} // 0), '1/0',
+   'a gzip-encoded answer: one request, its tokens not counted');
+my $cfg0 = Apache::Test::config();
+open my $el, '<', "$cfg0->{vars}{t_logs}/error_log";
+ok(scalar(grep { /key \Q$z->{id}\E is gzip-encoded: its tokens are not counted/ } <$el>),
+   'and a log line says so');
 
 # a client hanging up mid-stream is charged for what the upstream produced
 my $a = make_key(name => 'usage abort', limit => 1);
