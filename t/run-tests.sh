@@ -111,8 +111,8 @@ fi
 set +e
 perl t/TEST.PL -httpd "$httpd" -apxs /usr/bin/apxs -httpd_conf "$stage/run/inherit.conf" \
     -port select -servername 127.0.0.1 -maxclients 200 -threadsperchild 25 \
-    "${user_args[@]}" "$@"
-rc=$?
+    "${user_args[@]}" "$@" 2>&1 | tee "$stage/run/summary.log"
+rc=${PIPESTATUS[0]}
 set -e
 if [ "${RELAY_ASAN:-0}" = 1 ]; then
     reports=$(ls "$stage"/run/sanitizer/ 2>/dev/null | wc -l)
@@ -128,4 +128,11 @@ if [ $rc -ne 0 ]; then
     echo "---- last lines of the test httpd's error_log ----"
     tail -n 60 "$stage/t/logs/error_log" 2>/dev/null || true
 fi
+# one closing line: how many checks passed and failed
+total=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$stage/run/summary.log" | tail -n 1)
+failed=$(sed -n 's/.* \([0-9]*\)\/[0-9]* subtests failed.*/\1/p' "$stage/run/summary.log" | tail -n 1)
+total=${total:-0}
+failed=${failed:-0}
+[ $rc -ne 0 ] && [ "$failed" = 0 ] && failed=1
+echo "apache-test: $((total - failed)) passed, $failed failed"
 exit $rc

@@ -21,6 +21,7 @@ my @cases = (
      qr/RelayUpstreamBearer: the value is a relay key/],
     ['bad Redis address', "RelayRedisServer unix:relative.sock", 1, qr/RelayRedisServer: .*absolute/],
     ['database out of range', "RelayRedisDatabase 99999", 1, qr/RelayRedisDatabase/],
+    ['no Redis connections', "RelayRedisConnections 0", 1, qr/RelayRedisConnections: '0' is not a whole number from 1/],
     ['RelayEngine in server context', "RelayEngine On", 1, qr/RelayEngine/],
 );
 

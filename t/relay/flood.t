@@ -17,10 +17,15 @@ my $seconds = $ENV{RELAY_FLOOD_SECONDS} // 30;
 my $k = make_key(name => 'flood', limit => 10);
 my $port = Apache::Test::config()->{vars}{port};
 my $body = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"stream":true,"messages":[]}';
-my $req = "POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: $k->{apiKey}\r\n"
-        . "x-mock-hold-ms: 600\r\nx-mock-events: 3\r\nx-mock-tag: flood\r\n"
-        . "Content-Type: application/json\r\nContent-Length: " . length($body)
-        . "\r\nConnection: close\r\n\r\n$body";
+my $serial = 0;
+# each request carries its own tag, so the mock's and the relay's logs match up
+sub request_text {
+    $serial++;
+    return "POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: $k->{apiKey}\r\n"
+         . "x-mock-hold-ms: 600\r\nx-mock-events: 3\r\nx-mock-tag: flood-$serial\r\n"
+         . "Content-Type: application/json\r\nContent-Length: " . length($body)
+         . "\r\nConnection: close\r\n\r\n$body";
+}
 mock_clear();
 
 my %count = (admitted => 0, limited => 0, aborted => 0, completed => 0, failed => 0);
@@ -47,7 +52,7 @@ while (1) {
                                           Proto => 'tcp', Timeout => 5);
             if (!$s) { $count{failed}++; push @failures, "connect: $!"; $cl->{next} = $now + 0.2; next }
             $s->blocking(0);
-            syswrite($s, $req);
+            syswrite($s, request_text());
             @$cl{qw(sock buf status started)} = ($s, '', 0, $now);
         }
         $active++;
@@ -86,7 +91,31 @@ ok($count{admitted} >= 50, "many requests were admitted ($count{admitted})");
 ok($count{limited} > 0, "many were refused with the 429 body ($count{limited})");
 ok($count{aborted} > 0, "clients hung up mid-stream ($count{aborted})");
 is($count{failed}, 0, 'every request ended admitted or 429: none failed');
-my $peak = mock_peak('flood');
+# In flight at the upstream: from the mock's start to its end. A client that
+# hangs up makes the relay close the upstream connection before it gives the
+# slot back; the mock notices a moment later, so for those requests the end
+# is the earlier of the mock's end and the relay's own end (logged before the
+# slot is released).
+my %relay_end;
+my $cfg = Apache::Test::config();
+wait_until(3, sub { -s "$cfg->{vars}{t_logs}/relay_end_log" });
+open my $rl, '<', "$cfg->{vars}{t_logs}/relay_end_log" or die $!;
+while (<$rl>) { $relay_end{$1} = $2 if /^(flood-\d+) (\d+\.\d+)$/ }
+close $rl;
+my (%start, @events);
+for my $e (mock_entries()) {
+    next unless ($e->{tag} // '') =~ /^flood-/;
+    my $t = $e->{time};
+    if ($e->{event} eq 'end' && $e->{aborted} && defined $relay_end{$e->{tag}}) {
+        $t = $relay_end{$e->{tag}} if $relay_end{$e->{tag}} < $t;
+    }
+    push @events, [$t, $e->{event} eq 'start' ? 1 : -1];
+}
+my ($n, $peak) = (0, 0);
+for my $ev (sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @events) {
+    $n += $ev->[1];
+    $peak = $n if $n > $peak;
+}
 ok($peak <= 10 && $peak > 0, "the upstream never saw more than 10 in flight (peak $peak)");
 ok(defined wait_until(5, sub { leases($k->{id}) == 0 }), 'afterwards no live lease is left');
 ok(defined wait_until(5, sub { redis('ZCARD', "concurrency:$k->{id}") == 0 }),
