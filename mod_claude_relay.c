@@ -458,10 +458,11 @@ static const char *target_signature(const relay_server_conf *sc, int lease, apr_
         sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
                                  t->sentinels[i].port);
     }
-    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%d|%d|%d", t->unix_path ? t->unix_path : "",
+    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%d|%d|%d|%d", t->unix_path ? t->unix_path : "",
                         t->host ? t->host : "", t->port, sentinels,
                         t->master_name ? t->master_name : "", t->username ? t->username : "",
-                        t->password ? t->password : "", t->database, t->timeout_ms, lease);
+                        t->password ? t->password : "", t->database, t->timeout_ms, lease,
+                        sc->connections);
 }
 
 /*
@@ -485,6 +486,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
         relay_redis_pool *pool;
         relay_lease_store *store;
         apr_status_t rv;
+        int conns;
 
         if (!redis_needed(v)) {
             continue;
@@ -496,7 +498,15 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
             continue;
         }
         /* one connection per worker thread, one for the keeper */
-        rv = relay_redis_pool_create(&pool, &sc->redis, threads + 1, pchild);
+        /*
+         * A connection is held only for one round trip, so a few serve many
+         * threads; a cap keeps a burst from opening thousands at once.
+         */
+        conns = sc->connections != RELAY_UNSET ? sc->connections : RELAY_DEFAULT_CONNECTIONS;
+        if (conns > threads + 1) {
+            conns = threads + 1;
+        }
+        rv = relay_redis_pool_create(&pool, &sc->redis, conns, pchild);
         if (rv == APR_SUCCESS) {
             rv = relay_lease_store_create(&store, pool, lease, pchild);
         }

@@ -37,6 +37,7 @@ void *relay_create_server_conf(apr_pool_t *p, server_rec *s)
     sc->redis.port = RELAY_DEFAULT_REDIS_PORT;
     sc->redis.timeout_ms = RELAY_DEFAULT_TIMEOUT_MS;
     sc->lease_seconds = RELAY_UNSET;
+    sc->connections = RELAY_UNSET;
     return sc;
 }
 
@@ -67,6 +68,7 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->admin_assets = add->admin_assets ? add->admin_assets : base->admin_assets;
     sc->lease_seconds = add->lease_seconds != RELAY_UNSET ? add->lease_seconds
                                                            : base->lease_seconds;
+    sc->connections = add->connections != RELAY_UNSET ? add->connections : base->connections;
     /* engine_seen describes the sections of this server only: not inherited */
     sc->engine_seen = add->engine_seen;
     sc->store = NULL;
@@ -347,6 +349,14 @@ static const char *set_secret(cmd_parms *cmd, void *dummy, const char *arg)
     return resolve_secret(cmd, arg, &sc->secret);
 }
 
+/* RelayRedisConnections N */
+static const char *set_redis_connections(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    return parse_int(cmd, arg, 1, 1024, &sc->connections);
+}
+
 /* RelayLeaseSeconds N */
 static const char *set_lease_seconds(cmd_parms *cmd, void *dummy, const char *arg)
 {
@@ -456,6 +466,8 @@ const command_rec relay_cmds[] = {
                   "Redis database index to SELECT"),
     AP_INIT_TAKE1("RelayRedisTimeout", set_redis_timeout, NULL, RSRC_CONF,
                   "Redis connect and I/O timeout in milliseconds"),
+    AP_INIT_TAKE1("RelayRedisConnections", set_redis_connections, NULL, RSRC_CONF,
+                  "Most Redis connections each httpd child keeps (threads wait briefly for one)"),
     AP_INIT_TAKE1("RelayKeyHashSecret", set_secret, NULL, RSRC_CONF,
                   "Secret mixed into relay key hashes (value, env:VAR or file:/path)"),
     AP_INIT_TAKE1("RelayLeaseSeconds", set_lease_seconds, NULL, RSRC_CONF,

@@ -18,6 +18,7 @@
 #define RELAY_MAX_SENTINELS 32
 #define RELAY_DEFAULT_TIMEOUT_MS 1000
 #define RELAY_DEFAULT_LEASE_SECONDS 300
+#define RELAY_DEFAULT_CONNECTIONS 16
 #ifndef RELAY_ASSETS_DIR
 #define RELAY_ASSETS_DIR "/usr/share/mod_claude_relay/htdocs"
 #endif
@@ -38,6 +39,7 @@ typedef struct {
     int username_set;           /* RelayRedisUsername was given here */
     int database_set;           /* RelayRedisDatabase was given here */
     int timeout_set;            /* RelayRedisTimeout was given here */
+    int connections;            /* RelayRedisConnections: pool size per child; RELAY_UNSET */
     const char *secret;         /* RelayKeyHashSecret; NULL = unset */
     int lease_seconds;          /* RelayLeaseSeconds; RELAY_UNSET = default */
     int engine_seen;            /* a RelayEngine On appears in this server's sections */

@@ -3,12 +3,12 @@
 keep one line per run, and print the markdown tables. Python 3 standard
 library only.
 
-    bench.py record OUT.tsv ROUND CONNS CASE WRK.txt STATS0 STATS1 CPU0 CPU1 CLIENTS RSS_KIB CHILDREN
+    bench.py record out=RUNS.tsv round=N conns=N case=X wrk=FILE ...   (see measure() in run.sh)
     bench.py monitor CASE WRK.txt MONITOR.txt          -> one line for monitor.tsv
     bench.py summary RUNS.tsv MONITOR.tsv              -> the markdown table
     bench.py stats HOST PORT                           -> INFO commandstats as "cmd calls usec"
     bench.py diff STATS0 STATS1 CMD...                 -> calls delta of each CMD
-    bench.py slowlog HOST PORT REQUESTS STATS0 STATS1  -> where Redis time goes, markdown
+    bench.py replay HOST PORT MONITOR.txt N            -> each script's cost alone, markdown
     bench.py perf REPORT_DSO REPORT_SYM REPORT_CHILDREN -> the module's CPU share, markdown
 """
 import re
@@ -122,14 +122,16 @@ def parse_wrk(path):
 
 
 COLS = ["round", "conns", "case", "rps", "p50_ms", "p99_ms", "requests", "non2xx", "sockerr",
-        "redis_cpu_us_per_req", "evalsha_per_req", "inner_per_req", "redis_clients", "rss_mib",
-        "children"]
+        "redis_cpu_us_per_req", "httpd_cpu_us_per_req", "evalsha_per_req", "evalsha_us_per_req",
+        "inner_per_req",
+        "redis_clients", "rss_mib", "children", "other_cpu_pct"]
 
 
 def cmd_record(a):
-    out, rnd, conns, case, wrk, st0, st1, cpu0, cpu1, clients, rss_kib, children = a
-    w = parse_wrk(wrk)
-    d = stats_delta(read_stats(st0), read_stats(st1))
+    """One line of runs.tsv from name=value arguments (see measure() in run.sh)."""
+    v = dict(x.split("=", 1) for x in a)
+    w = parse_wrk(v["wrk"])
+    d = stats_delta(read_stats(v["st0"]), read_stats(v["st1"]))
     n = max(w["requests"], 1)
     evalsha = d.get("evalsha", (0, 0))[0] + d.get("eval", (0, 0))[0]
     top = {"evalsha", "eval"} | HARNESS
@@ -137,22 +139,29 @@ def cmd_record(a):
     # module's only other top-level command is HGET apikey:hash_map (first sight of
     # a key in a child), so this is the commands inside scripts, give or take that
     inner = sum(c for k, (c, _) in d.items() if k not in top)
-    row = [rnd, conns, case, "%.1f" % w["rps"], "%.4f" % w["p50"], "%.4f" % w["p99"],
-           w["requests"], w["non2xx"], w["sockerr"],
-           "%.2f" % ((float(cpu1) - float(cpu0)) * 1e6 / n), "%.4f" % (evalsha / n),
-           "%.3f" % (inner / n), clients, "%.1f" % (int(rss_kib) / 1024.0), children]
+    redis_cpu, httpd_cpu = float(v["redis_cpu"]), float(v["httpd_cpu"])
+    # what the rest of the machine (not this benchmark) used, in % of all CPUs
+    other = (float(v["busy"]) - redis_cpu - httpd_cpu - float(v["wrk_cpu"] or 0)) \
+        / (float(v["elapsed"]) * int(v["ncpu"])) * 100
+    row = [v["round"], v["conns"], v["case"], "%.1f" % w["rps"], "%.4f" % w["p50"],
+           "%.4f" % w["p99"], w["requests"], w["non2xx"], w["sockerr"],
+           "%.2f" % (redis_cpu * 1e6 / n), "%.1f" % (httpd_cpu * 1e6 / n), "%.4f" % (evalsha / n),
+           "%.2f" % ((d.get("evalsha", (0, 0))[1] + d.get("eval", (0, 0))[1]) / n),
+           "%.3f" % (inner / n), v["clients"], "%.1f" % (int(v["rss_kib"]) / 1024.0),
+           v["children"], "%.0f" % max(other, 0.0)]
     new = False
     try:
-        open(out).close()
+        open(v["out"]).close()
     except FileNotFoundError:
         new = True
-    with open(out, "a") as f:
+    with open(v["out"], "a") as f:
         if new:
             f.write("\t".join(COLS) + "\n")
         f.write("\t".join(str(x) for x in row) + "\n")
-    print("round %s c=%s %s: %.0f req/s p50 %.3f ms p99 %.3f ms non-2xx %d redis %.1f us/req"
-          % (rnd, conns, case, w["rps"], w["p50"], w["p99"], w["non2xx"],
-             (float(cpu1) - float(cpu0)) * 1e6 / n))
+    print("round %s c=%s %s: %.0f req/s p50 %.3f ms p99 %.3f ms non-2xx %d; Redis %.1f us/req, "
+          "httpd %.0f us/req; other processes %.0f%% of the CPUs"
+          % (v["round"], v["conns"], v["case"], w["rps"], w["p50"], w["p99"], w["non2xx"],
+             redis_cpu * 1e6 / n, httpd_cpu * 1e6 / n, max(other, 0.0)))
 
 
 def cmd_monitor(a):
@@ -201,10 +210,13 @@ def cmd_summary(a):
         by[(int(r["conns"]), r["case"], int(r["round"]))] = r
     conns_list = sorted({k[0] for k in by})
     rounds = sorted({k[2] for k in by})
-    print("| conns | case | req/s (median) | × plain | p50 ms | Δp50 vs plain | p99 ms "
-          "| Δp99 vs plain | Redis CPU µs/req | top-level Redis cmds/req (MONITOR) "
-          "| cmds inside scripts/req | Redis conns | httpd RSS MiB | non-2xx / errors |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    t1 = ["| conns | case | req/s (median) | × plain | p50 ms | Δp50 vs plain | p99 ms "
+          "| Δp99 vs plain | non-2xx / socket errors | other processes' CPU, % of all CPUs |",
+          "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    t2 = ["| conns | case | Redis CPU µs/req | EVALSHA µs/req (commandstats) "
+          "| top-level Redis cmds/req (MONITOR) | cmds inside scripts/req (commandstats) "
+          "| Redis conns held | httpd CPU µs/req | httpd children RSS MiB |",
+          "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for c in conns_list:
         for case in ("A", "B", "C"):
             rs = [by[(c, case, i)] for i in rounds if (c, case, i) in by]
@@ -215,27 +227,32 @@ def cmd_summary(a):
             def vals(key, rr=rs):
                 return [float(r[key]) for r in rr]
 
-            rps = med(vals("rps"))
-            ratios = [float(r["rps"]) / float(pl[int(r["round"])]["rps"])
-                      for r in rs if int(r["round"]) in pl]
-            d50 = [float(r["p50_ms"]) - float(pl[int(r["round"])]["p50_ms"])
-                   for r in rs if int(r["round"]) in pl]
-            d99 = [float(r["p99_ms"]) - float(pl[int(r["round"])]["p99_ms"])
-                   for r in rs if int(r["round"]) in pl]
+            def vs_plain(key, op, rr=rs, pl=pl):
+                return [op(float(r[key]), float(pl[int(r["round"])][key]))
+                        for r in rr if int(r["round"]) in pl]
+
             top = mon.get(case)
             topt = "%.3f (%s)" % top if top else "n/a"
             errs = sum(int(r["non2xx"]) for r in rs), sum(int(r["sockerr"]) for r in rs)
             if case == "A":
                 rat, dd50, dd99 = "1.00", "—", "—"
             else:
-                rat = "%.2f" % med(ratios)
-                dd50 = "%+.3f" % med(d50)
-                dd99 = "%+.3f" % med(d99)
-            print("| %d | %s %s | %.0f | %s | %.3f | %s | %.3f | %s | %.1f | %s | %.1f | %d | %.1f | %d / %d |"
-                  % (c, case, CASES[case], rps, rat, med(vals("p50_ms")), dd50,
-                     med(vals("p99_ms")), dd99, med(vals("redis_cpu_us_per_req")), topt,
-                     med(vals("inner_per_req")), max(int(r["redis_clients"]) for r in rs),
-                     med(vals("rss_mib")), errs[0], errs[1]))
+                rat = "%.2f" % med(vs_plain("rps", lambda x, y: x / y))
+                dd50 = "%+.3f" % med(vs_plain("p50_ms", lambda x, y: x - y))
+                dd99 = "%+.3f" % med(vs_plain("p99_ms", lambda x, y: x - y))
+            other = vals("other_cpu_pct")
+            name = "%s %s" % (case, CASES[case])
+            t1.append("| %d | %s | %.0f | %s | %.3f | %s | %.3f | %s | %d / %d | %.0f (max %.0f) |"
+                      % (c, name, med(vals("rps")), rat, med(vals("p50_ms")), dd50,
+                         med(vals("p99_ms")), dd99, errs[0], errs[1], med(other), max(other)))
+            t2.append("| %d | %s | %.1f | %.1f | %s | %.1f | %d | %.0f | %.1f |"
+                      % (c, name, med(vals("redis_cpu_us_per_req")),
+                         med(vals("evalsha_us_per_req")), topt, med(vals("inner_per_req")),
+                         max(int(r["redis_clients"]) for r in rs),
+                         med(vals("httpd_cpu_us_per_req")), med(vals("rss_mib"))))
+    print("\n".join(t1))
+    print()
+    print("\n".join(t2))
 
 
 def cmd_stats(a):
@@ -244,76 +261,97 @@ def cmd_stats(a):
 
 
 def cmd_diff(a):
+    """Calls delta of each command named; "_inner" is all but EVALSHA/EVAL and the harness's."""
     d = stats_delta(read_stats(a[0]), read_stats(a[1]))
-    print(" ".join(str(d.get(k.lower(), (0, 0))[0]) for k in a[2:]))
+    inner = sum(c for k, (c, _) in d.items() if k not in HARNESS and k not in ("evalsha", "eval"))
+    print(" ".join(str(inner if k == "_inner" else d.get(k.lower(), (0, 0))[0]) for k in a[2:]))
 
 
-# which script runs which command (see relay_lease.c)
-SCRIPT_OF = {"hmget": "admit", "time": "admit (+renew)", "zremrangebyscore": "admit",
-             "zcard": "admit", "zadd": "admit (+renew)", "pexpire": "admit (+renew)",
-             "hget": "admit when the key has a token limit; top-level id lookup",
-             "zrem": "release", "exists": "release", "hset": "release", "hincrby": "release",
-             "sadd": "release"}
+def monitor_args(line):
+    """The quoted arguments of one MONITOR line."""
+    out = []
+    for m in re.finditer(r'"((?:[^"\\]|\\.)*)"', line):
+        out.append(re.sub(r"\\(.)", r"\1", m.group(1)))
+    return out
 
 
-def cmd_slowlog(a):
-    """SLOWLOG (every command logged) + commandstats of one run, as markdown."""
-    host, port, requests, st0, st1 = a
-    n = max(int(requests), 1)
+def cpu_of(r):
+    info = r.call("INFO", "cpu")
+    return sum(float(l.split(":")[1]) for l in info.splitlines()
+               if l.startswith("used_cpu_user:") or l.startswith("used_cpu_sys:"))
+
+
+def cmd_replay(a):
+    """Each script alone, N times with the module's own arguments (from a MONITOR
+    capture of case B), its cost read from INFO commandstats; as markdown."""
+    host, port, mon, n = a[0], a[1], a[2], int(a[3])
+    calls = {}
+    order = []
+    with open(mon, errors="replace") as f:
+        for line in f:
+            if "lua]" in line or '"EVALSHA"' not in line:
+                continue
+            args = monitor_args(line)
+            if len(args) > 3 and args[2] not in calls:
+                calls[args[2]] = args
+                order.append(args[2])
+            if "3" in calls and "7" in calls:
+                break
+    if "3" not in calls or "7" not in calls:
+        print("The MONITOR capture holds no admit and release call: no per-script figures.")
+        return
     r = Resp(host, port)
-    entries = r.call("SLOWLOG", "GET", "-1") or []
-    groups = {}
-    first_seen = {}
-    for e in entries:
-        dur, args = int(e[2]), e[3]
-        if not args:
-            continue
-        cmd = args[0].lower()
-        if cmd in HARNESS:
-            continue
-        if cmd in ("evalsha", "eval") and len(args) > 2:
-            sha = args[1][:40] if cmd == "evalsha" else "(source)"
-            nk = args[2]
-            key = (cmd.upper(), sha, nk)
-            first_seen[key] = min(first_seen.get(key, 1 << 62), int(e[0]))
-        else:
-            key = (cmd.upper(), "", "")
-        groups.setdefault(key, []).append(dur)
     names = {"3": "admit", "7": "release"}
-    print("Top-level commands, from SLOWLOG with slowlog-log-slower-than 0 "
-          "(execution time inside Redis, inner commands included; %d requests):\n" % n)
-    print("| command | script (by its number of keys; first use order) | calls/req | µs/call mean | µs/call p50 | µs/call p99 | µs/req |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    order = sorted(first_seen, key=lambda k: first_seen[k])
-    for key, durs in sorted(groups.items(), key=lambda kv: -sum(kv[1])):
-        durs.sort()
-        cmd, sha, nk = key
-        label = "-"
-        if sha:
-            exists = r.call("SCRIPT", "EXISTS", sha)[0] if sha != "(source)" else 1
-            label = "%s %s… (%s keys, used #%d%s)" % (names.get(nk, "renew"), sha[:12], nk,
-                                                    order.index(key) + 1,
-                                                    "" if exists else ", not cached")
-        print("| %s | %s | %.3f | %.1f | %d | %d | %.1f |"
-              % (cmd, label, len(durs) / n, sum(durs) / len(durs), durs[len(durs) // 2],
-                 durs[min(len(durs) - 1, int(len(durs) * 0.99))], sum(durs) / n))
-    d = stats_delta(read_stats(st0), read_stats(st1))
-    print("\nCommands inside the scripts, from INFO commandstats (which counts them like "
-          "top-level ones):\n")
-    print("| command | run by | calls/req | µs/call | µs/req |")
+    member_at = {"3": 7, "7": 10}   # EVALSHA sha numkeys KEYS... ARGV: the lease member
+    rows, inner_rows = [], []
+    for nk in ("3", "7"):
+        args = list(calls[nk])
+        sha = args[1]
+        exists = r.call("SCRIPT", "EXISTS", sha)[0]
+        s0, c0 = commandstats(host, port), cpu_of(r)
+        for i in range(n):
+            args[member_at[nk]] = "replay-%d" % i
+            r.call(*args)
+        c1, s1 = cpu_of(r), commandstats(host, port)
+        d = stats_delta(s0, s1)
+        es = d.get("evalsha", (n, 0))
+        inner = {k: v for k, v in d.items() if k not in HARNESS and k not in ("evalsha", "eval")}
+        inner_us = sum(u for _, u in inner.values()) / n
+        rows.append((names[nk], sha, exists, nk, order.index(nk) + 1, es[1] / es[0],
+                     sum(c for c, _ in inner.values()) / n, inner_us, es[1] / es[0] - inner_us,
+                     (c1 - c0) * 1e6 / n))
+        for k, (c, u) in sorted(inner.items(), key=lambda kv: -kv[1][1]):
+            inner_rows.append((names[nk], k.upper(), c / n, u / c, u / n))
+    print("Each script replayed %d times alone, one call at a time, with the arguments the module "
+          "sent (taken from the MONITOR capture of case B); `usec_per_call` from `INFO "
+          "commandstats`, which times a script including the commands it runs:\n" % n)
+    print("| script | sha1 (SCRIPT EXISTS) | keys | order of first use | EVALSHA µs/call | commands "
+          "inside/call | µs in those commands | µs in Lua and the call itself | Redis CPU µs/call "
+          "(incl. socket I/O) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, sha, ex, nk, first, us, ninner, inner_us, lua_us, cpu in rows:
+        print("| %s | %s… (%d) | %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f |"
+              % (name, sha[:12], ex, nk, first, us, ninner, inner_us, lua_us, cpu))
+    print("\n| script | command inside | calls per script call | µs/call | µs per script call |")
     print("|---|---|---:|---:|---:|")
-    inner_total = 0.0
-    for k, (c, u) in sorted(d.items(), key=lambda kv: -kv[1][1]):
-        if k in HARNESS or k in ("evalsha", "eval"):
-            continue
-        inner_total += u / n
-        print("| %s | %s | %.3f | %.2f | %.1f |" % (k.upper(), SCRIPT_OF.get(k, "?"), c / n,
-                                                   u / c, u / n))
-    es = d.get("evalsha", (0, 1))
-    print("\nEVALSHA in commandstats: %.3f calls/req, %.1f µs/call, %.1f µs/req in all, of which "
-          "%.1f µs/req is spent in the commands above and %.1f µs/req in Lua and the "
-          "script call itself." % (es[0] / n, es[1] / max(es[0], 1), es[1] / n, inner_total,
-                                   es[1] / n - inner_total))
+    for row in inner_rows:
+        print("| %s | %s | %.0f | %.2f | %.1f |" % row)
+    # floors: what any round trip, and any script call with these arguments, costs here
+    c0 = cpu_of(r)
+    for i in range(n):
+        r.call("GET", "bench:no-such-key")
+    get_cpu = (cpu_of(r) - c0) * 1e6 / n
+    args = list(calls["3"])
+    args[1] = r.call("SCRIPT", "LOAD", "return 1")
+    s0, c0 = commandstats(host, port), cpu_of(r)
+    for i in range(n):
+        r.call(*args)
+    c1, s1 = cpu_of(r), commandstats(host, port)
+    es = stats_delta(s0, s1).get("evalsha", (n, 0))
+    print("\nFloors here: a GET round trip costs Redis %.1f µs of CPU (reading, parsing, "
+          "replying, event loop); an EVALSHA of `return 1` with the admit's %d keys and "
+          "arguments costs %.1f µs inside Redis and %.1f µs of Redis CPU with its I/O."
+          % (get_cpu, len(args) - 3, es[1] / es[0], (c1 - c0) * 1e6 / n))
 
 
 def cmd_perf(a):
@@ -354,13 +392,24 @@ def cmd_perf(a):
     for k in keys[:15]:
         print("| %s | %.2f%% | %s |" % (k, selfs.get(k, 0.0),
                                         "%.2f%%" % incl[k] if k in incl else "—"))
+    # the module's entry points from httpd: their call trees are all its work
+    entry = ("relay_check_access", "release_lease", "usage_filter", "relay_insert_filter",
+             "relay_lease_keeper", "keeper_main")
+    total = sum(incl.get(k, 0.0) for k in entry)
+    print("\nThe module's hooks (%s), with all they call: %.1f%% of the httpd children's CPU; "
+          "every Redis round trip (relay_redis_script with all it calls, from admit, release "
+          "and renewal): %.1f%%; the module's own code (self time in mod_claude_relay.so): "
+          "%.1f%%. DWARF unwinding does not always reach a hook's frame from deep in the "
+          "kernel, so the hooks' figure is a lower bound." % (
+              ", ".join(k for k in entry if k in incl), total,
+              incl.get("relay_redis_script", 0.0), sum(selfs.values())))
 
 
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     fn = {"record": cmd_record, "monitor": cmd_monitor, "summary": cmd_summary,
-          "stats": cmd_stats, "diff": cmd_diff, "slowlog": cmd_slowlog, "perf": cmd_perf}
+          "stats": cmd_stats, "diff": cmd_diff, "replay": cmd_replay, "perf": cmd_perf}
     fn[sys.argv[1]](sys.argv[2:])
 
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib.sh - shared by bench/run.sh and bench/streams.sh (sourced, not run).
 #
 # Starts one redis-server and one httpd (event MPM) on free loopback ports,
@@ -12,6 +13,8 @@ BENCH_SECRET=bench-secret-$$
 BENCH_UPSTREAM_KEY=sk-ant-bench-upstream
 
 bench_dir=""          # the staged temp folder
+# shellcheck disable=SC2034  # read by the scripts that source this file
+bench_build=""        # what was staged (bench_build_info)
 bench_redis_port=""
 bench_http_port=""
 bench_mock_port=""
@@ -52,28 +55,31 @@ bench_stage() {
         "$BENCH_SRC/build/relay-keys" "$bench_dir/"
     printf '%s\n' "$BENCH_SECRET" > "$bench_dir/secret"
     chmod -R a+rX "$bench_dir"
+    # shellcheck disable=SC2034  # read by the scripts that source this file
+    bench_build=$(bench_build_info)
     read -r bench_redis_port bench_http_port bench_mock_port < <(bench_free_ports 3)
 }
 
 rcli() { redis-cli -h 127.0.0.1 -p "$bench_redis_port" "$@"; }
 
+# BENCH_REDIS_ARGS: more redis-server options (e.g. "--tcp-backlog 4096")
 bench_start_redis() {
+    # shellcheck disable=SC2086
     redis-server --bind 127.0.0.1 --port "$bench_redis_port" --save '' --appendonly no \
         --maxclients 10000 --dir "$bench_dir" --logfile "$bench_dir/logs/redis.log" \
-        --pidfile "$bench_dir/redis.pid" --daemonize yes
-    local i
-    for i in $(seq 100); do
+        --pidfile "$bench_dir/redis.pid" --daemonize yes ${BENCH_REDIS_ARGS:-}
+    for _ in $(seq 100); do
         rcli PING >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     bench_die "redis-server did not start (see $bench_dir/logs/redis.log)"
 }
 
-# bench_write_conf THREADS_PER_CHILD SERVER_LIMIT [LEASE_SECONDS]
+# bench_write_conf THREADS_PER_CHILD SERVER_LIMIT [LEASE_SECONDS [EXTRA_DIRECTIVES]]
 # The main host: /plain/ (bare mod_proxy, the baseline) and /api/ (the relay),
 # both to one explicitly declared worker for the mock upstream virtual host.
 bench_write_conf() {
-    local tpc=$1 limit=$2 lease=${3:-}
+    local tpc=$1 limit=$2 lease=${3:-} extra=${4:-}
     local user="" lease_line=""
     [ "$(id -u)" = 0 ] && user="User nobody
 Group nogroup"
@@ -106,6 +112,7 @@ MinSpareThreads $tpc
 MaxSpareThreads $((tpc * limit))
 MaxConnectionsPerChild 0
 ListenBacklog 4096
+$extra
 Timeout 120
 
 KeepAlive On
@@ -142,14 +149,13 @@ $lease_line
 CONF
 }
 
-bench_httpd_pid() { cat "$bench_dir/httpd.pid" 2>/dev/null; }
+bench_httpd_pid() { cat "$bench_dir/httpd.pid" 2>/dev/null || true; }
 
 bench_start_httpd() {
     "$BENCH_HTTPD" -t -f "$bench_dir/httpd.conf" >/dev/null 2>"$bench_dir/logs/configtest.log" ||
         { cat "$bench_dir/logs/configtest.log" >&2; bench_die "httpd configtest failed"; }
     "$BENCH_HTTPD" -f "$bench_dir/httpd.conf" -k start
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         if [ -n "$(bench_httpd_pid)" ] &&
             curl -s -o /dev/null "http://127.0.0.1:$bench_http_port/plain/v1/models"; then
             return 0
@@ -164,8 +170,7 @@ bench_stop_httpd() {
     pid=$(bench_httpd_pid)
     [ -n "$pid" ] || return 0
     "$BENCH_HTTPD" -f "$bench_dir/httpd.conf" -k stop 2>/dev/null || kill "$pid" 2>/dev/null || true
-    local i
-    for i in $(seq 100); do
+    for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -209,6 +214,23 @@ bench_children_rss_kib() {
     echo "$total"
 }
 
+# CPU time (user + sys) of httpd, parent and children, in seconds.
+bench_httpd_cpu() {
+    local ppid
+    ppid=$(bench_httpd_pid)
+    # fields 14 and 15 of /proc/PID/stat, after the ")" that ends the name
+    # shellcheck disable=SC2046  # one path per child
+    cat "/proc/$ppid/stat" $(pgrep -P "$ppid" | sed 's|.*|/proc/&/stat|') 2>/dev/null |
+        awk -v hz="$(getconf CLK_TCK)" '{sub(/^.*\) /, ""); t += $12 + $13} END {printf "%.2f\n", t / hz}'
+}
+
+# CPU time the whole machine spent busy (not idle, not waiting for I/O), in seconds.
+bench_machine_busy() {
+    awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu" {printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat
+}
+
+bench_now() { date +%s.%N; }
+
 bench_children_count() { pgrep -P "$(bench_httpd_pid)" | wc -l; }
 
 # Redis process CPU (user + sys), in seconds.
@@ -220,6 +242,19 @@ bench_redis_cpu() {
 # Connected clients, less the redis-cli asking.
 bench_redis_clients() {
     rcli INFO clients | tr -d '\r' | awk -F: '$1 == "connected_clients" {print $2 - 1}'
+}
+
+# What was measured: the staged copy of the module httpd loads (build/ may be
+# rebuilt by others while a run goes on) and the commit checked out when staged.
+bench_build_info() {
+    local sum head dirty=""
+    sum=$(sha256sum "$bench_dir/mod_claude_relay.so" | cut -c1-12)
+    head=$(git -C "$BENCH_SRC" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [ "$head" != unknown ] &&
+        [ -n "$(git -C "$BENCH_SRC" status --porcelain --untracked-files=no -- '*.c' '*.h' 2>/dev/null)" ]; then
+        dirty=" with uncommitted changes to the sources"
+    fi
+    echo "- module: build/mod_claude_relay.so as staged (sha256 $sum…), sources at commit $head$dirty${BENCH_REDIS_ARGS:+; redis-server extra options: $BENCH_REDIS_ARGS}"
 }
 
 bench_machine() {

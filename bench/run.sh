@@ -9,12 +9,14 @@
 #
 # Rounds alternate A/B/C at each connection count, so drift on the machine hits
 # every case alike. Then, per case, one short run under redis-cli MONITOR
-# (top-level commands per request), one under SLOWLOG (what each script costs
-# inside Redis) and, when perf works here, a CPU profile of the httpd children.
+# (top-level commands per request); each script replayed alone with the
+# arguments the module sent (what it costs inside Redis, from INFO
+# commandstats) and, when perf works here, a CPU profile of the httpd children.
 #
 # Environment: BENCH_ROUNDS (5), BENCH_SECONDS (10), BENCH_CONNECTIONS ("4 32"),
-# BENCH_THREADS (2), BENCH_MONITOR_SECONDS (3), BENCH_PROFILE (1: SLOWLOG and
-# perf phases), BENCH_PROFILE_SECONDS (5), BENCH_RESULTS (bench/results-latest.md),
+# BENCH_THREADS (2), BENCH_MONITOR_SECONDS (3), BENCH_PROFILE (1: replay and
+# perf phases), BENCH_PROFILE_SECONDS (5), BENCH_REPLAY_CALLS (3000),
+# BENCH_RESULTS (bench/results-latest.md),
 # BENCH_KEEP (1: keep the temp folder).
 set -euo pipefail
 
@@ -28,6 +30,7 @@ threads=${BENCH_THREADS:-2}
 mon_secs=${BENCH_MONITOR_SECONDS:-3}
 profile=${BENCH_PROFILE:-1}
 prof_secs=${BENCH_PROFILE_SECONDS:-5}
+replay_n=${BENCH_REPLAY_CALLS:-3000}
 results=${BENCH_RESULTS:-$BENCH_SRC/bench/results-latest.md}
 command_line="BENCH_ROUNDS=$rounds BENCH_SECONDS=$secs BENCH_CONNECTIONS=\"$conns_list\" bench/run.sh"
 
@@ -45,19 +48,19 @@ read -r _ key_limited < <(bench_create_key "bench limited" 100000)
 read -r _ key_unlimited < <(bench_create_key "bench unlimited" 0)
 base=http://127.0.0.1:$bench_http_port
 
-# case -> wrk arguments
-wrk_args() {
+# case -> request arguments (wrk and curl alike), in the array args
+set_args() {
     case $1 in
-    A) echo "$base/plain/v1/models" ;;
-    B) echo "-H x-api-key:$key_limited $base/api/v1/models" ;;
-    C) echo "-H x-api-key:$key_unlimited $base/api/v1/models" ;;
+    A) args=("$base/plain/v1/models") ;;
+    B) args=(-H "x-api-key: $key_limited" "$base/api/v1/models") ;;
+    C) args=(-H "x-api-key: $key_unlimited" "$base/api/v1/models") ;;
     esac
 }
 
 # every case answers 200 before anything is measured
 for c in A B C; do
-    # shellcheck disable=SC2046
-    code=$(curl -s -o /dev/null -w "%{http_code}" $(wrk_args "$c"))
+    set_args "$c"
+    code=$(curl -s -o /dev/null -w "%{http_code}" "${args[@]}")
     [ "$code" = 200 ] || bench_die "case $c answers $code, not 200 (see $bench_dir/logs/error.log)"
 done
 
@@ -65,20 +68,34 @@ runs=$bench_dir/runs.tsv
 monitor_tsv=$bench_dir/monitor.tsv
 loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# one measured run: wrk, with Redis CPU and commandstats around it
+# one measured run: wrk, with the CPU of Redis, httpd, wrk and the whole machine
+# and Redis's commandstats around it
 measure() {
     local round=$1 conns=$2 case=$3 d=$4 out=$bench_dir/wrk-$1-$2-$3.txt
-    local cpu0 cpu1
+    local cpu0 cpu1 h0 h1 busy0 busy1 t0 t1 TIMEFORMAT='%U %S'
     "$BENCH_PY" "$BENCH_SRC/bench/bench.py" stats 127.0.0.1 "$bench_redis_port" > "$bench_dir/st0"
     cpu0=$(bench_redis_cpu)
-    # shellcheck disable=SC2046
-    wrk -t"$threads" -c"$conns" -d"${d}s" --timeout 5s --latency $(wrk_args "$case") > "$out"
+    h0=$(bench_httpd_cpu)
+    busy0=$(bench_machine_busy)
+    t0=$(bench_now)
+    set_args "$case"
+    { time wrk -t"$threads" -c"$conns" -d"${d}s" --timeout 5s --latency "${args[@]}" > "$out"; } \
+        2> "$bench_dir/wrk-time"
+    t1=$(bench_now)
+    busy1=$(bench_machine_busy)
+    h1=$(bench_httpd_cpu)
     cpu1=$(bench_redis_cpu)
     "$BENCH_PY" "$BENCH_SRC/bench/bench.py" stats 127.0.0.1 "$bench_redis_port" > "$bench_dir/st1"
     [ "$round" = 0 ] && return 0
-    "$BENCH_PY" "$BENCH_SRC/bench/bench.py" record "$runs" "$round" "$conns" "$case" "$out" \
-        "$bench_dir/st0" "$bench_dir/st1" "$cpu0" "$cpu1" "$(bench_redis_clients)" \
-        "$(bench_children_rss_kib)" "$(bench_children_count)" >&2
+    "$BENCH_PY" "$BENCH_SRC/bench/bench.py" record out="$runs" round="$round" conns="$conns" \
+        case="$case" wrk="$out" st0="$bench_dir/st0" st1="$bench_dir/st1" \
+        redis_cpu="$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN {print b - a}')" \
+        httpd_cpu="$(awk -v a="$h0" -v b="$h1" 'BEGIN {print b - a}')" \
+        wrk_cpu="$(tail -n 1 "$bench_dir/wrk-time" | awk '{print $1 + $2}')" \
+        busy="$(awk -v a="$busy0" -v b="$busy1" 'BEGIN {print b - a}')" \
+        elapsed="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" ncpu="$(nproc)" \
+        clients="$(bench_redis_clients)" rss_kib="$(bench_children_rss_kib)" \
+        children="$(bench_children_count)" >&2
 }
 
 bench_log "warm-up: 2 s per case and connection count"
@@ -99,37 +116,28 @@ first_conns=${conns_list%% *}
 bench_log "MONITOR: $mon_secs s per case at $first_conns connections"
 for c in A B C; do
     mon=$bench_dir/monitor-$c.txt
-    rcli MONITOR > "$mon" &
+    # redis-cli itself in the background (not a shell function): $! is its pid
+    redis-cli -h 127.0.0.1 -p "$bench_redis_port" MONITOR > "$mon" 2>/dev/null &
     mon_pid=$!
     bench_bg_pids="$bench_bg_pids $mon_pid"
     sleep 0.5
-    # shellcheck disable=SC2046
-    wrk -t"$threads" -c"$first_conns" -d"${mon_secs}s" --timeout 5s $(wrk_args "$c") > "$bench_dir/wrk-monitor-$c.txt"
+    set_args "$c"
+    wrk -t"$threads" -c"$first_conns" -d"${mon_secs}s" --timeout 5s "${args[@]}" > "$bench_dir/wrk-monitor-$c.txt"
     sleep 0.5
     kill "$mon_pid" 2>/dev/null || true
     wait "$mon_pid" 2>/dev/null || true
     "$BENCH_PY" "$BENCH_SRC/bench/bench.py" monitor "$c" "$bench_dir/wrk-monitor-$c.txt" "$mon" >> "$monitor_tsv"
-    rm -f "$mon"
+    [ "$c" = B ] || rm -f "$mon"
 done
 
 table=$("$BENCH_PY" "$BENCH_SRC/bench/bench.py" summary "$runs" "$monitor_tsv")
 
-# where the time goes: every command in SLOWLOG, and commandstats, during case B
+# where the time goes: each script alone, with the module's own arguments
 where=""
 if [ "$profile" = 1 ]; then
-    bench_log "SLOWLOG: $prof_secs s of case B at $first_conns connections"
-    rcli CONFIG SET slowlog-max-len 1000000 >/dev/null
-    rcli SLOWLOG RESET >/dev/null
-    "$BENCH_PY" "$BENCH_SRC/bench/bench.py" stats 127.0.0.1 "$bench_redis_port" > "$bench_dir/st0"
-    rcli CONFIG SET slowlog-log-slower-than 0 >/dev/null
-    # shellcheck disable=SC2046
-    wrk -t"$threads" -c"$first_conns" -d"${prof_secs}s" --timeout 5s $(wrk_args B) > "$bench_dir/wrk-slowlog.txt"
-    rcli CONFIG SET slowlog-log-slower-than 10000 >/dev/null
-    "$BENCH_PY" "$BENCH_SRC/bench/bench.py" stats 127.0.0.1 "$bench_redis_port" > "$bench_dir/st1"
-    reqs=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$bench_dir/wrk-slowlog.txt")
-    where=$("$BENCH_PY" "$BENCH_SRC/bench/bench.py" slowlog 127.0.0.1 "$bench_redis_port" "$reqs" \
-        "$bench_dir/st0" "$bench_dir/st1")
-    rcli SLOWLOG RESET >/dev/null
+    bench_log "replaying each script $replay_n times alone"
+    where=$("$BENCH_PY" "$BENCH_SRC/bench/bench.py" replay 127.0.0.1 "$bench_redis_port" \
+        "$bench_dir/monitor-B.txt" "$replay_n")
 
     # the httpd children's CPU: perf with the cpu-clock software event (VMs
     # often have no hardware counters), call graphs by DWARF unwinding
@@ -137,8 +145,8 @@ if [ "$profile" = 1 ]; then
         last_conns=${conns_list##* }
         bench_log "perf: $prof_secs s of case B at $last_conns connections, all httpd children"
         pids=$(pgrep -d, -P "$(bench_httpd_pid)")
-        # shellcheck disable=SC2046
-        wrk -t"$threads" -c"$last_conns" -d"$((prof_secs + 2))s" --timeout 5s $(wrk_args B) > "$bench_dir/wrk-perf.txt" &
+        set_args B
+        wrk -t"$threads" -c"$last_conns" -d"$((prof_secs + 2))s" --timeout 5s "${args[@]}" > "$bench_dir/wrk-perf.txt" &
         wrk_pid=$!
         bench_bg_pids="$bench_bg_pids $wrk_pid"
         sleep 1
@@ -174,22 +182,26 @@ report="## Relay vs plain mod_proxy ($(date -u '+%Y-%m-%d %H:%M UTC'))
 
 - command: \`$command_line\` (from \`make bench\`)
 $(bench_machine)
+$bench_build
 - load average at start / end: $loadavg_start / $loadavg_end
 - httpd: event MPM, 8 children x 64 threads, mock upstream in the same httpd; wrk -t$threads,
   $rounds rounds x $secs s per case, cases alternating; medians over rounds. × plain and the
   Δ columns are medians of per-round comparisons with the plain run of the same round.
-- Redis CPU: used_cpu_user + used_cpu_sys delta around each run / requests.
+- Redis CPU: used_cpu_user + used_cpu_sys delta around each run / requests. EVALSHA µs:
+  \`INFO commandstats\` usec delta of EVALSHA (time inside Redis running the scripts) / requests.
   Top-level commands: \`redis-cli MONITOR\` during one extra ${mon_secs} s run per case at $first_conns
-  connections, lines without \`lua]\`, per request (inside-script commands show as \`[0 lua]\`).
+  connections, lines without \`lua]\` (commands inside scripts show as \`[0 lua]\`), per request.
   Commands inside scripts: \`INFO commandstats\` calls delta less EVALSHA/EVAL, per request.
-  Redis conns: \`connected_clients\` less the harness's own, after each run (max). RSS: sum of
-  VmRSS of the httpd children (both the relay and the mock upstream live in them).
+  Redis conns held: \`connected_clients\` less the harness's own, after each run (max). httpd CPU:
+  utime + stime of the httpd processes (relay, mod_proxy and the mock upstream) / requests.
+  RSS: sum of VmRSS of the httpd children after each run. Other processes' CPU: the machine's
+  busy time less Redis, httpd and wrk, in % of all CPUs (others sharing this machine).
 
 $table
 "
 if [ -n "$where" ]; then
     report="$report
-### Where the time goes (Redis side, case B)
+### Where the time goes (case B)
 
 $where
 "
