@@ -71,7 +71,7 @@ static const char admit_lua[] =
 /*
  * Release: drop the lease, note when the key was last used and add what the
  * request consumed to its usage counters -- only if the key still exists, so
- * a deleted key is not brought back as a stub.
+ * a deleted key is not brought back half-empty.
  * KEYS[1] concurrency:{id}  KEYS[2] apikey:{id}  KEYS[3] usage:{id}
  * KEYS[4] usage:daily:{id}:{day}  KEYS[5] usage:monthly:{id}:{month}
  * KEYS[6] usage:{id}:model:daily:{model}:{day}  KEYS[7] usage:{id}:models
