@@ -19,7 +19,11 @@ stage=$(mktemp -d /tmp/relay-test.XXXXXX)
 redis_pid=""
 cleanup() {
     if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
-    pkill -f "redis-server .*$stage" 2>/dev/null || true
+    # whatever the tests started and left a pid file for (a restarted Redis,
+    # extra httpd servers, sentinels): stop it, so nothing outlives the run
+    for f in "$stage"/run/*.pid "$stage"/run/*/*.pid "$stage"/run/*/*/*.pid; do
+        [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+    done
     if [ "${RELAY_KEEP_STAGE:-0}" = 1 ]; then
         echo "run-tests: kept $stage"
     else

@@ -32,7 +32,8 @@ is($r->code, 200, 'allow: the request passes through unlimited');
 
 system('redis-server', '--bind', '127.0.0.1', '--port', $ENV{RELAY_TEST_REDIS_PORT},
        '--save', '', '--appendonly', 'no', '--dir', "$ENV{RELAY_TEST_STAGE}/run",
-       '--logfile', "$ENV{RELAY_TEST_STAGE}/run/redis.log", '--daemonize', 'yes') == 0
+       '--logfile', "$ENV{RELAY_TEST_STAGE}/run/redis.log", '--daemonize', 'yes',
+       '--pidfile', "$ENV{RELAY_TEST_STAGE}/run/redis-restarted.pid") == 0
     or die "cannot restart redis-server";
 ok defined wait_until(5, sub { redis('PING') eq 'PONG' }), 'redis-server restarted (empty)';
 
