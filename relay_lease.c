@@ -24,90 +24,123 @@
 #define ID_CACHE_MAX 10000
 /* leases renewed per script call; more are sent in further calls */
 #define RENEW_BATCH 4000
+/* admissions and releases sent in one script call at most */
+#define BATCH_MAX 256
 
 /*
- * Admit: check the key and take a lease atomically.
- * KEYS[1] apikey:{id}  KEYS[2] concurrency:{id}  KEYS[3] usage:{id}
- * ARGV[1] key hash  ARGV[2] lease member  ARGV[3] lease ms  ARGV[4] now, ISO-8601
- * Returns {code, current, limit, name, legacy}: code 1 admitted, 0 unknown,
- * -1 disabled, -2 expired, 2 over the concurrency limit, 3 over the token
- * limit (then current/limit are the tokens used and the token limit).
- * Nothing is taken unless the request is admitted. Only live leases count
- * (scored on Redis's own clock); expired ones are swept on one admission in
- * sixteen, and the set disappears by itself once its last lease is given back.
+ * One batch: the releases and admissions a child has queued, in one atomic
+ * script call. Releases go first, so a slot given back is free for an
+ * admission in the same batch. Keys are named from the key ids inside the
+ * script (a single Redis or a Sentinel-managed one; not Redis Cluster).
+ *
+ * ARGV[1] lease ms  ARGV[2] now, ISO-8601  ARGV[3] G, the number of release
+ * groups, then per group (one key id):
+ *   id, M, M lease members, U, U usage records of 8 fields each:
+ *   day, month, model or "", input, output, cache creation, cache read, requests
+ * then A, the number of admissions, and per admission: key hash, key id or ""
+ * (not cached: looked up in apikey:hash_map), lease member.
+ *
+ * Returns one entry per admission, {code, current, limit, name, legacy, id}:
+ * code 1 admitted, 0 unknown, -1 disabled, -2 expired, 2 over the
+ * concurrency limit, 3 over the token limit (then current/limit are the
+ * tokens used and the token limit). Nothing is taken unless admitted. Only
+ * live leases count (scored on Redis's own clock); expired ones are swept on
+ * one admission in sixteen and by the renewals, and a set disappears by
+ * itself once its last lease is given back. lastUsedAt is written at most
+ * once a second per key, and usage only to keys that still exist, so a
+ * deleted key is not brought back half-empty.
  */
-static const char admit_lua[] =
-    "local k = redis.call('HMGET', KEYS[1], 'apiKey', 'isActive', 'expiresAt',"
-    " 'concurrencyLimit', 'name', 'tokenLimit')\n"
-    "if k[1] ~= ARGV[1] then return {0, 0, 0, '', 0} end\n"
-    "local name = k[5] or ''\n"
-    "if k[2] == 'false' then return {-1, 0, 0, name, 0} end\n"
-    "if k[3] and k[3] ~= '' and k[3] < ARGV[4] then return {-2, 0, 0, name, 0} end\n"
-    "local tlimit = math.floor(tonumber(k[6]) or 0)\n"
-    "if tlimit > 0 then\n"
-    "  local used = redis.pcall('HGET', KEYS[3], 'totalTokens')\n"
-    "  used = math.floor(tonumber(used) or 0)\n"
-    "  if used >= tlimit then return {3, used, tlimit, name, 0} end\n"
-    "end\n"
-    "local limit = math.floor(tonumber(k[4]) or 0)\n"
-    "if limit < 0 then limit = 0 end\n"
+static const char batch_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local stamp = string.format('%.0f', now)\n"
-    "local legacy = 0\n"
-    /* live leases only; expired ones (a killed child's) are swept now and then */
-    "local n = redis.pcall('ZCOUNT', KEYS[2], '(' .. stamp, '+inf')\n"
-    "if type(n) == 'table' and n.err then\n"
-    "  redis.call('DEL', KEYS[2])\n"
-    "  legacy = 1\n"
-    "  n = 0\n"
-    "elseif tonumber(t[2]) % 16 == 0 then\n"
-    "  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', stamp)\n"
-    "end\n"
-    "if limit > 0 and n >= limit then return {2, n, limit, name, legacy} end\n"
-    "redis.call('ZADD', KEYS[2], string.format('%.0f', now + tonumber(ARGV[3])), ARGV[2])\n"
-    "return {1, n + 1, limit, name, legacy}\n";
-
-/*
- * Release: drop the lease, note when the key was last used and add what the
- * request consumed to its usage counters -- only if the key still exists, so
- * a deleted key is not brought back half-empty.
- * KEYS[1] concurrency:{id}  KEYS[2] apikey:{id}  KEYS[3] usage:{id}
- * KEYS[4] usage:daily:{id}:{day}  KEYS[5] usage:monthly:{id}:{month}
- * KEYS[6] usage:{id}:model:daily:{model}:{day}  KEYS[7] usage:{id}:models
- * ARGV[1] member  ARGV[2] now ISO  ARGV[3] "1" to count the request
- * ARGV[4..7] input, output, cache creation, cache read tokens  ARGV[8] model or ""
- */
-static const char release_lua[] =
-    "redis.pcall('ZREM', KEYS[1], ARGV[1])\n"
-    "local k = redis.call('HMGET', KEYS[2], 'id', 'lastUsedAt')\n"
-    "if not k[1] then return 0 end\n"
-    /* lastUsedAt to the second: busy keys are not rewritten on every request */
-    "if not k[2] or string.sub(k[2], 1, 19) ~= string.sub(ARGV[2], 1, 19) then\n"
-    "  redis.call('HSET', KEYS[2], 'lastUsedAt', ARGV[2])\n"
-    "end\n"
-    "if ARGV[3] ~= '1' then return 1 end\n"
-    "local i, o = tonumber(ARGV[4]), tonumber(ARGV[5])\n"
-    "local cc, cr = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
-    "local all = i + o + cc + cr\n"
+    "local expiry = string.format('%.0f', now + tonumber(ARGV[1]))\n"
+    "local iso = ARGV[2]\n"
     "local names = {'totalTokens', 'totalInputTokens', 'totalOutputTokens',"
     " 'totalCacheCreateTokens', 'totalCacheReadTokens', 'totalAllTokens', 'totalRequests',"
     " 'tokens', 'inputTokens', 'outputTokens', 'cacheCreateTokens', 'cacheReadTokens',"
     " 'allTokens', 'requests'}\n"
-    "local deltas = {i + o, i, o, cc, cr, all, 1}\n"
-    "local last = 5\n"
-    "if ARGV[8] ~= '' then\n"
-    "  last = 6\n"
-    "  redis.call('SADD', KEYS[7], ARGV[8])\n"
-    "end\n"
+    "local i = 4\n"
+    "for g = 1, tonumber(ARGV[3]) do\n"
+    "  local id = ARGV[i]\n"
+    "  local m = tonumber(ARGV[i + 1])\n"
+    "  redis.pcall('ZREM', 'concurrency:' .. id, unpack(ARGV, i + 2, i + 1 + m))\n"
+    "  i = i + 2 + m\n"
+    "  local u = tonumber(ARGV[i])\n"
+    "  i = i + 1\n"
+    "  local key = 'apikey:' .. id\n"
+    "  local k = redis.call('HMGET', key, 'id', 'lastUsedAt')\n"
+    "  if k[1] then\n"
+    "    if not k[2] or string.sub(k[2], 1, 19) ~= string.sub(iso, 1, 19) then\n"
+    "      redis.call('HSET', key, 'lastUsedAt', iso)\n"
+    "    end\n"
+    "    for r = 1, u do\n"
+    "      local day, month, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]\n"
+    "      local inp, out = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])\n"
+    "      local cc, cr = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])\n"
+    "      local deltas = {inp + out, inp, out, cc, cr, inp + out + cc + cr, tonumber(ARGV[i + 7])}\n"
+    "      local hashes = {'usage:' .. id, 'usage:daily:' .. id .. ':' .. day,"
+    " 'usage:monthly:' .. id .. ':' .. month}\n"
+    "      if model ~= '' then\n"
+    "        redis.call('SADD', 'usage:' .. id .. ':models', model)\n"
+    "        hashes[4] = 'usage:' .. id .. ':model:daily:' .. model .. ':' .. day\n"
+    "      end\n"
     /* zero deltas are skipped: a request without usage costs one call per hash */
-    "for j = 3, last do\n"
-    "  local base = j == 3 and 0 or 7\n"
-    "  for f = 1, 7 do\n"
-    "    if deltas[f] ~= 0 then redis.call('HINCRBY', KEYS[j], names[base + f], deltas[f]) end\n"
+    "      for h = 1, #hashes do\n"
+    "        local base = h == 1 and 0 or 7\n"
+    "        for f = 1, 7 do\n"
+    "          if deltas[f] ~= 0 then redis.call('HINCRBY', hashes[h], names[base + f], deltas[f]) end\n"
+    "        end\n"
+    "      end\n"
+    "      i = i + 8\n"
+    "    end\n"
+    "  else\n"
+    "    i = i + 8 * u\n"
     "  end\n"
     "end\n"
-    "return 1\n";
+    "local res = {}\n"
+    "local n = tonumber(ARGV[i])\n"
+    "i = i + 1\n"
+    "for a = 1, n do\n"
+    "  local hash, id, member = ARGV[i], ARGV[i + 1], ARGV[i + 2]\n"
+    "  i = i + 3\n"
+    "  if id == '' then id = redis.call('HGET', 'apikey:hash_map', hash) or '' end\n"
+    "  local k = {}\n"
+    "  if id ~= '' then\n"
+    "    k = redis.call('HMGET', 'apikey:' .. id, 'apiKey', 'isActive', 'expiresAt',"
+    " 'concurrencyLimit', 'name', 'tokenLimit')\n"
+    "  end\n"
+    "  local name = k[5] or ''\n"
+    "  local tlimit = math.floor(tonumber(k[6]) or 0)\n"
+    "  local used = 0\n"
+    "  if tlimit > 0 and k[1] == hash then\n"
+    "    used = math.floor(tonumber(redis.pcall('HGET', 'usage:' .. id, 'totalTokens')) or 0)\n"
+    "  end\n"
+    "  if k[1] ~= hash then res[a] = {0, 0, 0, '', 0, ''}\n"
+    "  elseif k[2] == 'false' then res[a] = {-1, 0, 0, name, 0, id}\n"
+    "  elseif k[3] and k[3] ~= '' and k[3] < iso then res[a] = {-2, 0, 0, name, 0, id}\n"
+    "  elseif tlimit > 0 and used >= tlimit then res[a] = {3, used, tlimit, name, 0, id}\n"
+    "  else\n"
+    "    local limit = math.floor(tonumber(k[4]) or 0)\n"
+    "    if limit < 0 then limit = 0 end\n"
+    "    local ckey = 'concurrency:' .. id\n"
+    "    local legacy = 0\n"
+    "    local c = redis.pcall('ZCOUNT', ckey, '(' .. stamp, '+inf')\n"
+    "    if type(c) == 'table' and c.err then\n"
+    "      redis.call('DEL', ckey)\n"
+    "      legacy = 1\n"
+    "      c = 0\n"
+    "    elseif (tonumber(t[2]) + a) % 16 == 0 then\n"
+    "      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', stamp)\n"
+    "    end\n"
+    "    if limit > 0 and c >= limit then res[a] = {2, c, limit, name, legacy, id}\n"
+    "    else\n"
+    "      redis.call('ZADD', ckey, expiry, member)\n"
+    "      res[a] = {1, c + 1, limit, name, legacy, id}\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return res\n";
 
 /*
  * Renew: push the expiry of live leases forward. ZADD XX never re-adds a
@@ -135,7 +168,7 @@ static const char renew_lua[] =
     "end\n"
     "return renewed\n";
 
-static relay_script admit_script, release_script, renew_script;
+static relay_script batch_script, renew_script;
 static apr_uint32_t scripts_ready;
 
 APR_RING_HEAD(lease_ring, relay_lease);
@@ -144,9 +177,35 @@ struct relay_lease {
     APR_RING_ENTRY(relay_lease) link;  /* in the store's list of live leases */
     const char *id;                    /* key id */
     const char *conc_key;              /* concurrency:{id} */
-    const char *key_key;               /* apikey:{id} */
     const char *member;                /* this request's member */
     int released;                      /* given back already */
+};
+
+/*
+ * A queued admission or release. Admissions live in the waiting request's
+ * pool; releases are malloc'ed (their request is gone when they are sent)
+ * and freed once sent.
+ */
+typedef struct lease_op lease_op;
+APR_RING_HEAD(op_ring, lease_op);
+
+struct lease_op {
+    APR_RING_ENTRY(lease_op) link;     /* in the queue, then in a batch */
+    int admit;                         /* 1 admission, 0 release */
+    const char *id;                    /* key id (admission: cached one, or NULL) */
+    const char *member;                /* lease member */
+    /* admission */
+    const char *hash;                  /* key hash */
+    apr_pool_t *p;                     /* the requester's pool, for the results */
+    apr_thread_cond_t *cond;           /* signalled when done or promoted */
+    int done;                          /* results are in */
+    int promoted;                      /* this requester leads the next batch */
+    long code;                         /* the script's code, or -99 on error */
+    long long current, limit;
+    const char *name, *found_id, *error;
+    int legacy;
+    /* release */
+    relay_usage_counts usage;          /* model copied into the same block */
 };
 
 struct relay_lease_store {
@@ -154,14 +213,18 @@ struct relay_lease_store {
     int lease_ms;                      /* lease length */
     char prefix[17];                   /* random per child: members are unique */
     apr_uint32_t counter;              /* per child member counter */
-    apr_thread_mutex_t *lock;          /* guards ring, live, cache */
+    apr_thread_mutex_t *lock;          /* guards everything below */
     struct lease_ring ring;            /* live leases of this child */
     int live;                          /* entries in ring */
     apr_pool_t *cache_pool;            /* holds the id cache */
     apr_hash_t *id_cache;              /* key hash -> key id */
-    apr_thread_cond_t *wake;           /* wakes the keeper to stop */
+    struct op_ring queue;              /* admissions and releases not yet sent */
+    int leading;                       /* some thread is sending (or about to send) a batch */
+    int keeper_leads;                  /* the keeper is asked to send the queued releases */
+    apr_pool_t *batch_pool;            /* scratch of the leading thread */
+    apr_thread_cond_t *wake;           /* wakes the keeper: releases queued, or stop */
     int stopping;                      /* the child is exiting */
-    apr_thread_t *keeper;              /* renewal thread, or NULL */
+    apr_thread_t *keeper;              /* renewal and release thread, or NULL */
     relay_log_fn log;                  /* keeper's log sink */
     void *log_baton;
 };
@@ -174,8 +237,7 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     apr_status_t rv;
 
     if (!apr_atomic_read32(&scripts_ready)) {
-        relay_script_init(&admit_script, "admit", admit_lua);
-        relay_script_init(&release_script, "release", release_lua);
+        relay_script_init(&batch_script, "admit/release", batch_lua);
         relay_script_init(&renew_script, "renew", renew_lua);
         apr_atomic_set32(&scripts_ready, 1);
     }
@@ -193,7 +255,11 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
         return rv;
     }
     APR_RING_INIT(&st->ring, relay_lease, link);
+    APR_RING_INIT(&st->queue, lease_op, link);
     if ((rv = apr_pool_create(&st->cache_pool, pchild)) != APR_SUCCESS) {
+        return rv;
+    }
+    if ((rv = apr_pool_create(&st->batch_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
     st->id_cache = apr_hash_make(st->cache_pool);
@@ -264,106 +330,294 @@ static long long reply_int(const redisReply *rep, size_t i)
     return 0;
 }
 
-/* Look the key's id up in apikey:hash_map; NULL if unknown or on error. */
-static const char *lookup_id(relay_redis_conn *c, const char *hash, apr_pool_t *p,
-                             const char **err, int *failed)
-{
-    const char *argv[3] = {"HGET", "apikey:hash_map", hash};
-    size_t lens[3] = {4, 15, strlen(hash)};
-    redisReply *rep = relay_redis_command(c, 3, argv, lens, p, err);
-    const char *id = NULL;
+/* One key id's releases within a batch. */
+typedef struct {
+    const char *id;
+    apr_array_header_t *members;       /* const char * */
+    apr_array_header_t *usage;         /* relay_usage_counts, one per model, with requests */
+    apr_array_header_t *requests;      /* long long, beside usage */
+} release_group;
 
-    if (!rep) {
-        *failed = 1;
-        return NULL;
+/* Add a release to its key's group, summing usage per model. */
+static void group_release(apr_array_header_t *groups, const lease_op *op, apr_pool_t *p)
+{
+    release_group *g = NULL;
+    const char *model = op->usage.model ? op->usage.model : "";
+    int i;
+
+    for (i = 0; i < groups->nelts; i++) {
+        if (strcmp(APR_ARRAY_IDX(groups, i, release_group).id, op->id) == 0) {
+            g = &APR_ARRAY_IDX(groups, i, release_group);
+            break;
+        }
     }
-    if (rep->type == REDIS_REPLY_STRING) {
-        id = apr_pstrndup(p, rep->str, rep->len);
+    if (!g) {
+        g = apr_array_push(groups);
+        g->id = op->id;
+        g->members = apr_array_make(p, 4, sizeof(const char *));
+        g->usage = apr_array_make(p, 2, sizeof(relay_usage_counts));
+        g->requests = apr_array_make(p, 2, sizeof(long long));
     }
-    else if (rep->type == REDIS_REPLY_ERROR) {
-        *err = apr_psprintf(p, "Redis refused the key lookup: %.*s", (int)rep->len, rep->str);
-        *failed = 1;
+    APR_ARRAY_PUSH(g->members, const char *) = op->member;
+    for (i = 0; i < g->usage->nelts; i++) {
+        relay_usage_counts *u = &APR_ARRAY_IDX(g->usage, i, relay_usage_counts);
+
+        if (strcmp(u->model, model) == 0) {
+            u->input += op->usage.input;
+            u->output += op->usage.output;
+            u->cache_create += op->usage.cache_create;
+            u->cache_read += op->usage.cache_read;
+            APR_ARRAY_IDX(g->requests, i, long long)++;
+            return;
+        }
     }
-    freeReplyObject(rep);
-    return id;
+    {
+        relay_usage_counts *u = apr_array_push(g->usage);
+
+        *u = op->usage;
+        u->model = model;
+        APR_ARRAY_PUSH(g->requests, long long) = 1;
+    }
+}
+
+#define PUSH_ARG(a, v) (APR_ARRAY_PUSH((a), const char *) = (v))
+
+/*
+ * Send one batch in one script call and put the results into its
+ * admissions; release entries are freed. Runs without the store's lock,
+ * in the one thread leading now.
+ */
+static void run_batch(relay_lease_store *st, struct op_ring *batch)
+{
+    apr_pool_t *p = st->batch_pool;
+    apr_array_header_t *groups = apr_array_make(p, 4, sizeof(release_group));
+    apr_array_header_t *args = apr_array_make(p, 32, sizeof(const char *));
+    const char *now = now_iso(p), *err = NULL;
+    const char *day = apr_pstrndup(p, now, 10), *month = apr_pstrndup(p, now, 7);
+    relay_redis_conn *c;
+    redisReply *rep = NULL;
+    lease_op *op, *next;
+    int i, j, nadmit = 0, nrelease = 0;
+    size_t a;
+
+    PUSH_ARG(args, apr_itoa(p, st->lease_ms));
+    PUSH_ARG(args, now);
+    for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
+         op = APR_RING_NEXT(op, link)) {
+        if (!op->admit) {
+            group_release(groups, op, p);
+            nrelease++;
+        }
+    }
+    PUSH_ARG(args, apr_itoa(p, groups->nelts));
+    for (i = 0; i < groups->nelts; i++) {
+        release_group *g = &APR_ARRAY_IDX(groups, i, release_group);
+
+        PUSH_ARG(args, g->id);
+        PUSH_ARG(args, apr_itoa(p, g->members->nelts));
+        for (j = 0; j < g->members->nelts; j++) {
+            PUSH_ARG(args, APR_ARRAY_IDX(g->members, j, const char *));
+        }
+        PUSH_ARG(args, apr_itoa(p, g->usage->nelts));
+        for (j = 0; j < g->usage->nelts; j++) {
+            const relay_usage_counts *u = &APR_ARRAY_IDX(g->usage, j, relay_usage_counts);
+
+            PUSH_ARG(args, day);
+            PUSH_ARG(args, month);
+            PUSH_ARG(args, u->model);
+            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->input));
+            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->output));
+            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->cache_create));
+            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->cache_read));
+            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT,
+                                        (apr_int64_t)APR_ARRAY_IDX(g->requests, j, long long)));
+        }
+    }
+    for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
+         op = APR_RING_NEXT(op, link)) {
+        nadmit += op->admit;
+    }
+    PUSH_ARG(args, apr_itoa(p, nadmit));
+    for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
+         op = APR_RING_NEXT(op, link)) {
+        if (op->admit) {
+            PUSH_ARG(args, op->hash);
+            PUSH_ARG(args, op->id ? op->id : "");
+            PUSH_ARG(args, op->member);
+        }
+    }
+
+    c = relay_redis_acquire(st->redis, p, &err);
+    if (c) {
+        rep = relay_redis_script(c, &batch_script, 0, NULL, args->nelts,
+                                 (const char *const *)args->elts, p, &err);
+        relay_redis_release(st->redis, c);
+    }
+    if (rep && (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)nadmit)) {
+        err = "unexpected reply from the admit/release script";
+        freeReplyObject(rep);
+        rep = NULL;
+    }
+    if (!rep && nrelease && st->log) {
+        st->log(st->log_baton, LEASE_LOG_WARNING,
+                apr_psprintf(p, "could not give back %d slot(s) now (%s); they expire by "
+                                "themselves within their lease, and those requests' usage is "
+                                "not counted", nrelease, err ? err : "unknown error"));
+    }
+
+    a = 0;
+    for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link); op = next) {
+        next = APR_RING_NEXT(op, link);
+        if (!op->admit) {
+            APR_RING_REMOVE(op, link);
+            free(op);
+            continue;
+        }
+        if (!rep) {
+            op->code = -99;
+            op->error = apr_pstrdup(op->p, err ? err : "Redis did not answer");
+            continue;
+        }
+        else {
+            const redisReply *e = rep->element[a++];
+
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 6) {
+                op->code = -99;
+                op->error = "unexpected reply from the admit/release script";
+                continue;
+            }
+            op->code = (long)reply_int(e, 0);
+            op->current = reply_int(e, 1);
+            op->limit = reply_int(e, 2);
+            op->name = e->element[3]->type == REDIS_REPLY_STRING
+                           ? apr_pstrndup(op->p, e->element[3]->str, e->element[3]->len)
+                           : "";
+            op->legacy = reply_int(e, 4) != 0;
+            op->found_id = e->element[5]->type == REDIS_REPLY_STRING && e->element[5]->len
+                               ? apr_pstrndup(op->p, e->element[5]->str, e->element[5]->len)
+                               : NULL;
+        }
+    }
+    if (rep) {
+        freeReplyObject(rep);
+    }
+    apr_pool_clear(p);
+}
+
+/*
+ * Send batches while this thread leads. Called with the lock held and
+ * st->leading set; returns with the lock held. After its first batch a
+ * request thread hands on: to the first waiting admission, or to the keeper
+ * when only releases are left; the keeper goes on with releases itself.
+ */
+static void lead(relay_lease_store *st, int keeper)
+{
+    for (;;) {
+        struct op_ring batch;
+        lease_op *op;
+        int n = 0;
+
+        if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
+            st->leading = 0;
+            return;
+        }
+        /* take the queue, up to a bound that keeps a script call short */
+        APR_RING_INIT(&batch, lease_op, link);
+        while (!APR_RING_EMPTY(&st->queue, lease_op, link) && n < BATCH_MAX) {
+            op = APR_RING_FIRST(&st->queue);
+            APR_RING_REMOVE(op, link);
+            APR_RING_INSERT_TAIL(&batch, op, lease_op, link);
+            n++;
+        }
+        apr_thread_mutex_unlock(st->lock);
+        run_batch(st, &batch);
+        apr_thread_mutex_lock(st->lock);
+        while (!APR_RING_EMPTY(&batch, lease_op, link)) {
+            op = APR_RING_FIRST(&batch);
+            APR_RING_REMOVE(op, link);
+            op->done = 1;
+            apr_thread_cond_signal(op->cond);
+        }
+        if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
+            st->leading = 0;
+            return;
+        }
+        for (op = APR_RING_FIRST(&st->queue); op != APR_RING_SENTINEL(&st->queue, lease_op, link);
+             op = APR_RING_NEXT(op, link)) {
+            if (op->admit) {
+                op->promoted = 1;
+                apr_thread_cond_signal(op->cond);
+                return;
+            }
+        }
+        if (!keeper) {
+            st->keeper_leads = 1;
+            apr_thread_cond_signal(st->wake);
+            return;
+        }
+    }
 }
 
 relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease_out)
 {
-    relay_redis_conn *c;
-    const char *id, *err = NULL;
-    const char *keys[3], *args[4];
-    redisReply *rep;
+    lease_op *op = apr_pcalloc(p, sizeof(*op));
     relay_lease *lease;
-    int cached = 1, failed = 0;
-    long code;
+    apr_status_t rv;
 
     memset(res, 0, sizeof(*res));
     *lease_out = NULL;
-    c = relay_redis_acquire(st->redis, p, &err);
-    if (!c) {
+    if ((rv = apr_thread_cond_create(&op->cond, p)) != APR_SUCCESS) {
         res->code = RELAY_ADMIT_ERROR;
-        res->error = err;
+        res->error = "cannot create a condition variable";
         return res->code;
     }
-    id = cache_get(st, hash, p);
-    if (!id) {
-        cached = 0;
-        id = lookup_id(c, hash, p, &err, &failed);
-        if (!id) {
-            relay_redis_release(st->redis, c);
-            res->code = failed ? RELAY_ADMIT_ERROR : RELAY_ADMIT_NOT_FOUND;
-            res->error = err;
-            return res->code;
-        }
-    }
-    lease = apr_pcalloc(p, sizeof(*lease));
-    lease->id = id;
-    lease->key_key = apr_pstrcat(p, "apikey:", id, NULL);
-    lease->conc_key = apr_pstrcat(p, "concurrency:", id, NULL);
+    op->admit = 1;
+    op->hash = hash;
+    op->p = p;
+    op->id = cache_get(st, hash, p);
     /* random per child, the pid for people reading it, a counter per request */
-    lease->member = apr_psprintf(p, "%s-%" APR_PID_T_FMT "-%u", st->prefix, getpid(),
-                                 apr_atomic_inc32(&st->counter));
-    keys[0] = lease->key_key;
-    keys[1] = lease->conc_key;
-    keys[2] = apr_pstrcat(p, "usage:", id, NULL);
-    args[0] = hash;
-    args[1] = lease->member;
-    args[2] = apr_itoa(p, st->lease_ms);
-    args[3] = now_iso(p);
-    rep = relay_redis_script(c, &admit_script, 3, keys, 4, args, p, &err);
-    relay_redis_release(st->redis, c);
-    if (!rep) {
-        res->code = RELAY_ADMIT_ERROR;
-        res->error = err;
-        return res->code;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 5) {
-        freeReplyObject(rep);
-        res->code = RELAY_ADMIT_ERROR;
-        res->error = "unexpected reply from the admit script";
-        return res->code;
-    }
-    code = reply_int(rep, 0);
-    res->id = id;
-    res->current = reply_int(rep, 1);
-    res->limit = reply_int(rep, 2);
-    if (rep->element[3]->type == REDIS_REPLY_STRING) {
-        res->name = apr_pstrndup(p, rep->element[3]->str, rep->element[3]->len);
-    }
-    else {
-        res->name = "";
-    }
-    res->legacy_replaced = reply_int(rep, 4) != 0;
-    freeReplyObject(rep);
+    op->member = apr_psprintf(p, "%s-%" APR_PID_T_FMT "-%u", st->prefix, getpid(),
+                              apr_atomic_inc32(&st->counter));
 
-    switch (code) {
+    /* join the queue; lead a batch if nobody does, else wait for one */
+    apr_thread_mutex_lock(st->lock);
+    APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
+    if (!st->leading) {
+        st->leading = 1;
+        lead(st, 0);
+    }
+    while (!op->done) {
+        if (op->promoted) {
+            op->promoted = 0;
+            lead(st, 0);
+            continue;
+        }
+        apr_thread_cond_wait(op->cond, st->lock);
+    }
+    apr_thread_mutex_unlock(st->lock);
+
+    if (op->code == -99) {
+        res->code = RELAY_ADMIT_ERROR;
+        res->error = op->error;
+        return res->code;
+    }
+    res->id = op->found_id;
+    res->current = op->current;
+    res->limit = op->limit;
+    res->name = op->name ? op->name : "";
+    res->legacy_replaced = op->legacy;
+
+    switch (op->code) {
     case 1:
         res->code = RELAY_ADMIT_OK;
-        if (!cached) {
-            cache_put(st, hash, id);
+        if (!op->id && op->found_id) {
+            cache_put(st, hash, op->found_id);
         }
+        lease = apr_pcalloc(p, sizeof(*lease));
+        lease->id = op->found_id;
+        lease->conc_key = apr_pstrcat(p, "concurrency:", op->found_id, NULL);
+        lease->member = op->member;
         apr_thread_mutex_lock(st->lock);
         APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
         st->live++;
@@ -372,9 +626,9 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         break;
     case 2:
     case 3:
-        res->code = code == 2 ? RELAY_ADMIT_LIMITED : RELAY_ADMIT_TOKENS;
-        if (!cached) {
-            cache_put(st, hash, id);
+        res->code = op->code == 2 ? RELAY_ADMIT_LIMITED : RELAY_ADMIT_TOKENS;
+        if (!op->id && op->found_id) {
+            cache_put(st, hash, op->found_id);
         }
         break;
     case -1:
@@ -385,7 +639,7 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         break;
     default:
         /* the key was deleted (or never matched): forget what we cached */
-        if (cached) {
+        if (op->id) {
             cache_drop(st, hash);
         }
         res->id = NULL;
@@ -398,13 +652,12 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
 apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
                                  const relay_usage_counts *usage, apr_pool_t *p, const char **err)
 {
-    relay_redis_conn *c;
-    const char *keys[7], *args[8];
-    const char *now = now_iso(p);
-    const char *day = apr_pstrndup(p, now, 10), *month = apr_pstrndup(p, now, 7);
-    const char *model = usage && usage->model ? usage->model : "";
-    redisReply *rep;
+    size_t idlen = strlen(lease->id) + 1, mlen = strlen(lease->member) + 1;
+    size_t modlen = usage && usage->model ? strlen(usage->model) + 1 : 0;
+    lease_op *op;
+    char *buf;
 
+    (void)p;
     apr_thread_mutex_lock(st->lock);
     if (lease->released) {
         apr_thread_mutex_unlock(st->lock);
@@ -415,32 +668,36 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
     st->live--;
     apr_thread_mutex_unlock(st->lock);
 
-    c = relay_redis_acquire(st->redis, p, err);
-    if (!c) {
-        /* the lease expires by itself within one lease length */
-        return APR_EGENERAL;
+    /* one block: the request and its pool are gone when this is sent */
+    op = malloc(sizeof(*op) + idlen + mlen + modlen);
+    if (!op) {
+        *err = "out of memory";
+        return APR_ENOMEM;
     }
-    keys[0] = lease->conc_key;
-    keys[1] = lease->key_key;
-    keys[2] = apr_pstrcat(p, "usage:", lease->id, NULL);
-    keys[3] = apr_pstrcat(p, "usage:daily:", lease->id, ":", day, NULL);
-    keys[4] = apr_pstrcat(p, "usage:monthly:", lease->id, ":", month, NULL);
-    keys[5] = apr_pstrcat(p, "usage:", lease->id, ":model:daily:", model, ":", day, NULL);
-    keys[6] = apr_pstrcat(p, "usage:", lease->id, ":models", NULL);
-    args[0] = lease->member;
-    args[1] = now;
-    args[2] = usage ? "1" : "0";
-    args[3] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->input : 0);
-    args[4] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->output : 0);
-    args[5] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->cache_create : 0);
-    args[6] = apr_psprintf(p, "%" APR_INT64_T_FMT, usage ? (apr_int64_t)usage->cache_read : 0);
-    args[7] = model;
-    rep = relay_redis_script(c, &release_script, 7, keys, 8, args, p, err);
-    relay_redis_release(st->redis, c);
-    if (!rep) {
-        return APR_EGENERAL;
+    memset(op, 0, sizeof(*op));
+    buf = (char *)(op + 1);
+    memcpy(buf, lease->id, idlen);
+    op->id = buf;
+    memcpy(buf + idlen, lease->member, mlen);
+    op->member = buf + idlen;
+    if (usage) {
+        op->usage = *usage;
+        op->usage.model = NULL;
+        if (modlen) {
+            memcpy(buf + idlen + mlen, usage->model, modlen);
+            op->usage.model = buf + idlen + mlen;
+        }
     }
-    freeReplyObject(rep);
+
+    /* queue it; if no batch is under way, the keeper sends it now */
+    apr_thread_mutex_lock(st->lock);
+    APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
+    if (!st->leading) {
+        st->leading = 1;
+        st->keeper_leads = 1;
+        apr_thread_cond_signal(st->wake);
+    }
+    apr_thread_mutex_unlock(st->lock);
     return APR_SUCCESS;
 }
 
@@ -495,11 +752,15 @@ static const char *renew_snapshot(relay_lease_store *st, const char **keys, cons
     return off < n ? err : NULL;
 }
 
-/* The keeper: every third of a lease, renew all live leases of this child. */
+/*
+ * The keeper: sends the releases queued while no batch was under way, and
+ * every third of a lease renews all live leases of this child in one call.
+ */
 static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
 {
     relay_lease_store *st = data;
     apr_interval_time_t every = apr_time_from_msec(st->lease_ms / 3);
+    apr_time_t next_renewal;
     apr_pool_t *p;
 
     if (every < apr_time_from_msec(200)) {
@@ -509,33 +770,53 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
         apr_thread_exit(thd, APR_ENOMEM);
         return NULL;
     }
+    next_renewal = apr_time_now() + every;
     apr_thread_mutex_lock(st->lock);
-    while (!st->stopping) {
-        relay_lease *l;
-        const char **keys, **members, *err;
-        int n = 0;
+    for (;;) {
+        apr_time_t now;
 
-        apr_thread_cond_timedwait(st->wake, st->lock, every);
-        if (st->stopping || st->live == 0) {
+        if (st->keeper_leads) {
+            st->keeper_leads = 0;
+            lead(st, 1);
             continue;
         }
-        apr_pool_clear(p);
-        keys = apr_palloc(p, sizeof(*keys) * st->live);
-        members = apr_palloc(p, sizeof(*members) * st->live);
-        for (l = APR_RING_FIRST(&st->ring); l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
-             l = APR_RING_NEXT(l, link)) {
-            keys[n] = apr_pstrdup(p, l->conc_key);
-            members[n] = apr_pstrdup(p, l->member);
-            n++;
+        if (st->stopping) {
+            break;
         }
-        apr_thread_mutex_unlock(st->lock);
-        err = renew_snapshot(st, keys, members, n, p);
-        if (err && st->log) {
-            st->log(st->log_baton, LEASE_LOG_WARNING,
-                    apr_psprintf(p, "cannot renew %d lease(s); they expire unless Redis "
-                                    "answers again soon: %s", n, err));
+        now = apr_time_now();
+        if (now < next_renewal) {
+            apr_thread_cond_timedwait(st->wake, st->lock, next_renewal - now);
+            continue;
         }
-        apr_thread_mutex_lock(st->lock);
+        next_renewal = now + every;
+        if (st->live > 0) {
+            relay_lease *l;
+            const char **keys, **members, *err;
+            int n = 0;
+
+            apr_pool_clear(p);
+            keys = apr_palloc(p, sizeof(*keys) * st->live);
+            members = apr_palloc(p, sizeof(*members) * st->live);
+            for (l = APR_RING_FIRST(&st->ring);
+                 l != APR_RING_SENTINEL(&st->ring, relay_lease, link); l = APR_RING_NEXT(l, link)) {
+                keys[n] = apr_pstrdup(p, l->conc_key);
+                members[n] = apr_pstrdup(p, l->member);
+                n++;
+            }
+            apr_thread_mutex_unlock(st->lock);
+            err = renew_snapshot(st, keys, members, n, p);
+            if (err && st->log) {
+                st->log(st->log_baton, LEASE_LOG_WARNING,
+                        apr_psprintf(p, "cannot renew %d lease(s); they expire unless Redis "
+                                        "answers again soon: %s", n, err));
+            }
+            apr_thread_mutex_lock(st->lock);
+        }
+    }
+    /* the child is going: send what is still queued, unless a batch is under way */
+    if (!st->leading && !APR_RING_EMPTY(&st->queue, lease_op, link)) {
+        st->leading = 1;
+        lead(st, 1);
     }
     apr_thread_mutex_unlock(st->lock);
     apr_pool_destroy(p);

@@ -131,6 +131,11 @@ fi
 if [ $rc -ne 0 ]; then
     echo "---- last lines of the test httpd's error_log ----"
     tail -n 60 "$stage/t/logs/error_log" 2>/dev/null || true
+    # repeat what failed at the very end, where a truncated CI log still shows it
+    echo "---- what failed ----"
+    grep -E '^(not ok|# +Failed test|# +at |# +(got|expected):|t/.*\.t +\(Wstat|  Failed test|  Non-zero|  Parse errors|Bailout|.*Dubious)' \
+        "$stage/run/summary.log" | head -n 20 || true
+    sed -n '/^Test Summary Report/,/^Files=/p' "$stage/run/summary.log" | head -n 40 || true
 fi
 # one closing line: how many checks passed and failed
 total=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$stage/run/summary.log" | tail -n 1)

@@ -17,7 +17,7 @@ use Apache::TestRequest ();
 our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
-                 free_port mock_port start_httpd stop_httpd httpd_children);
+                 free_port mock_port start_httpd stop_httpd httpd_children lease_pids);
 
 my $json = JSON::PP->new->canonical;
 
@@ -44,6 +44,19 @@ sub leases {
     my $now_ms = $sec * 1000 + int($usec / 1000);
     my @live = redis_lines('ZRANGEBYSCORE', "concurrency:$id", "($now_ms", '+inf');
     return scalar @live;
+}
+
+# Live leases of a key by the pid of the child holding them (the pid is
+# the middle part of a lease member).
+sub lease_pids {
+    my $id = shift;
+    my %by;
+    my ($sec, $usec) = redis_lines('TIME');
+    my $now_ms = $sec * 1000 + int($usec / 1000);
+    for my $m (redis_lines('ZRANGEBYSCORE', "concurrency:$id", "($now_ms", '+inf')) {
+        $by{$1}++ if $m =~ /^[0-9a-f]+-(\d+)-\d+$/;
+    }
+    return %by;
 }
 
 # Run the relay-keys tool; returns (exit code, stdout).

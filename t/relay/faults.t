@@ -36,17 +36,6 @@ sub read_until {
 }
 
 # live leases of a key, grouped by the pid written into each member
-sub lease_pids {
-    my $id = shift;
-    my %by;
-    my ($sec, $usec) = redis_lines('TIME');
-    my $now_ms = $sec * 1000 + int($usec / 1000);
-    for my $m (redis_lines('ZRANGEBYSCORE', "concurrency:$id", "($now_ms", '+inf')) {
-        $by{$1}++ if $m =~ /^[0-9a-f]+-(\d+)-\d+$/;
-    }
-    return %by;
-}
-
 # ---- 1. a Redis that accepts connections and never answers ----------------
 my $hole = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 128,
                                  ReuseAddr => 1) or die $!;

@@ -69,12 +69,12 @@ ok defined wait_until(2, sub { leases($k->{id}) == 0 }), 'and gave its slot back
 $s = raw_request('POST', '/api/v1/messages', $stream, 'x-api-key' => $k->{apiKey},
                  'x-mock-hold-ms' => 30000, 'x-mock-events' => 30);
 read_until($s, qr/event: message_start/, 5);
-my $cfg = Apache::Test::config();
-open my $pf, '<', $cfg->{vars}->{t_pid_file} or die "pid file: $!";
-chomp(my $parent = <$pf>);
-close $pf;
-my @children = grep { $_ } map { /(\d+)/ ? $1 : () } `pgrep -P $parent`;
-kill 'KILL', @children;
+# the lease member names the child holding the slot: kill exactly that child
+my %holder = lease_pids($k->{id});
+my ($victim) = keys %holder;
+BAIL_OUT('the stream holds no lease') unless $victim;
+kill 'KILL', $victim;
+wait_until(5, sub { !kill(0, $victim) || (`ps -o stat= -p $victim` // '') =~ /Z/ });
 close $s;
 sleep 0.5;
 is(leases($k->{id}), 1, 'right after SIGKILL the lease is still there (no cleanup ran)');
