@@ -26,76 +26,88 @@
 #define RENEW_BATCH 4000
 /* admissions and releases sent in one script call at most */
 #define BATCH_MAX 256
+/* how long the release of a lease without any limit may wait for a batch */
+#define DEFER_MS 100
+/* how often counted usage without a token limit is written */
+#define USAGE_EVERY_MS 1000
 
 /*
- * One batch: the releases and admissions a child has queued, in one atomic
- * script call. Releases go first, so a slot given back is free for an
+ * One batch: the releases, usage and admissions a child has queued, in one
+ * atomic script call. Releases go first, so a slot given back is free for an
  * admission in the same batch. Keys are named from the key ids inside the
  * script (a single Redis or a Sentinel-managed one; not Redis Cluster).
  *
- * ARGV[1] lease ms  ARGV[2] now, ISO-8601  ARGV[3] G, the number of release
- * groups, then per group (one key id):
- *   id, M, M lease members, U, U usage records of 8 fields each:
+ * ARGV[1] lease ms  ARGV[2] now, ISO-8601
+ * ARGV[3] G release groups, each: key id, M, M lease members
+ * then K usage groups, each: key id, U, U records of 8 fields:
  *   day, month, model or "", input, output, cache creation, cache read, requests
- * then A, the number of admissions, and per admission: key hash, key id or ""
- * (not cached: looked up in apikey:hash_map), lease member.
+ * then A admissions, each: key hash, key id or "" (not cached: looked up in
+ *   apikey:hash_map), lease member.
  *
- * Returns one entry per admission, {code, current, limit, name, legacy, id}:
- * code 1 admitted, 0 unknown, -1 disabled, -2 expired, 2 over the
- * concurrency limit, 3 over the token limit (then current/limit are the
+ * Returns one entry per admission, {code, current, limit, name, legacy, id,
+ * token limited}: code 1 admitted, 0 unknown, -1 disabled, -2 expired, 2 over
+ * the concurrency limit, 3 over the token limit (then current/limit are the
  * tokens used and the token limit). Nothing is taken unless admitted. Only
- * live leases count (scored on Redis's own clock); expired ones are swept on
- * one admission in sixteen and by the renewals, and a set disappears by
- * itself once its last lease is given back. lastUsedAt is written at most
- * once a second per key, and usage only to keys that still exist, so a
- * deleted key is not brought back half-empty.
+ * live leases count (scored on Redis's own clock): while the set, expired
+ * leases included, is under the limit that is proof enough; at the limit
+ * the live ones are counted. Expired leases are swept on one admission in
+ * sixteen and by the renewals; a set disappears by itself once its last
+ * lease is given back. Usage and lastUsedAt (to the second) are written only
+ * to keys that still exist, so a deleted key is not brought back half-empty.
  */
 static const char batch_lua[] =
     "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local stamp = string.format('%.0f', now)\n"
-    "local expiry = string.format('%.0f', now + tonumber(ARGV[1]))\n"
+    /* whole milliseconds: a number prints as all its 13 digits */
+    "local stamp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local expiry = stamp + tonumber(ARGV[1])\n"
     "local iso = ARGV[2]\n"
-    "local names = {'totalTokens', 'totalInputTokens', 'totalOutputTokens',"
+    "local i = 4\n"
+    "for g = 1, tonumber(ARGV[3]) do\n"
+    "  local m = tonumber(ARGV[i + 1])\n"
+    "  redis.pcall('ZREM', 'concurrency:' .. ARGV[i], unpack(ARGV, i + 2, i + 1 + m))\n"
+    "  i = i + 2 + m\n"
+    "end\n"
+    "local ngroups = tonumber(ARGV[i])\n"
+    "i = i + 1\n"
+    "if ngroups > 0 then\n"
+    "  local names = {'totalTokens', 'totalInputTokens', 'totalOutputTokens',"
     " 'totalCacheCreateTokens', 'totalCacheReadTokens', 'totalAllTokens', 'totalRequests',"
     " 'tokens', 'inputTokens', 'outputTokens', 'cacheCreateTokens', 'cacheReadTokens',"
     " 'allTokens', 'requests'}\n"
-    "local i = 4\n"
-    "for g = 1, tonumber(ARGV[3]) do\n"
-    "  local id = ARGV[i]\n"
-    "  local m = tonumber(ARGV[i + 1])\n"
-    "  redis.pcall('ZREM', 'concurrency:' .. id, unpack(ARGV, i + 2, i + 1 + m))\n"
-    "  i = i + 2 + m\n"
-    "  local u = tonumber(ARGV[i])\n"
-    "  i = i + 1\n"
-    "  local key = 'apikey:' .. id\n"
-    "  local k = redis.call('HMGET', key, 'id', 'lastUsedAt')\n"
-    "  if k[1] then\n"
-    "    if not k[2] or string.sub(k[2], 1, 19) ~= string.sub(iso, 1, 19) then\n"
-    "      redis.call('HSET', key, 'lastUsedAt', iso)\n"
-    "    end\n"
-    "    for r = 1, u do\n"
-    "      local day, month, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]\n"
-    "      local inp, out = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])\n"
-    "      local cc, cr = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])\n"
-    "      local deltas = {inp + out, inp, out, cc, cr, inp + out + cc + cr, tonumber(ARGV[i + 7])}\n"
-    "      local hashes = {'usage:' .. id, 'usage:daily:' .. id .. ':' .. day,"
+    "  for g = 1, ngroups do\n"
+    "    local id, u = ARGV[i], tonumber(ARGV[i + 1])\n"
+    "    i = i + 2\n"
+    "    local key = 'apikey:' .. id\n"
+    "    local k = redis.call('HMGET', key, 'id', 'lastUsedAt')\n"
+    "    if k[1] then\n"
+    "      if not k[2] or string.sub(k[2], 1, 19) ~= string.sub(iso, 1, 19) then\n"
+    "        redis.call('HSET', key, 'lastUsedAt', iso)\n"
+    "      end\n"
+    "      for r = 1, u do\n"
+    "        local day, month, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]\n"
+    "        local inp, out = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])\n"
+    "        local cc, cr = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])\n"
+    "        local deltas = {inp + out, inp, out, cc, cr, inp + out + cc + cr,"
+    " tonumber(ARGV[i + 7])}\n"
+    "        local hashes = {'usage:' .. id, 'usage:daily:' .. id .. ':' .. day,"
     " 'usage:monthly:' .. id .. ':' .. month}\n"
-    "      if model ~= '' then\n"
-    "        redis.call('SADD', 'usage:' .. id .. ':models', model)\n"
-    "        hashes[4] = 'usage:' .. id .. ':model:daily:' .. model .. ':' .. day\n"
-    "      end\n"
-    /* zero deltas are skipped: a request without usage costs one call per hash */
-    "      for h = 1, #hashes do\n"
-    "        local base = h == 1 and 0 or 7\n"
-    "        for f = 1, 7 do\n"
-    "          if deltas[f] ~= 0 then redis.call('HINCRBY', hashes[h], names[base + f], deltas[f]) end\n"
+    "        if model ~= '' then\n"
+    "          redis.call('SADD', 'usage:' .. id .. ':models', model)\n"
+    "          hashes[4] = 'usage:' .. id .. ':model:daily:' .. model .. ':' .. day\n"
     "        end\n"
+    /* zero deltas are skipped: a request without tokens costs one call per hash */
+    "        for h = 1, #hashes do\n"
+    "          local base = h == 1 and 0 or 7\n"
+    "          for f = 1, 7 do\n"
+    "            if deltas[f] ~= 0 then redis.call('HINCRBY', hashes[h], names[base + f],"
+    " deltas[f]) end\n"
+    "          end\n"
+    "        end\n"
+    "        i = i + 8\n"
     "      end\n"
-    "      i = i + 8\n"
+    "    else\n"
+    "      i = i + 8 * u\n"
     "    end\n"
-    "  else\n"
-    "    i = i + 8 * u\n"
     "  end\n"
     "end\n"
     "local res = {}\n"
@@ -112,31 +124,46 @@ static const char batch_lua[] =
     "  end\n"
     "  local name = k[5] or ''\n"
     "  local tlimit = math.floor(tonumber(k[6]) or 0)\n"
-    "  local used = 0\n"
-    "  if tlimit > 0 and k[1] == hash then\n"
-    "    used = math.floor(tonumber(redis.pcall('HGET', 'usage:' .. id, 'totalTokens')) or 0)\n"
-    "  end\n"
-    "  if k[1] ~= hash then res[a] = {0, 0, 0, '', 0, ''}\n"
-    "  elseif k[2] == 'false' then res[a] = {-1, 0, 0, name, 0, id}\n"
-    "  elseif k[3] and k[3] ~= '' and k[3] < iso then res[a] = {-2, 0, 0, name, 0, id}\n"
-    "  elseif tlimit > 0 and used >= tlimit then res[a] = {3, used, tlimit, name, 0, id}\n"
+    "  if k[1] ~= hash then res[a] = {0, 0, 0, '', 0, '', 0}\n"
+    "  elseif k[2] == 'false' then res[a] = {-1, 0, 0, name, 0, id, 0}\n"
+    "  elseif k[3] and k[3] ~= '' and k[3] < iso then res[a] = {-2, 0, 0, name, 0, id, 0}\n"
     "  else\n"
-    "    local limit = math.floor(tonumber(k[4]) or 0)\n"
-    "    if limit < 0 then limit = 0 end\n"
-    "    local ckey = 'concurrency:' .. id\n"
-    "    local legacy = 0\n"
-    "    local c = redis.pcall('ZCOUNT', ckey, '(' .. stamp, '+inf')\n"
-    "    if type(c) == 'table' and c.err then\n"
-    "      redis.call('DEL', ckey)\n"
-    "      legacy = 1\n"
-    "      c = 0\n"
-    "    elseif (tonumber(t[2]) + a) % 16 == 0 then\n"
-    "      redis.call('ZREMRANGEBYSCORE', ckey, '-inf', stamp)\n"
+    "    local used = 0\n"
+    "    if tlimit > 0 then\n"
+    "      used = math.floor(tonumber(redis.pcall('HGET', 'usage:' .. id, 'totalTokens')) or 0)\n"
     "    end\n"
-    "    if limit > 0 and c >= limit then res[a] = {2, c, limit, name, legacy, id}\n"
+    "    if tlimit > 0 and used >= tlimit then res[a] = {3, used, tlimit, name, 0, id, 1}\n"
     "    else\n"
-    "      redis.call('ZADD', ckey, expiry, member)\n"
-    "      res[a] = {1, c + 1, limit, name, legacy, id}\n"
+    "      local limit = math.floor(tonumber(k[4]) or 0)\n"
+    "      if limit < 0 then limit = 0 end\n"
+    "      local ckey = 'concurrency:' .. id\n"
+    "      local legacy, c = 0, 0\n"
+    "      if limit > 0 then\n"
+    "        c = redis.pcall('ZCARD', ckey)\n"
+    "        if type(c) == 'number' and c >= limit then\n"
+    "          c = redis.call('ZCOUNT', ckey, '(' .. stamp, '+inf')\n"
+    "        end\n"
+    "      end\n"
+    "      if (tonumber(t[2]) + a) % 16 == 0 then\n"
+    "        c = redis.pcall('ZREMRANGEBYSCORE', ckey, '-inf', stamp)\n"
+    "        if limit > 0 and type(c) == 'number' then c = redis.call('ZCARD', ckey) end\n"
+    "      end\n"
+    "      if type(c) == 'table' and c.err then\n"
+    /* a plain counter left by an older relay: replaced by a set of leases */
+    "        redis.call('DEL', ckey)\n"
+    "        legacy, c = 1, 0\n"
+    "      end\n"
+    "      if limit == 0 then c = 0 end\n"
+    "      if limit > 0 and c >= limit then res[a] = {2, c, limit, name, legacy, id, 0}\n"
+    "      else\n"
+    "        local z = redis.pcall('ZADD', ckey, expiry, member)\n"
+    "        if type(z) == 'table' and z.err then\n"
+    "          redis.call('DEL', ckey)\n"
+    "          redis.call('ZADD', ckey, expiry, member)\n"
+    "          legacy = 1\n"
+    "        end\n"
+    "        res[a] = {1, c + 1, limit, name, legacy, id, tlimit > 0 and 1 or 0}\n"
+    "      end\n"
     "    end\n"
     "  end\n"
     "end\n"
@@ -179,6 +206,8 @@ struct relay_lease {
     const char *conc_key;              /* concurrency:{id} */
     const char *member;                /* this request's member */
     int released;                      /* given back already */
+    int limited;                       /* its key had a concurrency limit */
+    int token_limited;                 /* its key had a token limit */
 };
 
 /*
@@ -206,6 +235,8 @@ struct lease_op {
     int legacy;
     /* release */
     relay_usage_counts usage;          /* model copied into the same block */
+    int urgent;                        /* a limit waits for it: send now */
+    int token_limited;                 /* its usage goes with it, not later */
 };
 
 struct relay_lease_store {
@@ -221,7 +252,12 @@ struct relay_lease_store {
     struct op_ring queue;              /* admissions and releases not yet sent */
     int leading;                       /* some thread is sending (or about to send) a batch */
     int keeper_leads;                  /* the keeper is asked to send the queued releases */
+    apr_time_t deferred_since;         /* releases without a limit wait since, or 0 */
+    int usage_pending;                 /* usage was counted since the last write */
+    int usage_due;                     /* the next batch writes the counted usage */
     apr_pool_t *batch_pool;            /* scratch of the leading thread */
+    apr_pool_t *usage_pool;            /* counted usage, owned by the leading thread */
+    apr_hash_t *usage;                 /* "id model" -> usage_entry */
     apr_thread_cond_t *wake;           /* wakes the keeper: releases queued, or stop */
     int stopping;                      /* the child is exiting */
     apr_thread_t *keeper;              /* renewal and release thread, or NULL */
@@ -262,6 +298,10 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     if ((rv = apr_pool_create(&st->batch_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
+    if ((rv = apr_pool_create(&st->usage_pool, pchild)) != APR_SUCCESS) {
+        return rv;
+    }
+    st->usage = apr_hash_make(st->usage_pool);
     st->id_cache = apr_hash_make(st->cache_pool);
     *out = st;
     return APR_SUCCESS;
@@ -330,112 +370,165 @@ static long long reply_int(const redisReply *rep, size_t i)
     return 0;
 }
 
-/* One key id's releases within a batch. */
+/* Usage of one key and model, summed over requests. */
 typedef struct {
     const char *id;
-    apr_array_header_t *members;       /* const char * */
-    apr_array_header_t *usage;         /* relay_usage_counts, one per model, with requests */
-    apr_array_header_t *requests;      /* long long, beside usage */
-} release_group;
+    relay_usage_counts c;              /* c.model is "" when none */
+    long long requests;
+} usage_entry;
 
-/* Add a release to its key's group, summing usage per model. */
-static void group_release(apr_array_header_t *groups, const lease_op *op, apr_pool_t *p)
+/* Add one request's usage to the sums in h (entries allocated from p). */
+static void usage_add(apr_hash_t *h, apr_pool_t *p, const char *id,
+                      const relay_usage_counts *u)
 {
-    release_group *g = NULL;
-    const char *model = op->usage.model ? op->usage.model : "";
-    int i;
+    const char *model = u->model ? u->model : "";
+    const char *k = apr_pstrcat(p, id, " ", model, NULL);
+    usage_entry *e = apr_hash_get(h, k, APR_HASH_KEY_STRING);
 
-    for (i = 0; i < groups->nelts; i++) {
-        if (strcmp(APR_ARRAY_IDX(groups, i, release_group).id, op->id) == 0) {
-            g = &APR_ARRAY_IDX(groups, i, release_group);
-            break;
-        }
+    if (!e) {
+        e = apr_pcalloc(p, sizeof(*e));
+        e->id = apr_pstrdup(p, id);
+        e->c.model = apr_pstrdup(p, model);
+        apr_hash_set(h, k, APR_HASH_KEY_STRING, e);
     }
-    if (!g) {
-        g = apr_array_push(groups);
-        g->id = op->id;
-        g->members = apr_array_make(p, 4, sizeof(const char *));
-        g->usage = apr_array_make(p, 2, sizeof(relay_usage_counts));
-        g->requests = apr_array_make(p, 2, sizeof(long long));
-    }
-    APR_ARRAY_PUSH(g->members, const char *) = op->member;
-    for (i = 0; i < g->usage->nelts; i++) {
-        relay_usage_counts *u = &APR_ARRAY_IDX(g->usage, i, relay_usage_counts);
-
-        if (strcmp(u->model, model) == 0) {
-            u->input += op->usage.input;
-            u->output += op->usage.output;
-            u->cache_create += op->usage.cache_create;
-            u->cache_read += op->usage.cache_read;
-            APR_ARRAY_IDX(g->requests, i, long long)++;
-            return;
-        }
-    }
-    {
-        relay_usage_counts *u = apr_array_push(g->usage);
-
-        *u = op->usage;
-        u->model = model;
-        APR_ARRAY_PUSH(g->requests, long long) = 1;
-    }
+    e->c.input += u->input;
+    e->c.output += u->output;
+    e->c.cache_create += u->cache_create;
+    e->c.cache_read += u->cache_read;
+    e->requests++;
 }
 
 #define PUSH_ARG(a, v) (APR_ARRAY_PUSH((a), const char *) = (v))
 
 /*
  * Send one batch in one script call and put the results into its
- * admissions; release entries are freed. Runs without the store's lock,
- * in the one thread leading now.
+ * admissions; release entries are freed. with_usage: also write the usage
+ * summed since the last write. Runs without the store's lock, in the one
+ * thread leading now (which alone touches st->usage).
  */
-static void run_batch(relay_lease_store *st, struct op_ring *batch)
+static void run_batch(relay_lease_store *st, struct op_ring *batch, int with_usage)
 {
     apr_pool_t *p = st->batch_pool;
-    apr_array_header_t *groups = apr_array_make(p, 4, sizeof(release_group));
+    apr_hash_t *groups = apr_hash_make(p);        /* id -> array of members */
+    apr_hash_t *now_usage = apr_hash_make(p);     /* usage written in this batch */
     apr_array_header_t *args = apr_array_make(p, 32, sizeof(const char *));
+    apr_array_header_t *order = apr_array_make(p, 4, sizeof(const char *));
     const char *now = now_iso(p), *err = NULL;
     const char *day = apr_pstrndup(p, now, 10), *month = apr_pstrndup(p, now, 7);
     relay_redis_conn *c;
     redisReply *rep = NULL;
+    apr_hash_index_t *hi;
     lease_op *op, *next;
-    int i, j, nadmit = 0, nrelease = 0;
+    int i, nadmit = 0, nrelease = 0, nusage = 0, written = 0;
     size_t a;
 
     PUSH_ARG(args, apr_itoa(p, st->lease_ms));
     PUSH_ARG(args, now);
     for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
          op = APR_RING_NEXT(op, link)) {
-        if (!op->admit) {
-            group_release(groups, op, p);
-            nrelease++;
+        apr_array_header_t *members;
+
+        if (op->admit) {
+            nadmit++;
+            continue;
+        }
+        nrelease++;
+        members = apr_hash_get(groups, op->id, APR_HASH_KEY_STRING);
+        if (!members) {
+            members = apr_array_make(p, 4, sizeof(const char *));
+            apr_hash_set(groups, op->id, APR_HASH_KEY_STRING, members);
+            APR_ARRAY_PUSH(order, const char *) = op->id;
+        }
+        APR_ARRAY_PUSH(members, const char *) = op->member;
+        /* a token limit needs the usage now; the rest is summed and written later */
+        if (op->token_limited) {
+            usage_add(now_usage, p, op->id, &op->usage);
+        }
+        else {
+            usage_add(st->usage, st->usage_pool, op->id, &op->usage);
         }
     }
-    PUSH_ARG(args, apr_itoa(p, groups->nelts));
-    for (i = 0; i < groups->nelts; i++) {
-        release_group *g = &APR_ARRAY_IDX(groups, i, release_group);
+    PUSH_ARG(args, apr_itoa(p, order->nelts));
+    for (i = 0; i < order->nelts; i++) {
+        const char *id = APR_ARRAY_IDX(order, i, const char *);
+        apr_array_header_t *members = apr_hash_get(groups, id, APR_HASH_KEY_STRING);
+        int j;
 
-        PUSH_ARG(args, g->id);
-        PUSH_ARG(args, apr_itoa(p, g->members->nelts));
-        for (j = 0; j < g->members->nelts; j++) {
-            PUSH_ARG(args, APR_ARRAY_IDX(g->members, j, const char *));
-        }
-        PUSH_ARG(args, apr_itoa(p, g->usage->nelts));
-        for (j = 0; j < g->usage->nelts; j++) {
-            const relay_usage_counts *u = &APR_ARRAY_IDX(g->usage, j, relay_usage_counts);
-
-            PUSH_ARG(args, day);
-            PUSH_ARG(args, month);
-            PUSH_ARG(args, u->model);
-            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->input));
-            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->output));
-            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->cache_create));
-            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)u->cache_read));
-            PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT,
-                                        (apr_int64_t)APR_ARRAY_IDX(g->requests, j, long long)));
+        PUSH_ARG(args, id);
+        PUSH_ARG(args, apr_itoa(p, members->nelts));
+        for (j = 0; j < members->nelts; j++) {
+            PUSH_ARG(args, APR_ARRAY_IDX(members, j, const char *));
         }
     }
-    for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
-         op = APR_RING_NEXT(op, link)) {
-        nadmit += op->admit;
+    if (with_usage) {
+        for (hi = apr_hash_first(p, st->usage); hi; hi = apr_hash_next(hi)) {
+            const usage_entry *e = apr_hash_this_val(hi);
+            usage_entry *n = apr_pcalloc(p, sizeof(*n));
+
+            /* copied: st->usage is emptied below */
+            *n = *e;
+            n->id = apr_pstrdup(p, e->id);
+            n->c.model = apr_pstrdup(p, e->c.model);
+            {
+                const char *k = apr_pstrcat(p, n->id, " ", n->c.model, NULL);
+                usage_entry *have = apr_hash_get(now_usage, k, APR_HASH_KEY_STRING);
+
+                if (have) {
+                    have->c.input += n->c.input;
+                    have->c.output += n->c.output;
+                    have->c.cache_create += n->c.cache_create;
+                    have->c.cache_read += n->c.cache_read;
+                    have->requests += n->requests;
+                }
+                else {
+                    apr_hash_set(now_usage, k, APR_HASH_KEY_STRING, n);
+                }
+            }
+        }
+        apr_pool_clear(st->usage_pool);
+        st->usage = apr_hash_make(st->usage_pool);
+    }
+    /* usage grouped by key id */
+    {
+        apr_hash_t *by_id = apr_hash_make(p);
+        apr_array_header_t *ids = apr_array_make(p, 4, sizeof(const char *));
+
+        for (hi = apr_hash_first(p, now_usage); hi; hi = apr_hash_next(hi)) {
+            usage_entry *e = apr_hash_this_val(hi);
+            apr_array_header_t *list = apr_hash_get(by_id, e->id, APR_HASH_KEY_STRING);
+
+            if (!list) {
+                list = apr_array_make(p, 2, sizeof(usage_entry *));
+                apr_hash_set(by_id, e->id, APR_HASH_KEY_STRING, list);
+                APR_ARRAY_PUSH(ids, const char *) = e->id;
+            }
+            APR_ARRAY_PUSH(list, usage_entry *) = e;
+            nusage += (int)e->requests;
+        }
+        PUSH_ARG(args, apr_itoa(p, ids->nelts));
+        for (i = 0; i < ids->nelts; i++) {
+            const char *id = APR_ARRAY_IDX(ids, i, const char *);
+            apr_array_header_t *list = apr_hash_get(by_id, id, APR_HASH_KEY_STRING);
+            int j;
+
+            PUSH_ARG(args, id);
+            PUSH_ARG(args, apr_itoa(p, list->nelts));
+            for (j = 0; j < list->nelts; j++) {
+                const usage_entry *e = APR_ARRAY_IDX(list, j, usage_entry *);
+
+                PUSH_ARG(args, day);
+                PUSH_ARG(args, month);
+                PUSH_ARG(args, e->c.model);
+                PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)e->c.input));
+                PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)e->c.output));
+                PUSH_ARG(args,
+                         apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)e->c.cache_create));
+                PUSH_ARG(args,
+                         apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)e->c.cache_read));
+                PUSH_ARG(args, apr_psprintf(p, "%" APR_INT64_T_FMT, (apr_int64_t)e->requests));
+            }
+        }
+        written = ids->nelts;
     }
     PUSH_ARG(args, apr_itoa(p, nadmit));
     for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
@@ -447,22 +540,25 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch)
         }
     }
 
-    c = relay_redis_acquire(st->redis, p, &err);
-    if (c) {
-        rep = relay_redis_script(c, &batch_script, 0, NULL, args->nelts,
-                                 (const char *const *)args->elts, p, &err);
-        relay_redis_release(st->redis, c);
-    }
-    if (rep && (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)nadmit)) {
-        err = "unexpected reply from the admit/release script";
-        freeReplyObject(rep);
-        rep = NULL;
-    }
-    if (!rep && nrelease && st->log) {
-        st->log(st->log_baton, LEASE_LOG_WARNING,
-                apr_psprintf(p, "could not give back %d slot(s) now (%s); they expire by "
-                                "themselves within their lease, and those requests' usage is "
-                                "not counted", nrelease, err ? err : "unknown error"));
+    if (nadmit || nrelease || written) {
+        c = relay_redis_acquire(st->redis, p, &err);
+        if (c) {
+            rep = relay_redis_script(c, &batch_script, 0, NULL, args->nelts,
+                                     (const char *const *)args->elts, p, &err);
+            relay_redis_release(st->redis, c);
+        }
+        if (rep && (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)nadmit)) {
+            err = "unexpected reply from the admit/release script";
+            freeReplyObject(rep);
+            rep = NULL;
+        }
+        if (!rep && (nrelease || nusage) && st->log) {
+            st->log(st->log_baton, LEASE_LOG_WARNING,
+                    apr_psprintf(p, "could not give back %d slot(s) and count the usage of %d "
+                                    "request(s) now (%s); the slots expire by themselves within "
+                                    "their lease, that usage is not counted",
+                                 nrelease, nusage, err ? err : "unknown error"));
+        }
     }
 
     a = 0;
@@ -481,7 +577,7 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch)
         else {
             const redisReply *e = rep->element[a++];
 
-            if (e->type != REDIS_REPLY_ARRAY || e->elements < 6) {
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 7) {
                 op->code = -99;
                 op->error = "unexpected reply from the admit/release script";
                 continue;
@@ -496,6 +592,7 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch)
             op->found_id = e->element[5]->type == REDIS_REPLY_STRING && e->element[5]->len
                                ? apr_pstrndup(op->p, e->element[5]->str, e->element[5]->len)
                                : NULL;
+            op->token_limited = reply_int(e, 6) != 0;
         }
     }
     if (rep) {
@@ -508,17 +605,19 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch)
  * Send batches while this thread leads. Called with the lock held and
  * st->leading set; returns with the lock held. After its first batch a
  * request thread hands on: to the first waiting admission, or to the keeper
- * when only releases are left; the keeper goes on with releases itself.
+ * when releases a limit waits for are left. Releases no limit waits for
+ * stay queued for the next batch, for at most DEFER_MS. drain: send all.
  */
-static void lead(relay_lease_store *st, int keeper)
+static void lead(relay_lease_store *st, int keeper, int drain)
 {
     for (;;) {
         struct op_ring batch;
         lease_op *op;
-        int n = 0;
+        int n = 0, with_usage, urgent = 0;
 
-        if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
+        if (APR_RING_EMPTY(&st->queue, lease_op, link) && !st->usage_due) {
             st->leading = 0;
+            st->deferred_since = 0;
             return;
         }
         /* take the queue, up to a bound that keeps a script call short */
@@ -529,8 +628,13 @@ static void lead(relay_lease_store *st, int keeper)
             APR_RING_INSERT_TAIL(&batch, op, lease_op, link);
             n++;
         }
+        if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
+            st->deferred_since = 0;
+        }
+        with_usage = st->usage_due;
+        st->usage_due = 0;
         apr_thread_mutex_unlock(st->lock);
-        run_batch(st, &batch);
+        run_batch(st, &batch, with_usage);
         apr_thread_mutex_lock(st->lock);
         while (!APR_RING_EMPTY(&batch, lease_op, link)) {
             op = APR_RING_FIRST(&batch);
@@ -538,7 +642,7 @@ static void lead(relay_lease_store *st, int keeper)
             op->done = 1;
             apr_thread_cond_signal(op->cond);
         }
-        if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
+        if (APR_RING_EMPTY(&st->queue, lease_op, link) && !st->usage_due) {
             st->leading = 0;
             return;
         }
@@ -549,12 +653,23 @@ static void lead(relay_lease_store *st, int keeper)
                 apr_thread_cond_signal(op->cond);
                 return;
             }
+            urgent |= op->urgent;
         }
-        if (!keeper) {
+        if (urgent || st->usage_due || drain) {
+            if (keeper) {
+                continue;
+            }
             st->keeper_leads = 1;
             apr_thread_cond_signal(st->wake);
             return;
         }
+        /* only releases no limit waits for: they ride on a later batch */
+        st->leading = 0;
+        if (!st->deferred_since) {
+            st->deferred_since = apr_time_now();
+            apr_thread_cond_signal(st->wake);
+        }
+        return;
     }
 }
 
@@ -585,12 +700,12 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
     if (!st->leading) {
         st->leading = 1;
-        lead(st, 0);
+        lead(st, 0, 0);
     }
     while (!op->done) {
         if (op->promoted) {
             op->promoted = 0;
-            lead(st, 0);
+            lead(st, 0, 0);
             continue;
         }
         apr_thread_cond_wait(op->cond, st->lock);
@@ -618,6 +733,8 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         lease->id = op->found_id;
         lease->conc_key = apr_pstrcat(p, "concurrency:", op->found_id, NULL);
         lease->member = op->member;
+        lease->limited = op->limit > 0;
+        lease->token_limited = op->token_limited;
         apr_thread_mutex_lock(st->lock);
         APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
         st->live++;
@@ -689,13 +806,28 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
         }
     }
 
-    /* queue it; if no batch is under way, the keeper sends it now */
+    op->urgent = lease->limited || lease->token_limited;
+    op->token_limited = lease->token_limited;
+
+    /*
+     * Queue it. A limit waits for it: if no batch is under way the keeper
+     * sends it now. Otherwise it rides on the next batch, within DEFER_MS.
+     */
     apr_thread_mutex_lock(st->lock);
     APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
+    if (!op->token_limited) {
+        st->usage_pending = 1;
+    }
     if (!st->leading) {
-        st->leading = 1;
-        st->keeper_leads = 1;
-        apr_thread_cond_signal(st->wake);
+        if (op->urgent) {
+            st->leading = 1;
+            st->keeper_leads = 1;
+            apr_thread_cond_signal(st->wake);
+        }
+        else if (!st->deferred_since) {
+            st->deferred_since = apr_time_now();
+            apr_thread_cond_signal(st->wake);
+        }
     }
     apr_thread_mutex_unlock(st->lock);
     return APR_SUCCESS;
@@ -753,14 +885,16 @@ static const char *renew_snapshot(relay_lease_store *st, const char **keys, cons
 }
 
 /*
- * The keeper: sends the releases queued while no batch was under way, and
- * every third of a lease renews all live leases of this child in one call.
+ * The keeper: sends the releases a limit waits for when no batch is under
+ * way, the others within DEFER_MS, the summed usage every USAGE_EVERY_MS,
+ * and every third of a lease renews all live leases of this child in one
+ * call.
  */
 static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
 {
     relay_lease_store *st = data;
     apr_interval_time_t every = apr_time_from_msec(st->lease_ms / 3);
-    apr_time_t next_renewal;
+    apr_time_t next_renewal, next_usage;
     apr_pool_t *p;
 
     if (every < apr_time_from_msec(200)) {
@@ -771,52 +905,77 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
         return NULL;
     }
     next_renewal = apr_time_now() + every;
+    next_usage = apr_time_now() + apr_time_from_msec(USAGE_EVERY_MS);
     apr_thread_mutex_lock(st->lock);
     for (;;) {
-        apr_time_t now;
+        apr_time_t now, until;
 
         if (st->keeper_leads) {
             st->keeper_leads = 0;
-            lead(st, 1);
+            lead(st, 1, 0);
             continue;
         }
         if (st->stopping) {
             break;
         }
         now = apr_time_now();
-        if (now < next_renewal) {
-            apr_thread_cond_timedwait(st->wake, st->lock, next_renewal - now);
+        if (now >= next_usage) {
+            next_usage = now + apr_time_from_msec(USAGE_EVERY_MS);
+            if (st->usage_pending) {
+                st->usage_pending = 0;
+                st->usage_due = 1;
+                if (!st->leading) {
+                    st->leading = 1;
+                    lead(st, 1, 0);
+                }
+            }
             continue;
         }
-        next_renewal = now + every;
-        if (st->live > 0) {
-            relay_lease *l;
-            const char **keys, **members, *err;
-            int n = 0;
-
-            apr_pool_clear(p);
-            keys = apr_palloc(p, sizeof(*keys) * st->live);
-            members = apr_palloc(p, sizeof(*members) * st->live);
-            for (l = APR_RING_FIRST(&st->ring);
-                 l != APR_RING_SENTINEL(&st->ring, relay_lease, link); l = APR_RING_NEXT(l, link)) {
-                keys[n] = apr_pstrdup(p, l->conc_key);
-                members[n] = apr_pstrdup(p, l->member);
-                n++;
-            }
-            apr_thread_mutex_unlock(st->lock);
-            err = renew_snapshot(st, keys, members, n, p);
-            if (err && st->log) {
-                st->log(st->log_baton, LEASE_LOG_WARNING,
-                        apr_psprintf(p, "cannot renew %d lease(s); they expire unless Redis "
-                                        "answers again soon: %s", n, err));
-            }
-            apr_thread_mutex_lock(st->lock);
+        if (st->deferred_since && !st->leading &&
+            now >= st->deferred_since + apr_time_from_msec(DEFER_MS)) {
+            st->leading = 1;
+            lead(st, 1, 1);
+            continue;
         }
+        if (now >= next_renewal) {
+            next_renewal = now + every;
+            if (st->live > 0) {
+                relay_lease *l;
+                const char **keys, **members, *err;
+                int n = 0;
+
+                apr_pool_clear(p);
+                keys = apr_palloc(p, sizeof(*keys) * st->live);
+                members = apr_palloc(p, sizeof(*members) * st->live);
+                for (l = APR_RING_FIRST(&st->ring);
+                     l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
+                     l = APR_RING_NEXT(l, link)) {
+                    keys[n] = apr_pstrdup(p, l->conc_key);
+                    members[n] = apr_pstrdup(p, l->member);
+                    n++;
+                }
+                apr_thread_mutex_unlock(st->lock);
+                err = renew_snapshot(st, keys, members, n, p);
+                if (err && st->log) {
+                    st->log(st->log_baton, LEASE_LOG_WARNING,
+                            apr_psprintf(p, "cannot renew %d lease(s); they expire unless Redis "
+                                            "answers again soon: %s", n, err));
+                }
+                apr_thread_mutex_lock(st->lock);
+            }
+            continue;
+        }
+        until = next_renewal < next_usage ? next_renewal : next_usage;
+        if (st->deferred_since && st->deferred_since + apr_time_from_msec(DEFER_MS) < until) {
+            until = st->deferred_since + apr_time_from_msec(DEFER_MS);
+        }
+        apr_thread_cond_timedwait(st->wake, st->lock, until > now ? until - now : 1);
     }
-    /* the child is going: send what is still queued, unless a batch is under way */
-    if (!st->leading && !APR_RING_EMPTY(&st->queue, lease_op, link)) {
+    /* the child is going: send what is queued and the usage counted so far */
+    st->usage_due = 1;
+    while (!st->leading && (st->usage_due || !APR_RING_EMPTY(&st->queue, lease_op, link))) {
         st->leading = 1;
-        lead(st, 1);
+        lead(st, 1, 1);
     }
     apr_thread_mutex_unlock(st->lock);
     apr_pool_destroy(p);

@@ -16,7 +16,9 @@ import socket
 import statistics
 import sys
 
-CASES = {"A": "plain mod_proxy", "B": "relay, limit 100000", "C": "relay, unlimited key"}
+CASES = {"A": "plain mod_proxy", "B": "relay, limit 100000", "C": "relay, unlimited key",
+         "D": "relay, limit 100000, Redis via unix socket",
+         "E": "relay, unlimited key, Redis via unix socket"}
 # commands the harness itself sends to Redis
 HARNESS = {"info", "monitor", "ping", "config", "slowlog", "client", "command", "script",
            "dbsize", "hello"}
@@ -218,7 +220,7 @@ def cmd_summary(a):
           "| Redis conns held | httpd CPU µs/req | httpd children RSS MiB |",
           "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for c in conns_list:
-        for case in ("A", "B", "C"):
+        for case in ("A", "B", "C", "D", "E"):
             rs = [by[(c, case, i)] for i in rounds if (c, case, i) in by]
             if not rs:
                 continue
@@ -281,67 +283,81 @@ def cpu_of(r):
                if l.startswith("used_cpu_user:") or l.startswith("used_cpu_sys:"))
 
 
+def batch_shape(args):
+    """(admissions, releases) in one admit/release batch call:
+    EVALSHA sha 0 lease_ms now G {id M members... U usage*8}... A {hash id member}..."""
+    try:
+        i = 6
+        releases = 0
+        for _ in range(int(args[5])):
+            m = int(args[i + 1])
+            releases += m
+            i += 2 + m
+            u = int(args[i])
+            i += 1 + 8 * u
+        return int(args[i]), releases
+    except (IndexError, ValueError):
+        return None
+
+
 def cmd_replay(a):
-    """Each script alone, N times with the module's own arguments (from a MONITOR
-    capture of case B), its cost read from INFO commandstats; as markdown."""
+    """The admit/release batch calls of a MONITOR capture of case B replayed
+    alone, one call at a time, N calls in all; their cost read from INFO
+    commandstats; as markdown."""
     host, port, mon, n = a[0], a[1], a[2], int(a[3])
-    calls = {}
-    order = []
+    calls = []
     with open(mon, errors="replace") as f:
         for line in f:
             if "lua]" in line or '"EVALSHA"' not in line:
                 continue
             args = monitor_args(line)
-            if len(args) > 3 and args[2] not in calls:
-                calls[args[2]] = args
-                order.append(args[2])
-            if "3" in calls and "7" in calls:
-                break
-    if "3" not in calls or "7" not in calls:
-        print("The MONITOR capture holds no admit and release call: no per-script figures.")
+            if len(args) > 5 and args[2] == "0" and batch_shape(args):
+                calls.append(args)
+    if not calls:
+        print("The MONITOR capture holds no admit/release batch call: no per-script figures.")
         return
+    shapes = [batch_shape(c) for c in calls]
+    admits = sum(s[0] for s in shapes)
+    releases = sum(s[1] for s in shapes)
+    sizes = sorted(s[0] + s[1] for s in shapes)
     r = Resp(host, port)
-    names = {"3": "admit", "7": "release"}
-    member_at = {"3": 7, "7": 10}   # EVALSHA sha numkeys KEYS... ARGV: the lease member
-    rows, inner_rows = [], []
-    for nk in ("3", "7"):
-        args = list(calls[nk])
-        sha = args[1]
-        exists = r.call("SCRIPT", "EXISTS", sha)[0]
-        s0, c0 = commandstats(host, port), cpu_of(r)
-        for i in range(n):
-            args[member_at[nk]] = "replay-%d" % i
-            r.call(*args)
-        c1, s1 = cpu_of(r), commandstats(host, port)
-        d = stats_delta(s0, s1)
-        es = d.get("evalsha", (n, 0))
-        inner = {k: v for k, v in d.items() if k not in HARNESS and k not in ("evalsha", "eval")}
-        inner_us = sum(u for _, u in inner.values()) / n
-        rows.append((names[nk], sha, exists, nk, order.index(nk) + 1, es[1] / es[0],
-                     sum(c for c, _ in inner.values()) / n, inner_us, es[1] / es[0] - inner_us,
-                     (c1 - c0) * 1e6 / n))
-        for k, (c, u) in sorted(inner.items(), key=lambda kv: -kv[1][1]):
-            inner_rows.append((names[nk], k.upper(), c / n, u / c, u / n))
-    print("Each script replayed %d times alone, one call at a time, with the arguments the module "
-          "sent (taken from the MONITOR capture of case B); `usec_per_call` from `INFO "
-          "commandstats`, which times a script including the commands it runs:\n" % n)
-    print("| script | sha1 (SCRIPT EXISTS) | keys | order of first use | EVALSHA µs/call | commands "
+    sha = calls[0][1]
+    exists = r.call("SCRIPT", "EXISTS", sha)[0]
+    s0, c0 = commandstats(host, port), cpu_of(r)
+    for i in range(n):
+        r.call(*calls[i % len(calls)])
+    c1, s1 = cpu_of(r), commandstats(host, port)
+    d = stats_delta(s0, s1)
+    es = d.get("evalsha", (n, 0))
+    inner = {k: v for k, v in d.items() if k not in HARNESS and k not in ("evalsha", "eval")}
+    inner_us = sum(u for _, u in inner.values()) / n
+    # the same number of admissions and releases per call as the module sent
+    per_call_ops = (admits + releases) / len(calls)
+    print("In case B (MONITOR capture, %d batch calls) one script call carried on average "
+          "%.2f admissions and %.2f releases (median %d operations, largest %d). Those calls "
+          "replayed %d times alone, one at a time (`usec_per_call` from `INFO commandstats` "
+          "times a script including the commands it runs):\n"
+          % (len(calls), admits / len(calls), releases / len(calls), sizes[len(sizes) // 2],
+             sizes[-1], n))
+    print("| script | sha1 (SCRIPT EXISTS) | operations/call | EVALSHA µs/call | commands "
           "inside/call | µs in those commands | µs in Lua and the call itself | Redis CPU µs/call "
-          "(incl. socket I/O) |")
+          "(incl. socket I/O) | Redis CPU µs per operation |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, sha, ex, nk, first, us, ninner, inner_us, lua_us, cpu in rows:
-        print("| %s | %s… (%d) | %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f |"
-              % (name, sha[:12], ex, nk, first, us, ninner, inner_us, lua_us, cpu))
-    print("\n| script | command inside | calls per script call | µs/call | µs per script call |")
-    print("|---|---|---:|---:|---:|")
-    for row in inner_rows:
-        print("| %s | %s | %.0f | %.2f | %.1f |" % row)
-    # floors: what any round trip, and any script call with these arguments, costs here
+    cpu = (c1 - c0) * 1e6 / n
+    print("| admit/release batch | %s… (%d) | %.2f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f |"
+          % (sha[:12], exists, per_call_ops, es[1] / es[0],
+             sum(c for c, _ in inner.values()) / n, inner_us, es[1] / es[0] - inner_us, cpu,
+             cpu / per_call_ops if per_call_ops else 0))
+    print("\n| command inside | calls per script call | µs/call | µs per script call |")
+    print("|---|---:|---:|---:|")
+    for k, (c, u) in sorted(inner.items(), key=lambda kv: -kv[1][1]):
+        print("| %s | %.2f | %.2f | %.1f |" % (k.upper(), c / n, u / c, u / n))
+    # floors: what any round trip, and any script call, costs here
     c0 = cpu_of(r)
     for i in range(n):
         r.call("GET", "bench:no-such-key")
     get_cpu = (cpu_of(r) - c0) * 1e6 / n
-    args = list(calls["3"])
+    args = list(calls[0])
     args[1] = r.call("SCRIPT", "LOAD", "return 1")
     s0, c0 = commandstats(host, port), cpu_of(r)
     for i in range(n):
@@ -349,8 +365,8 @@ def cmd_replay(a):
     c1, s1 = cpu_of(r), commandstats(host, port)
     es = stats_delta(s0, s1).get("evalsha", (n, 0))
     print("\nFloors here: a GET round trip costs Redis %.1f µs of CPU (reading, parsing, "
-          "replying, event loop); an EVALSHA of `return 1` with the admit's %d keys and "
-          "arguments costs %.1f µs inside Redis and %.1f µs of Redis CPU with its I/O."
+          "replying, event loop); an EVALSHA of `return 1` with a batch's %d arguments costs "
+          "%.1f µs inside Redis and %.1f µs of Redis CPU with its I/O."
           % (get_cpu, len(args) - 3, es[1] / es[0], (c1 - c0) * 1e6 / n))
 
 

@@ -18,6 +18,8 @@ bench_build=""        # what was staged (bench_build_info)
 bench_redis_port=""
 bench_http_port=""
 bench_mock_port=""
+bench_unix_port=""
+bench_redis_sock=""
 bench_bg_pids=""      # background jobs this script started (wrk, MONITOR, clients)
 
 bench_log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
@@ -57,7 +59,8 @@ bench_stage() {
     chmod -R a+rX "$bench_dir"
     # shellcheck disable=SC2034  # read by the scripts that source this file
     bench_build=$(bench_build_info)
-    read -r bench_redis_port bench_http_port bench_mock_port < <(bench_free_ports 3)
+    read -r bench_redis_port bench_http_port bench_mock_port bench_unix_port < <(bench_free_ports 4)
+    bench_redis_sock=$bench_dir/redis.sock
 }
 
 rcli() { redis-cli -h 127.0.0.1 -p "$bench_redis_port" "$@"; }
@@ -67,7 +70,8 @@ bench_start_redis() {
     # shellcheck disable=SC2086
     redis-server --bind 127.0.0.1 --port "$bench_redis_port" --save '' --appendonly no \
         --maxclients 10000 --dir "$bench_dir" --logfile "$bench_dir/logs/redis.log" \
-        --pidfile "$bench_dir/redis.pid" --daemonize yes ${BENCH_REDIS_ARGS:-}
+        --pidfile "$bench_dir/redis.pid" --daemonize yes \
+        --unixsocket "$bench_redis_sock" --unixsocketperm 777 ${BENCH_REDIS_ARGS:-}
     for _ in $(seq 100); do
         rcli PING >/dev/null 2>&1 && return 0
         sleep 0.1
@@ -139,6 +143,19 @@ $lease_line
     RelayUpstreamApiKey $BENCH_UPSTREAM_KEY
     ProxyPass http://127.0.0.1:$bench_mock_port/
 </Location>
+
+# the same relay with Redis over its unix socket (cases D and E)
+Listen 127.0.0.1:$bench_unix_port
+<VirtualHost 127.0.0.1:$bench_unix_port>
+    RelayRedisServer unix:$bench_redis_sock
+    RelayKeyHashSecret file:$bench_dir/secret
+    $lease_line
+    <Location /api/>
+        RelayEngine On
+        RelayUpstreamApiKey $BENCH_UPSTREAM_KEY
+        ProxyPass http://127.0.0.1:$bench_mock_port/
+    </Location>
+</VirtualHost>
 
 <VirtualHost 127.0.0.1:$bench_mock_port>
     KeepAlive On

@@ -16,7 +16,9 @@
 # Environment: BENCH_ROUNDS (5), BENCH_SECONDS (10), BENCH_CONNECTIONS ("4 32"),
 # BENCH_THREADS (2), BENCH_MONITOR_SECONDS (3), BENCH_PROFILE (1: replay and
 # perf phases), BENCH_PROFILE_SECONDS (5), BENCH_REPLAY_CALLS (3000),
-# BENCH_RESULTS (bench/results-latest.md),
+# BENCH_RESULTS (bench/results-latest.md), BENCH_CHILDREN (4) and
+# BENCH_THREADS_PER_CHILD (25): the httpd's fixed set of children,
+# BENCH_CASES ("A B C D E"),
 # BENCH_KEEP (1: keep the temp folder).
 set -euo pipefail
 
@@ -39,14 +41,20 @@ bench_check_tools
 trap bench_cleanup EXIT
 bench_stage
 bench_start_redis
-# 64 threads a child, 8 children: 512 workers, far above 2 x 32 connections
-bench_write_conf 64 8
+# a fixed set of children, none reaped during a run; by default as many
+# threads as Debian's default ThreadsPerChild and enough children for the
+# largest connection count twice over
+tpc=${BENCH_THREADS_PER_CHILD:-25}
+children=${BENCH_CHILDREN:-4}
+bench_write_conf "$tpc" "$children"
 bench_start_httpd
 bench_log "httpd on 127.0.0.1:$bench_http_port (mock upstream :$bench_mock_port), redis :$bench_redis_port, in $bench_dir"
 
 read -r _ key_limited < <(bench_create_key "bench limited" 100000)
 read -r _ key_unlimited < <(bench_create_key "bench unlimited" 0)
 base=http://127.0.0.1:$bench_http_port
+unix_base=http://127.0.0.1:$bench_unix_port
+cases=${BENCH_CASES:-"A B C D E"}
 
 # case -> request arguments (wrk and curl alike), in the array args
 set_args() {
@@ -54,11 +62,13 @@ set_args() {
     A) args=("$base/plain/v1/models") ;;
     B) args=(-H "x-api-key: $key_limited" "$base/api/v1/models") ;;
     C) args=(-H "x-api-key: $key_unlimited" "$base/api/v1/models") ;;
+    D) args=(-H "x-api-key: $key_limited" "$unix_base/api/v1/models") ;;
+    E) args=(-H "x-api-key: $key_unlimited" "$unix_base/api/v1/models") ;;
     esac
 }
 
 # every case answers 200 before anything is measured
-for c in A B C; do
+for c in $cases; do
     set_args "$c"
     code=$(curl -s -o /dev/null -w "%{http_code}" "${args[@]}")
     [ "$code" = 200 ] || bench_die "case $c answers $code, not 200 (see $bench_dir/logs/error.log)"
@@ -100,21 +110,21 @@ measure() {
 
 bench_log "warm-up: 2 s per case and connection count"
 for conns in $conns_list; do
-    for c in A B C; do measure 0 "$conns" "$c" 2; done
+    for c in $cases; do measure 0 "$conns" "$c" 2; done
 done
 
 total=$((rounds * $(wc -w <<<"$conns_list") * 3 * secs))
 bench_log "$rounds rounds of A/B/C at ${conns_list// /, } connections, $secs s each (about $((total / 60 + 1)) min)"
 for round in $(seq "$rounds"); do
     for conns in $conns_list; do
-        for c in A B C; do measure "$round" "$conns" "$c" "$secs"; done
+        for c in $cases; do measure "$round" "$conns" "$c" "$secs"; done
     done
 done
 
 # top-level commands per request: MONITOR during one short run of each case
 first_conns=${conns_list%% *}
 bench_log "MONITOR: $mon_secs s per case at $first_conns connections"
-for c in A B C; do
+for c in $cases; do
     mon=$bench_dir/monitor-$c.txt
     # redis-cli itself in the background (not a shell function): $! is its pid
     redis-cli -h 127.0.0.1 -p "$bench_redis_port" MONITOR > "$mon" 2>/dev/null &
@@ -184,7 +194,7 @@ report="## Relay vs plain mod_proxy ($(date -u '+%Y-%m-%d %H:%M UTC'))
 $(bench_machine)
 $bench_build
 - load average at start / end: $loadavg_start / $loadavg_end
-- httpd: event MPM, 8 children x 64 threads, mock upstream in the same httpd; wrk -t$threads,
+- httpd: event MPM, $children children x $tpc threads, mock upstream in the same httpd; wrk -t$threads,
   $rounds rounds x $secs s per case, cases alternating; medians over rounds. × plain and the
   Δ columns are medians of per-round comparisons with the plain run of the same round.
 - Redis CPU: used_cpu_user + used_cpu_sys delta around each run / requests. EVALSHA µs:
