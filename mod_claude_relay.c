@@ -148,7 +148,6 @@ static apr_status_t release_lease(void *data)
     relay_request *rr = data;
     relay_usage_counts counts;
     const char *err = NULL;
-    apr_pool_t *p;
 
     if (!rr->lease) {
         return APR_SUCCESS;
@@ -162,18 +161,14 @@ static apr_status_t release_lease(void *data)
         counts.cache_read = rr->usage.cache_read_input_tokens;
         counts.model = rr->usage.model[0] ? rr->usage.model : NULL;
     }
-    /* the request pool is being cleared: work in a pool of our own */
-    if (apr_pool_create(&p, NULL) != APR_SUCCESS) {
-        return APR_SUCCESS;
-    }
-    if (relay_lease_release(rr->store, rr->lease, &counts, p, &err) != APR_SUCCESS) {
+    /* queued, not sent: the lease store copies what it needs */
+    if (relay_lease_release(rr->store, rr->lease, &counts, &err) != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rr->server,
                      RLOG "could not give back the slot of key %s now (%s); it expires "
                           "by itself within its lease, and this request's usage is not counted",
                      rr->key_id, err ? err : "unknown error");
     }
     rr->lease = NULL;
-    apr_pool_destroy(p);
     return APR_SUCCESS;
 }
 

@@ -265,6 +265,34 @@ struct relay_lease_store {
     void *log_baton;
 };
 
+static apr_status_t destroy_pool(void *data)
+{
+    apr_pool_destroy(data);
+    return APR_SUCCESS;
+}
+
+/*
+ * A pool with an allocator of its own, destroyed with pchild. The child's
+ * pool shares an allocator without a mutex; these pools are used by
+ * whichever thread holds the lock or leads a batch, so they must not share it.
+ */
+static apr_status_t own_pool(apr_pool_t **out, apr_pool_t *pchild)
+{
+    apr_allocator_t *a;
+    apr_status_t rv;
+
+    if ((rv = apr_allocator_create(&a)) != APR_SUCCESS) {
+        return rv;
+    }
+    if ((rv = apr_pool_create_ex(out, NULL, NULL, a)) != APR_SUCCESS) {
+        apr_allocator_destroy(a);
+        return rv;
+    }
+    apr_allocator_owner_set(a, *out);
+    apr_pool_cleanup_register(pchild, *out, destroy_pool, apr_pool_cleanup_null);
+    return APR_SUCCESS;
+}
+
 apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool *pool,
                                       int lease_seconds, apr_pool_t *pchild)
 {
@@ -292,13 +320,9 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     }
     APR_RING_INIT(&st->ring, relay_lease, link);
     APR_RING_INIT(&st->queue, lease_op, link);
-    if ((rv = apr_pool_create(&st->cache_pool, pchild)) != APR_SUCCESS) {
-        return rv;
-    }
-    if ((rv = apr_pool_create(&st->batch_pool, pchild)) != APR_SUCCESS) {
-        return rv;
-    }
-    if ((rv = apr_pool_create(&st->usage_pool, pchild)) != APR_SUCCESS) {
+    if ((rv = own_pool(&st->cache_pool, pchild)) != APR_SUCCESS ||
+        (rv = own_pool(&st->batch_pool, pchild)) != APR_SUCCESS ||
+        (rv = own_pool(&st->usage_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
     st->usage = apr_hash_make(st->usage_pool);
@@ -767,14 +791,13 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
 }
 
 apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
-                                 const relay_usage_counts *usage, apr_pool_t *p, const char **err)
+                                 const relay_usage_counts *usage, const char **err)
 {
     size_t idlen = strlen(lease->id) + 1, mlen = strlen(lease->member) + 1;
     size_t modlen = usage && usage->model ? strlen(usage->model) + 1 : 0;
     lease_op *op;
     char *buf;
 
-    (void)p;
     apr_thread_mutex_lock(st->lock);
     if (lease->released) {
         apr_thread_mutex_unlock(st->lock);

@@ -48,16 +48,20 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
                                       int lease_seconds, apr_pool_t *pchild);
 
 /*
- * Start the thread that renews the leases of this child's live requests,
- * all in one Redis command per interval. It stops when pchild is destroyed.
+ * Start the keeper thread: it sends queued releases and summed usage, and
+ * renews the leases of this child's live requests, all of them in one Redis
+ * command per interval. It stops when pchild is destroyed, after sending
+ * what is still queued.
  */
 apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_log_fn log, void *baton,
                                       apr_pool_t *pchild);
 
 /*
  * Authenticate a key by its stored hash and, if it is usable and under its
- * limit, take a lease in one atomic script. On RELAY_ADMIT_OK *lease is the
- * lease, allocated from p; give it back with relay_lease_release.
+ * limit, take a lease in one atomic script call -- the child's next batch,
+ * which this thread sends itself unless another thread's call is under way.
+ * On RELAY_ADMIT_OK *lease is the lease, allocated from p; give it back with
+ * relay_lease_release.
  */
 relay_admit_code relay_lease_admit(relay_lease_store *store, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease);
@@ -73,11 +77,13 @@ typedef struct {
 
 /*
  * Give a lease back (once; later calls do nothing) and, when usage is given,
- * count the request and its tokens -- all in one script call.
+ * count the request and its tokens. The release is queued and sent by the
+ * child's next batch: at once when the key has a concurrency or token limit,
+ * within 100 ms otherwise; the usage of keys without a token limit is
+ * summed and written once a second. Nothing of the caller's is kept.
  */
 apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease,
-                                 const relay_usage_counts *usage, apr_pool_t *p,
-                                 const char **err);
+                                 const relay_usage_counts *usage, const char **err);
 
 /* The lease's member in concurrency:{id} (for log lines and tests). */
 const char *relay_lease_member(const relay_lease *lease);
