@@ -381,10 +381,18 @@ static int relay_check_access(request_rec *r)
 
     apr_table_setn(r->notes, "relay-key-id", res.id);
     apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
-    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                  RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT "), lease %s",
-                  res.id, (apr_int64_t)res.current, (apr_int64_t)res.limit,
-                  relay_lease_member(lease));
+    if (res.known) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      RLOG "admitted key %s (no limit, unchanged in Redis), lease %s", res.id,
+                      relay_lease_member(lease));
+    }
+    else {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT
+                           "), lease %s",
+                      res.id, (apr_int64_t)res.current, (apr_int64_t)res.limit,
+                      relay_lease_member(lease));
+    }
     swap_credentials(r, dc);
     return DECLINED;
 }

@@ -13,12 +13,15 @@
 #include <apr_thread_mutex.h>
 #include <apr_thread_proc.h>
 #include <apr_time.h>
+#include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 /* the warning level of httpd's http_log.h, without including it */
 #define LEASE_LOG_WARNING 4
+#define LEASE_LOG_INFO 6
 
 /* ids cached per child before the cache is emptied and refilled */
 #define ID_CACHE_MAX 10000
@@ -39,13 +42,15 @@
  *
  * ARGV[1] lease ms  ARGV[2] now, ISO-8601
  * ARGV[3] G release groups, each: key id, M, M lease members
+ * then N add groups, each: key id, M, M lease members (leases of keys
+ *   without any limit, admitted by the child from its cache of the key)
  * then K usage groups, each: key id, U, U records of 8 fields:
  *   day, month, model or "", input, output, cache creation, cache read, requests
  * then A admissions, each: key hash, key id or "" (not cached: looked up in
  *   apikey:hash_map), lease member.
  *
  * Returns one entry per admission, {code, current, limit, name, legacy, id,
- * token limited}: code 1 admitted, 0 unknown, -1 disabled, -2 expired, 2 over
+ * token limited, and when admitted expiresAt}: code 1 admitted, 0 unknown, -1 disabled, -2 expired, 2 over
  * the concurrency limit, 3 over the token limit (then current/limit are the
  * tokens used and the token limit). Nothing is taken unless admitted. Only
  * live leases count (scored on Redis's own clock): while the set, expired
@@ -65,6 +70,19 @@ static const char batch_lua[] =
     "for g = 1, tonumber(ARGV[3]) do\n"
     "  local m = tonumber(ARGV[i + 1])\n"
     "  redis.pcall('ZREM', 'concurrency:' .. ARGV[i], unpack(ARGV, i + 2, i + 1 + m))\n"
+    "  i = i + 2 + m\n"
+    "end\n"
+    /* leases of keys without any limit, admitted by the child alone */
+    "local nadd = tonumber(ARGV[i])\n"
+    "i = i + 1\n"
+    "for g = 1, nadd do\n"
+    "  local m = tonumber(ARGV[i + 1])\n"
+    "  local za = {}\n"
+    "  for j = 1, m do\n"
+    "    za[2 * j - 1] = expiry\n"
+    "    za[2 * j] = ARGV[i + 1 + j]\n"
+    "  end\n"
+    "  redis.pcall('ZADD', 'concurrency:' .. ARGV[i], unpack(za))\n"
     "  i = i + 2 + m\n"
     "end\n"
     "local ngroups = tonumber(ARGV[i])\n"
@@ -162,7 +180,7 @@ static const char batch_lua[] =
     "          redis.call('ZADD', ckey, expiry, member)\n"
     "          legacy = 1\n"
     "        end\n"
-    "        res[a] = {1, c + 1, limit, name, legacy, id, tlimit > 0 and 1 or 0}\n"
+    "        res[a] = {1, c + 1, limit, name, legacy, id, tlimit > 0 and 1 or 0, k[3] or ''}\n"
     "      end\n"
     "    end\n"
     "  end\n"
@@ -206,6 +224,7 @@ struct relay_lease {
     const char *conc_key;              /* concurrency:{id} */
     const char *member;                /* this request's member */
     int released;                      /* given back already */
+    struct lease_op *add_op;           /* its add, while still queued */
     int limited;                       /* its key had a concurrency limit */
     int token_limited;                 /* its key had a token limit */
 };
@@ -236,6 +255,10 @@ struct lease_op {
     /* release */
     relay_usage_counts usage;          /* model copied into the same block */
     int urgent;                        /* a limit waits for it: send now */
+    int add;                           /* adds the lease of a locally admitted request */
+    relay_lease *lease;                /* for an add: its lease, while queued */
+    unsigned long epoch;               /* admission: st->epoch when sent */
+    const char *expires;               /* admission: the key's expiresAt */
     int token_limited;                 /* its usage goes with it, not later */
 };
 
@@ -258,6 +281,15 @@ struct relay_lease_store {
     apr_pool_t *batch_pool;            /* scratch of the leading thread */
     apr_pool_t *usage_pool;            /* counted usage, owned by the leading thread */
     apr_hash_t *usage;                 /* "id model" -> usage_entry */
+    /* keys without any limit, admitted without asking Redis while tracked */
+    const relay_redis_target *target;  /* where the tracking connection goes */
+    int tracking;                      /* Redis tells us of every change to apikey:* */
+    int tracker_reset;                 /* reconnect the tracking connection */
+    unsigned long epoch;               /* counts invalidations */
+    apr_hash_t *free_keys;             /* key hash -> free_key */
+    apr_hash_t *free_by_id;            /* key id -> free_key */
+    apr_thread_cond_t *tracker_wake;   /* wakes the tracker to stop */
+    apr_thread_t *tracker;             /* the tracking thread, or NULL */
     apr_thread_cond_t *wake;           /* wakes the keeper: releases queued, or stop */
     int stopping;                      /* the child is exiting */
     apr_thread_t *keeper;              /* renewal and release thread, or NULL */
@@ -293,6 +325,64 @@ static apr_status_t own_pool(apr_pool_t **out, apr_pool_t *pchild)
     return APR_SUCCESS;
 }
 
+/* A cached key without any limit: one malloc'ed block. */
+typedef struct {
+    char *hash;                        /* key hash */
+    char *id;                          /* key id */
+    char *expires;                     /* expiresAt, "" for never */
+} free_key;
+
+/* Forget one cached key (lock held). */
+static void free_key_drop(relay_lease_store *st, free_key *f)
+{
+    apr_hash_set(st->free_keys, f->hash, APR_HASH_KEY_STRING, NULL);
+    apr_hash_set(st->free_by_id, f->id, APR_HASH_KEY_STRING, NULL);
+    free(f);
+}
+
+/* Forget every cached key (lock held). */
+static void free_keys_clear(relay_lease_store *st)
+{
+    apr_hash_index_t *hi = apr_hash_first(NULL, st->free_keys);
+
+    while (hi) {
+        free_key *f = apr_hash_this_val(hi);
+
+        hi = apr_hash_next(hi);
+        free(f);
+    }
+    apr_hash_clear(st->free_keys);
+    apr_hash_clear(st->free_by_id);
+    st->epoch++;
+}
+
+/* Remember a key without any limit (lock held). */
+static void free_key_put(relay_lease_store *st, const char *hash, const char *id,
+                         const char *expires)
+{
+    size_t hl = strlen(hash) + 1, il = strlen(id) + 1, el = strlen(expires) + 1;
+    free_key *f = apr_hash_get(st->free_keys, hash, APR_HASH_KEY_STRING);
+
+    if (f) {
+        free_key_drop(st, f);
+    }
+    if (apr_hash_count(st->free_keys) >= ID_CACHE_MAX) {
+        free_keys_clear(st);
+    }
+    f = malloc(sizeof(*f) + hl + il + el);
+    if (!f) {
+        return;
+    }
+    f->hash = (char *)(f + 1);
+    f->id = f->hash + hl;
+    f->expires = f->id + il;
+    memcpy(f->hash, hash, hl);
+    memcpy(f->id, id, il);
+    memcpy(f->expires, expires, el);
+    apr_hash_set(st->free_keys, f->hash, APR_HASH_KEY_STRING, f);
+    apr_hash_set(st->free_by_id, f->id, APR_HASH_KEY_STRING, f);
+}
+
 apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool *pool,
                                       int lease_seconds, apr_pool_t *pchild)
 {
@@ -315,7 +405,8 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
         APR_SUCCESS) {
         return rv;
     }
-    if ((rv = apr_thread_cond_create(&st->wake, pchild)) != APR_SUCCESS) {
+    if ((rv = apr_thread_cond_create(&st->wake, pchild)) != APR_SUCCESS ||
+        (rv = apr_thread_cond_create(&st->tracker_wake, pchild)) != APR_SUCCESS) {
         return rv;
     }
     APR_RING_INIT(&st->ring, relay_lease, link);
@@ -327,6 +418,9 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     }
     st->usage = apr_hash_make(st->usage_pool);
     st->id_cache = apr_hash_make(st->cache_pool);
+    st->free_keys = apr_hash_make(pchild);
+    st->free_by_id = apr_hash_make(pchild);
+    st->target = relay_redis_pool_target(pool);
     *out = st;
     return APR_SUCCESS;
 }
@@ -430,10 +524,12 @@ static void usage_add(apr_hash_t *h, apr_pool_t *p, const char *id,
  * summed since the last write. Runs without the store's lock, in the one
  * thread leading now (which alone touches st->usage).
  */
-static void run_batch(relay_lease_store *st, struct op_ring *batch, int with_usage)
+static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usage)
 {
     apr_pool_t *p = st->batch_pool;
     apr_hash_t *groups = apr_hash_make(p);        /* id -> array of members */
+    apr_hash_t *adds = apr_hash_make(p);          /* id -> array of members */
+    apr_array_header_t *add_order = apr_array_make(p, 4, sizeof(const char *));
     apr_hash_t *now_usage = apr_hash_make(p);     /* usage written in this batch */
     apr_array_header_t *args = apr_array_make(p, 32, sizeof(const char *));
     apr_array_header_t *order = apr_array_make(p, 4, sizeof(const char *));
@@ -456,6 +552,22 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch, int with_usa
             nadmit++;
             continue;
         }
+        if (op->add) {
+            members = apr_hash_get(adds, op->id, APR_HASH_KEY_STRING);
+            if (!members) {
+                members = apr_array_make(p, 4, sizeof(const char *));
+                apr_hash_set(adds, op->id, APR_HASH_KEY_STRING, members);
+                APR_ARRAY_PUSH(add_order, const char *) = op->id;
+            }
+            APR_ARRAY_PUSH(members, const char *) = op->member;
+            nrelease++;
+            continue;
+        }
+        if (!op->member) {
+            /* a lease that never reached Redis: only its usage */
+            usage_add(st->usage, st->usage_pool, op->id, &op->usage);
+            continue;
+        }
         nrelease++;
         members = apr_hash_get(groups, op->id, APR_HASH_KEY_STRING);
         if (!members) {
@@ -476,6 +588,18 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch, int with_usa
     for (i = 0; i < order->nelts; i++) {
         const char *id = APR_ARRAY_IDX(order, i, const char *);
         apr_array_header_t *members = apr_hash_get(groups, id, APR_HASH_KEY_STRING);
+        int j;
+
+        PUSH_ARG(args, id);
+        PUSH_ARG(args, apr_itoa(p, members->nelts));
+        for (j = 0; j < members->nelts; j++) {
+            PUSH_ARG(args, APR_ARRAY_IDX(members, j, const char *));
+        }
+    }
+    PUSH_ARG(args, apr_itoa(p, add_order->nelts));
+    for (i = 0; i < add_order->nelts; i++) {
+        const char *id = APR_ARRAY_IDX(add_order, i, const char *);
+        apr_array_header_t *members = apr_hash_get(adds, id, APR_HASH_KEY_STRING);
         int j;
 
         PUSH_ARG(args, id);
@@ -617,12 +741,16 @@ static void run_batch(relay_lease_store *st, struct op_ring *batch, int with_usa
                                ? apr_pstrndup(op->p, e->element[5]->str, e->element[5]->len)
                                : NULL;
             op->token_limited = reply_int(e, 6) != 0;
+            op->expires = e->elements > 7 && e->element[7]->type == REDIS_REPLY_STRING
+                              ? apr_pstrndup(op->p, e->element[7]->str, e->element[7]->len)
+                              : "";
         }
     }
     if (rep) {
         freeReplyObject(rep);
     }
     apr_pool_clear(p);
+    return rep == NULL && (nadmit || nrelease || written);
 }
 
 /*
@@ -637,7 +765,7 @@ static void lead(relay_lease_store *st, int keeper, int drain)
     for (;;) {
         struct op_ring batch;
         lease_op *op;
-        int n = 0, with_usage, urgent = 0;
+        int n = 0, with_usage, urgent = 0, failed;
 
         if (APR_RING_EMPTY(&st->queue, lease_op, link) && !st->usage_due) {
             st->leading = 0;
@@ -650,6 +778,12 @@ static void lead(relay_lease_store *st, int keeper, int drain)
             op = APR_RING_FIRST(&st->queue);
             APR_RING_REMOVE(op, link);
             APR_RING_INSERT_TAIL(&batch, op, lease_op, link);
+            op->epoch = st->epoch;
+            if (op->add) {
+                /* on its way: a release from now on is sent after it */
+                op->lease->add_op = NULL;
+                op->lease = NULL;
+            }
             n++;
         }
         if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
@@ -658,8 +792,15 @@ static void lead(relay_lease_store *st, int keeper, int drain)
         with_usage = st->usage_due;
         st->usage_due = 0;
         apr_thread_mutex_unlock(st->lock);
-        run_batch(st, &batch, with_usage);
+        failed = run_batch(st, &batch, with_usage);
         apr_thread_mutex_lock(st->lock);
+        if (failed && st->tracking) {
+            /* what Redis says of the keys is in doubt: ask it again */
+            st->tracking = 0;
+            st->tracker_reset = 1;
+            free_keys_clear(st);
+            apr_thread_cond_signal(st->tracker_wake);
+        }
         while (!APR_RING_EMPTY(&batch, lease_op, link)) {
             op = APR_RING_FIRST(&batch);
             APR_RING_REMOVE(op, link);
@@ -719,8 +860,52 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     op->member = apr_psprintf(p, "%s-%" APR_PID_T_FMT "-%u", st->prefix, getpid(),
                               apr_atomic_inc32(&st->counter));
 
-    /* join the queue; lead a batch if nobody does, else wait for one */
     apr_thread_mutex_lock(st->lock);
+    if (st->tracking) {
+        free_key *f = apr_hash_get(st->free_keys, hash, APR_HASH_KEY_STRING);
+        const char *now = f && f->expires[0] ? now_iso(p) : NULL;
+
+        if (f && (!now || strcmp(f->expires, now) >= 0)) {
+            /*
+             * A key without any limit, unchanged since Redis last said so
+             * (Redis tells the tracking connection of every change): admit
+             * here, and add its lease to Redis with the next batch.
+             */
+            size_t il = strlen(f->id) + 1, ml = strlen(op->member) + 1;
+            lease_op *add = malloc(sizeof(*add) + il + ml);
+
+            if (add) {
+                memset(add, 0, sizeof(*add));
+                add->add = 1;
+                add->id = memcpy((char *)(add + 1), f->id, il);
+                add->member = memcpy((char *)(add + 1) + il, op->member, ml);
+                lease = apr_pcalloc(p, sizeof(*lease));
+                lease->id = apr_pstrdup(p, f->id);
+                lease->conc_key = apr_pstrcat(p, "concurrency:", f->id, NULL);
+                lease->member = op->member;
+                lease->add_op = add;
+                add->lease = lease;
+                APR_RING_INSERT_TAIL(&st->queue, add, lease_op, link);
+                APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
+                st->live++;
+                if (!st->leading && !st->deferred_since) {
+                    st->deferred_since = apr_time_now();
+                    apr_thread_cond_signal(st->wake);
+                }
+                apr_thread_mutex_unlock(st->lock);
+                res->code = RELAY_ADMIT_OK;
+                res->id = lease->id;
+                res->name = "";
+                res->current = 0;
+                res->limit = 0;
+                res->known = 1;
+                *lease_out = lease;
+                return res->code;
+            }
+        }
+    }
+
+    /* join the queue; lead a batch if nobody does, else wait for one */
     APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
     if (!st->leading) {
         st->leading = 1;
@@ -760,6 +945,10 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         lease->limited = op->limit > 0;
         lease->token_limited = op->token_limited;
         apr_thread_mutex_lock(st->lock);
+        /* no limit of any kind, and nothing changed since Redis said so: cache */
+        if (!lease->limited && !lease->token_limited && st->tracking && st->epoch == op->epoch) {
+            free_key_put(st, hash, op->found_id, op->expires ? op->expires : "");
+        }
         APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
         st->live++;
         apr_thread_mutex_unlock(st->lock);
@@ -797,6 +986,7 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
     size_t modlen = usage && usage->model ? strlen(usage->model) + 1 : 0;
     lease_op *op;
     char *buf;
+    int never_added = 0;
 
     apr_thread_mutex_lock(st->lock);
     if (lease->released) {
@@ -806,6 +996,15 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
     lease->released = 1;
     APR_RING_REMOVE(lease, link);
     st->live--;
+    if (lease->add_op) {
+        /* its lease never reached Redis: drop both; only the usage is sent */
+        lease_op *add = lease->add_op;
+
+        APR_RING_REMOVE(add, link);
+        lease->add_op = NULL;
+        free(add);
+        never_added = 1;
+    }
     apr_thread_mutex_unlock(st->lock);
 
     /* one block: the request and its pool are gone when this is sent */
@@ -819,7 +1018,7 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
     memcpy(buf, lease->id, idlen);
     op->id = buf;
     memcpy(buf + idlen, lease->member, mlen);
-    op->member = buf + idlen;
+    op->member = never_added ? NULL : buf + idlen;
     if (usage) {
         op->usage = *usage;
         op->usage.model = NULL;
@@ -1006,6 +1205,251 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
     return NULL;
 }
 
+/* Handle one message on the tracking connection (lock held). */
+/*
+ * A key that had no limit changed: its queued lease adds and releases go to
+ * Redis now, not within DEFER_MS, so a limit just set counts exactly the
+ * requests in flight (lock held).
+ */
+static void hurry_queued(relay_lease_store *st, const redisReply *keys)
+{
+    lease_op *op;
+    int any = 0;
+    size_t i;
+
+    for (op = APR_RING_FIRST(&st->queue); op != APR_RING_SENTINEL(&st->queue, lease_op, link);
+         op = APR_RING_NEXT(op, link)) {
+        if (op->admit || op->urgent) {
+            continue;
+        }
+        for (i = 0; i < keys->elements; i++) {
+            const redisReply *k = keys->element[i];
+
+            if (k->type == REDIS_REPLY_STRING && k->len > 7 && strcmp(k->str + 7, op->id) == 0) {
+                op->urgent = 1;
+                any = 1;
+                break;
+            }
+        }
+    }
+    if (any && !st->leading) {
+        st->leading = 1;
+        st->keeper_leads = 1;
+        apr_thread_cond_signal(st->wake);
+    }
+}
+
+static void tracker_message(relay_lease_store *st, const redisReply *m, int *pong)
+{
+    const redisReply *keys;
+    size_t i;
+    int hurry;
+
+    if (m->type != REDIS_REPLY_ARRAY || m->elements < 2 ||
+        m->element[0]->type != REDIS_REPLY_STRING) {
+        return;
+    }
+    if (strcmp(m->element[0]->str, "pong") == 0) {
+        *pong = 1;
+        return;
+    }
+    if (strcmp(m->element[0]->str, "message") != 0 || m->elements < 3) {
+        return;
+    }
+    keys = m->element[2];
+    st->epoch++;
+    hurry = 0;
+    if (keys->type != REDIS_REPLY_ARRAY) {
+        /* FLUSHDB, FLUSHALL: everything changed */
+        free_keys_clear(st);
+        return;
+    }
+    for (i = 0; i < keys->elements; i++) {
+        const redisReply *k = keys->element[i];
+        free_key *f;
+
+        if (k->type != REDIS_REPLY_STRING || k->len <= 7 || strncmp(k->str, "apikey:", 7) != 0) {
+            continue;
+        }
+        f = apr_hash_get(st->free_by_id, k->str + 7, (apr_ssize_t)k->len - 7);
+        if (f) {
+            free_key_drop(st, f);
+            hurry = 1;
+        }
+    }
+    if (hurry) {
+        hurry_queued(st, keys);
+    }
+}
+
+/* Open the tracking connection: every change to apikey:* is pushed to it. */
+static redisContext *tracker_open(relay_lease_store *st, apr_pool_t *p, const char **err)
+{
+    redisContext *ctx = relay_redis_connect(st->target, p, err);
+    redisReply *rep;
+    long long id;
+
+    if (!ctx) {
+        return NULL;
+    }
+    rep = redisCommand(ctx, "CLIENT ID");
+    if (!rep || rep->type != REDIS_REPLY_INTEGER) {
+        *err = rep && rep->type == REDIS_REPLY_ERROR ? apr_pstrdup(p, rep->str)
+                                                       : "CLIENT ID failed";
+        goto fail;
+    }
+    id = rep->integer;
+    freeReplyObject(rep);
+    rep = redisCommand(ctx, "CLIENT TRACKING on REDIRECT %lld BCAST PREFIX apikey:", id);
+    if (!rep || rep->type != REDIS_REPLY_STATUS) {
+        *err = rep && rep->type == REDIS_REPLY_ERROR ? apr_pstrdup(p, rep->str)
+                                                       : "CLIENT TRACKING failed";
+        goto fail;
+    }
+    freeReplyObject(rep);
+    rep = redisCommand(ctx, "SUBSCRIBE __redis__:invalidate");
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+        *err = "SUBSCRIBE __redis__:invalidate failed";
+        goto fail;
+    }
+    freeReplyObject(rep);
+    return ctx;
+fail:
+    if (rep) {
+        freeReplyObject(rep);
+    }
+    redisFree(ctx);
+    return NULL;
+}
+
+/*
+ * The tracker: holds a connection on which Redis pushes every change to a
+ * key hash (client-side caching, BCAST mode), and forgets the cached keys it
+ * names. The cache is used only while this connection is up and answers its
+ * pings; on any trouble it is emptied and the relay asks Redis for every
+ * request until the connection is back.
+ */
+static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
+{
+    relay_lease_store *st = data;
+    apr_pool_t *p;
+    int warned = 0;
+
+    if (apr_pool_create(&p, NULL) != APR_SUCCESS) {
+        apr_thread_exit(thd, APR_ENOMEM);
+        return NULL;
+    }
+    for (;;) {
+        const char *err = NULL;
+        redisContext *ctx;
+        apr_time_t last_ping;
+        int ping_out = 0;
+
+        apr_pool_clear(p);
+        apr_thread_mutex_lock(st->lock);
+        if (st->stopping) {
+            apr_thread_mutex_unlock(st->lock);
+            break;
+        }
+        apr_thread_mutex_unlock(st->lock);
+        ctx = tracker_open(st, p, &err);
+        if (!ctx) {
+            if (!warned && st->log && err && strstr(err, "unknown")) {
+                /* a Redis without client-side caching: every request asks it */
+                st->log(st->log_baton, LEASE_LOG_INFO,
+                        apr_psprintf(p, "Redis cannot push key changes (%s); every request "
+                                        "asks Redis", err));
+                warned = 1;
+            }
+            apr_thread_mutex_lock(st->lock);
+            if (!st->stopping) {
+                apr_thread_cond_timedwait(st->tracker_wake, st->lock, apr_time_from_msec(500));
+            }
+            apr_thread_mutex_unlock(st->lock);
+            continue;
+        }
+        apr_thread_mutex_lock(st->lock);
+        free_keys_clear(st);
+        st->tracker_reset = 0;
+        st->tracking = 1;
+        apr_thread_mutex_unlock(st->lock);
+        last_ping = apr_time_now();
+
+        for (;;) {
+            struct pollfd pfd;
+            int n, stop;
+            void *reply;
+
+            apr_thread_mutex_lock(st->lock);
+            stop = st->stopping || st->tracker_reset;
+            apr_thread_mutex_unlock(st->lock);
+            if (stop) {
+                break;
+            }
+            pfd.fd = ctx->fd;
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+            n = poll(&pfd, 1, 200);
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            if (n < 0) {
+                break;
+            }
+            if (n == 0) {
+                if (apr_time_now() - last_ping >= apr_time_from_sec(1)) {
+                    int done = 0;
+
+                    if (ping_out) {
+                        break;        /* no answer to the last ping: Redis is stuck */
+                    }
+                    if (redisAppendCommand(ctx, "PING") != REDIS_OK) {
+                        break;
+                    }
+                    while (!done) {
+                        if (redisBufferWrite(ctx, &done) != REDIS_OK) {
+                            break;
+                        }
+                    }
+                    if (!done) {
+                        break;
+                    }
+                    ping_out = 1;
+                    last_ping = apr_time_now();
+                }
+                continue;
+            }
+            if (redisBufferRead(ctx) != REDIS_OK) {
+                break;
+            }
+            reply = NULL;
+            while (redisGetReplyFromReader(ctx, &reply) == REDIS_OK && reply) {
+                int pong = 0;
+
+                apr_thread_mutex_lock(st->lock);
+                tracker_message(st, reply, &pong);
+                apr_thread_mutex_unlock(st->lock);
+                if (pong) {
+                    ping_out = 0;
+                }
+                freeReplyObject(reply);
+                reply = NULL;
+            }
+            if (ctx->err) {
+                break;
+            }
+        }
+        apr_thread_mutex_lock(st->lock);
+        st->tracking = 0;
+        free_keys_clear(st);
+        apr_thread_mutex_unlock(st->lock);
+        redisFree(ctx);
+    }
+    apr_pool_destroy(p);
+    apr_thread_exit(thd, APR_SUCCESS);
+    return NULL;
+}
+
 /* Stop and join the keeper before the child's pool goes away. */
 static apr_status_t keeper_stop(void *data)
 {
@@ -1014,8 +1458,14 @@ static apr_status_t keeper_stop(void *data)
 
     apr_thread_mutex_lock(st->lock);
     st->stopping = 1;
+    st->tracking = 0;
     apr_thread_cond_broadcast(st->wake);
+    apr_thread_cond_broadcast(st->tracker_wake);
     apr_thread_mutex_unlock(st->lock);
+    if (st->tracker) {
+        apr_thread_join(&ret, st->tracker);
+        st->tracker = NULL;
+    }
     if (st->keeper) {
         apr_thread_join(&ret, st->keeper);
         st->keeper = NULL;
@@ -1038,5 +1488,9 @@ apr_status_t relay_lease_keeper_start(relay_lease_store *st, relay_log_fn log, v
         return rv;
     }
     apr_pool_pre_cleanup_register(pchild, st, keeper_stop);
+    if ((rv = apr_thread_create(&st->tracker, attr, tracker_main, st, pchild)) != APR_SUCCESS) {
+        st->tracker = NULL;
+        return rv;
+    }
     return APR_SUCCESS;
 }

@@ -37,6 +37,8 @@ typedef struct {
     long long current;         /* in flight (incl. this request); tokens used for _TOKENS */
     long long limit;           /* concurrencyLimit (0 = unlimited); tokenLimit for _TOKENS */
     int legacy_replaced;       /* a plain-counter concurrency key was replaced */
+    int known;                 /* admitted by the child alone: a key without any limit
+                                  that Redis has not reported changed since it was read */
     const char *error;         /* sentence, for RELAY_ADMIT_ERROR */
 } relay_admit_result;
 

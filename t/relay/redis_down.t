@@ -8,12 +8,16 @@ use Apache::TestUtil qw(t_cmp);
 use RelayTest;
 use Time::HiRes qw(time sleep);
 
-plan tests => 9, need_module 'claude_relay', 'relay_mock';
+plan tests => 10, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 my $k = make_key(name => 'redis down', limit => 2);
 is(http_post('/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey})->code, 200,
          'works while Redis is up');
+
+# a key without any limit, known to every child before Redis goes
+my $known = make_key(name => 'known before the restart', limit => 0);
+http_post('/api/v1/messages', $msg, 'x-api-key' => $known->{apiKey}) for 1 .. 20;
 
 redis('SHUTDOWN', 'NOSAVE');
 ok defined wait_until(5, sub { system("redis-cli -p $ENV{RELAY_TEST_REDIS_PORT} PING >/dev/null 2>&1") != 0 }),
@@ -44,6 +48,10 @@ my $t = wait_until(10, sub {
 ok defined $t, 'the relay recovers by itself, without an Apache restart';
 ok defined wait_until(2, sub { redis('ZCARD', "concurrency:$k2->{id}") == 0 }),
    'and gives slots back again';
+my %codes;
+$codes{http_post('/api/v1/messages', $msg, 'x-api-key' => $known->{apiKey})->code}++ for 1 .. 20;
+is(join(' ', map { "$_ x$codes{$_}" } sort keys %codes), '401 x20',
+   'a key known before the restart is unknown to the empty Redis: 401 in every child');
 
 # every pooled connection of every child reconnects: no 503 once Redis is back
 my $free = make_key(name => 'after restart, unlimited', limit => 0);
