@@ -284,18 +284,26 @@ def cpu_of(r):
 
 
 def batch_shape(args):
-    """(admissions, releases) in one admit/release batch call:
-    EVALSHA sha 0 lease_ms now G {id M members... U usage*8}... A {hash id member}..."""
+    """(admissions, releases, lease adds) in one admit/release batch call:
+    EVALSHA sha 0 lease_ms now G {id M members}... N {id M members}...
+    K {id U usage*8}... A {hash id member}..."""
     try:
-        i = 6
-        releases = 0
-        for _ in range(int(args[5])):
-            m = int(args[i + 1])
-            releases += m
-            i += 2 + m
-            u = int(args[i])
-            i += 1 + 8 * u
-        return int(args[i]), releases
+        i = 5
+        counts = []
+        for _ in range(2):             # releases, then lease adds
+            n, total = int(args[i]), 0
+            i += 1
+            for _ in range(n):
+                m = int(args[i + 1])
+                total += m
+                i += 2 + m
+            counts.append(total)
+        k = int(args[i])
+        i += 1
+        for _ in range(k):
+            u = int(args[i + 1])
+            i += 2 + 8 * u
+        return int(args[i]), counts[0], counts[1]
     except (IndexError, ValueError):
         return None
 
@@ -319,7 +327,8 @@ def cmd_replay(a):
     shapes = [batch_shape(c) for c in calls]
     admits = sum(s[0] for s in shapes)
     releases = sum(s[1] for s in shapes)
-    sizes = sorted(s[0] + s[1] for s in shapes)
+    adds = sum(s[2] for s in shapes)
+    sizes = sorted(s[0] + s[1] + s[2] for s in shapes)
     r = Resp(host, port)
     sha = calls[0][1]
     exists = r.call("SCRIPT", "EXISTS", sha)[0]
@@ -332,13 +341,13 @@ def cmd_replay(a):
     inner = {k: v for k, v in d.items() if k not in HARNESS and k not in ("evalsha", "eval")}
     inner_us = sum(u for _, u in inner.values()) / n
     # the same number of admissions and releases per call as the module sent
-    per_call_ops = (admits + releases) / len(calls)
+    per_call_ops = (admits + releases + adds) / len(calls)
     print("In case B (MONITOR capture, %d batch calls) one script call carried on average "
-          "%.2f admissions and %.2f releases (median %d operations, largest %d). Those calls "
-          "replayed %d times alone, one at a time (`usec_per_call` from `INFO commandstats` "
-          "times a script including the commands it runs):\n"
-          % (len(calls), admits / len(calls), releases / len(calls), sizes[len(sizes) // 2],
-             sizes[-1], n))
+          "%.2f admissions, %.2f releases and %.2f lease adds (median %d operations, largest "
+          "%d). Those calls replayed %d times alone, one at a time (`usec_per_call` from `INFO "
+          "commandstats` times a script including the commands it runs):\n"
+          % (len(calls), admits / len(calls), releases / len(calls), adds / len(calls),
+             sizes[len(sizes) // 2], sizes[-1], n))
     print("| script | sha1 (SCRIPT EXISTS) | operations/call | EVALSHA µs/call | commands "
           "inside/call | µs in those commands | µs in Lua and the call itself | Redis CPU µs/call "
           "(incl. socket I/O) | Redis CPU µs per operation |")
