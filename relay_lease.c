@@ -21,7 +21,6 @@
 
 /* the warning level of httpd's http_log.h, without including it */
 #define LEASE_LOG_WARNING 4
-#define LEASE_LOG_INFO 6
 
 /* ids cached per child before the cache is emptied and refilled */
 #define ID_CACHE_MAX 10000
@@ -284,6 +283,7 @@ struct relay_lease_store {
     /* keys without any limit, admitted without asking Redis while tracked */
     const relay_redis_target *target;  /* where the tracking connection goes */
     int tracking;                      /* Redis tells us of every change to apikey:* */
+    int tracker_fd;                    /* the tracking connection's socket, while tracking */
     int tracker_reset;                 /* reconnect the tracking connection */
     unsigned long epoch;               /* counts invalidations */
     apr_hash_t *free_keys;             /* key hash -> free_key */
@@ -838,6 +838,22 @@ static void lead(relay_lease_store *st, int keeper, int drain)
     }
 }
 
+/*
+ * Whether a message waits on the tracking connection (lock held). Redis
+ * queues a key's invalidation before it answers the command that changed
+ * the key, so a change whose answer anyone has seen is already readable
+ * here: until the tracker has read it, nothing is admitted from the cache.
+ */
+static int tracker_has_news(relay_lease_store *st)
+{
+    struct pollfd pfd;
+
+    pfd.fd = st->tracker_fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) != 0;
+}
+
 relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease_out)
 {
@@ -861,7 +877,7 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
                               apr_atomic_inc32(&st->counter));
 
     apr_thread_mutex_lock(st->lock);
-    if (st->tracking) {
+    if (st->tracking && !tracker_has_news(st)) {
         free_key *f = apr_hash_get(st->free_keys, hash, APR_HASH_KEY_STRING);
         const char *now = f && f->expires[0] ? now_iso(p) : NULL;
 
@@ -1283,7 +1299,8 @@ static void tracker_message(relay_lease_store *st, const redisReply *m, int *pon
 }
 
 /* Open the tracking connection: every change to apikey:* is pushed to it. */
-static redisContext *tracker_open(relay_lease_store *st, apr_pool_t *p, const char **err)
+static redisContext *tracker_open(relay_lease_store *st, apr_pool_t *p, const char **err,
+                                  int *refused)
 {
     redisContext *ctx = relay_redis_connect(st->target, p, err);
     redisReply *rep;
@@ -1292,6 +1309,7 @@ static redisContext *tracker_open(relay_lease_store *st, apr_pool_t *p, const ch
     if (!ctx) {
         return NULL;
     }
+    *refused = 0;
     rep = redisCommand(ctx, "CLIENT ID");
     if (!rep || rep->type != REDIS_REPLY_INTEGER) {
         *err = rep && rep->type == REDIS_REPLY_ERROR ? apr_pstrdup(p, rep->str)
@@ -1309,12 +1327,15 @@ static redisContext *tracker_open(relay_lease_store *st, apr_pool_t *p, const ch
     freeReplyObject(rep);
     rep = redisCommand(ctx, "SUBSCRIBE __redis__:invalidate");
     if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-        *err = "SUBSCRIBE __redis__:invalidate failed";
+        *err = rep && rep->type == REDIS_REPLY_ERROR ? apr_pstrdup(p, rep->str)
+                                                       : "SUBSCRIBE __redis__:invalidate failed";
         goto fail;
     }
     freeReplyObject(rep);
     return ctx;
 fail:
+    /* an answer that is an error: this Redis (version, ACL) does not allow it */
+    *refused = rep && rep->type == REDIS_REPLY_ERROR;
     if (rep) {
         freeReplyObject(rep);
     }
@@ -1343,7 +1364,7 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
         const char *err = NULL;
         redisContext *ctx;
         apr_time_t last_ping;
-        int ping_out = 0;
+        int ping_out = 0, refused = 0;
 
         apr_pool_clear(p);
         apr_thread_mutex_lock(st->lock);
@@ -1352,18 +1373,20 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
             break;
         }
         apr_thread_mutex_unlock(st->lock);
-        ctx = tracker_open(st, p, &err);
+        ctx = tracker_open(st, p, &err, &refused);
         if (!ctx) {
-            if (!warned && st->log && err && strstr(err, "unknown")) {
-                /* a Redis without client-side caching: every request asks it */
-                st->log(st->log_baton, LEASE_LOG_INFO,
-                        apr_psprintf(p, "Redis cannot push key changes (%s); every request "
-                                        "asks Redis", err));
+            if (refused && !warned && st->log) {
+                /* an older Redis, or an ACL without these commands */
+                st->log(st->log_baton, LEASE_LOG_WARNING,
+                        apr_psprintf(p, "Redis refuses to push key changes (%s); keys without "
+                                        "a limit are read from Redis on every request", err));
                 warned = 1;
             }
             apr_thread_mutex_lock(st->lock);
             if (!st->stopping) {
-                apr_thread_cond_timedwait(st->tracker_wake, st->lock, apr_time_from_msec(500));
+                /* down: try again soon; refused: now and then */
+                apr_thread_cond_timedwait(st->tracker_wake, st->lock,
+                                          apr_time_from_sec(refused ? 60 : 1) / (refused ? 1 : 2));
             }
             apr_thread_mutex_unlock(st->lock);
             continue;
@@ -1371,6 +1394,7 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
         apr_thread_mutex_lock(st->lock);
         free_keys_clear(st);
         st->tracker_reset = 0;
+        st->tracker_fd = ctx->fd;
         st->tracking = 1;
         apr_thread_mutex_unlock(st->lock);
         last_ping = apr_time_now();
