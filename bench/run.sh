@@ -114,7 +114,7 @@ for conns in $conns_list; do
 done
 
 total=$((rounds * $(wc -w <<<"$conns_list") * 3 * secs))
-bench_log "$rounds rounds of A/B/C at ${conns_list// /, } connections, $secs s each (about $((total / 60 + 1)) min)"
+bench_log "$rounds rounds of $cases at ${conns_list// /, } connections, $secs s each (about $((total / 60 + 1)) min)"
 for round in $(seq "$rounds"); do
     for conns in $conns_list; do
         for c in $cases; do measure "$round" "$conns" "$c" "$secs"; done
