@@ -113,7 +113,7 @@ for conns in $conns_list; do
     for c in $cases; do measure 0 "$conns" "$c" 2; done
 done
 
-total=$((rounds * $(wc -w <<<"$conns_list") * 3 * secs))
+total=$((rounds * $(wc -w <<<"$conns_list") * $(wc -w <<<"$cases") * secs))
 bench_log "$rounds rounds of $cases at ${conns_list// /, } connections, $secs s each (about $((total / 60 + 1)) min)"
 for round in $(seq "$rounds"); do
     for conns in $conns_list; do

@@ -23,8 +23,11 @@ sub monitor_during {
     my $ok = <$s>;
     die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
     $code->();
-    my ($buf, $sel) = ('', IO::Select->new($s));
-    while ($sel->can_read(0.5)) {
+    # what came in meanwhile and in the next half second (MONITOR never ends:
+    # the relay's tracking connections ping every second)
+    my ($buf, $sel, $end) = ('', IO::Select->new($s), time + 0.5);
+    while ((my $left = $end - time) > 0) {
+        next unless $sel->can_read($left);
         my $n = sysread($s, my $chunk, 65536);
         last unless $n;
         $buf .= $chunk;
