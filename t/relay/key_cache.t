@@ -57,6 +57,9 @@ is(statuses($k->{apiKey}, 20), '200 x20', 'enabled again: the next 20 pass');
 # a limit set straight in Redis (as claude-relay-service would) holds at once
 statuses($k->{apiKey}, 10);
 redis('HSET', "apikey:$id", 'concurrencyLimit', '1');
+# the children hear of the change at once and send the releases of the
+# requests just before it, which had been waiting to ride on a later call
+sleep 0.2;
 $hold = raw_request('POST', '/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey},
                     'x-mock-hold-ms' => 3000);
 ok(defined wait_until(3, sub { leases($id) == 1 }), 'limit 1 set in Redis; one request held');
