@@ -286,6 +286,7 @@ struct relay_lease_store {
     int tracker_fd;                    /* the tracking connection's socket, while tracking */
     int tracker_reset;                 /* reconnect the tracking connection */
     unsigned long epoch;               /* counts invalidations */
+    apr_pool_t *free_pool;             /* holds the two hashes below (entries are malloc'ed) */
     apr_hash_t *free_keys;             /* key hash -> free_key */
     apr_hash_t *free_by_id;            /* key id -> free_key */
     apr_thread_cond_t *tracker_wake;   /* wakes the tracker to stop */
@@ -413,13 +414,14 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     APR_RING_INIT(&st->queue, lease_op, link);
     if ((rv = own_pool(&st->cache_pool, pchild)) != APR_SUCCESS ||
         (rv = own_pool(&st->batch_pool, pchild)) != APR_SUCCESS ||
-        (rv = own_pool(&st->usage_pool, pchild)) != APR_SUCCESS) {
+        (rv = own_pool(&st->usage_pool, pchild)) != APR_SUCCESS ||
+        (rv = own_pool(&st->free_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
     st->usage = apr_hash_make(st->usage_pool);
     st->id_cache = apr_hash_make(st->cache_pool);
-    st->free_keys = apr_hash_make(pchild);
-    st->free_by_id = apr_hash_make(pchild);
+    st->free_keys = apr_hash_make(st->free_pool);
+    st->free_by_id = apr_hash_make(st->free_pool);
     st->target = relay_redis_pool_target(pool);
     *out = st;
     return APR_SUCCESS;
