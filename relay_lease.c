@@ -274,6 +274,7 @@ struct relay_lease_store {
     struct op_ring queue;              /* admissions and releases not yet sent */
     int leading;                       /* some thread is sending (or about to send) a batch */
     int keeper_leads;                  /* the keeper is asked to send the queued releases */
+    apr_time_t renew_due;              /* when the keeper renews next */
     apr_time_t deferred_since;         /* releases without a limit wait since, or 0 */
     int usage_pending;                 /* usage was counted since the last write */
     int usage_due;                     /* the next batch writes the counted usage */
@@ -497,9 +498,9 @@ typedef struct {
     long long requests;
 } usage_entry;
 
-/* Add one request's usage to the sums in h (entries allocated from p). */
-static void usage_add(apr_hash_t *h, apr_pool_t *p, const char *id,
-                      const relay_usage_counts *u)
+/* Add the usage of `requests` requests to the sums in h (entries from p). */
+static void usage_sum(apr_hash_t *h, apr_pool_t *p, const char *id,
+                      const relay_usage_counts *u, long long requests)
 {
     const char *model = u->model ? u->model : "";
     const char *k = apr_pstrcat(p, id, " ", model, NULL);
@@ -515,10 +516,43 @@ static void usage_add(apr_hash_t *h, apr_pool_t *p, const char *id,
     e->c.output += u->output;
     e->c.cache_create += u->cache_create;
     e->c.cache_read += u->cache_read;
-    e->requests++;
+    e->requests += requests;
+}
+
+/* Add a lease member to its key's group in h, keeping the ids in order. */
+static void add_to_group(apr_hash_t *h, apr_array_header_t *order, const char *id,
+                         const char *member, apr_pool_t *p)
+{
+    apr_array_header_t *members = apr_hash_get(h, id, APR_HASH_KEY_STRING);
+
+    if (!members) {
+        members = apr_array_make(p, 4, sizeof(const char *));
+        apr_hash_set(h, id, APR_HASH_KEY_STRING, members);
+        APR_ARRAY_PUSH(order, const char *) = id;
+    }
+    APR_ARRAY_PUSH(members, const char *) = member;
 }
 
 #define PUSH_ARG(a, v) (APR_ARRAY_PUSH((a), const char *) = (v))
+
+/* Push groups as the script reads them: count, then per key id, M, members. */
+static void push_groups(apr_array_header_t *args, apr_hash_t *h, apr_array_header_t *order,
+                        apr_pool_t *p)
+{
+    int i, j;
+
+    PUSH_ARG(args, apr_itoa(p, order->nelts));
+    for (i = 0; i < order->nelts; i++) {
+        const char *id = APR_ARRAY_IDX(order, i, const char *);
+        apr_array_header_t *members = apr_hash_get(h, id, APR_HASH_KEY_STRING);
+
+        PUSH_ARG(args, id);
+        PUSH_ARG(args, apr_itoa(p, members->nelts));
+        for (j = 0; j < members->nelts; j++) {
+            PUSH_ARG(args, APR_ARRAY_IDX(members, j, const char *));
+        }
+    }
+}
 
 /*
  * Send one batch in one script call and put the results into its
@@ -548,92 +582,38 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
     PUSH_ARG(args, now);
     for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link);
          op = APR_RING_NEXT(op, link)) {
-        apr_array_header_t *members;
-
         if (op->admit) {
             nadmit++;
             continue;
         }
         if (op->add) {
-            members = apr_hash_get(adds, op->id, APR_HASH_KEY_STRING);
-            if (!members) {
-                members = apr_array_make(p, 4, sizeof(const char *));
-                apr_hash_set(adds, op->id, APR_HASH_KEY_STRING, members);
-                APR_ARRAY_PUSH(add_order, const char *) = op->id;
-            }
-            APR_ARRAY_PUSH(members, const char *) = op->member;
+            add_to_group(adds, add_order, op->id, op->member, p);
             nrelease++;
             continue;
         }
         if (!op->member) {
             /* a lease that never reached Redis: only its usage */
-            usage_add(st->usage, st->usage_pool, op->id, &op->usage);
+            usage_sum(st->usage, st->usage_pool, op->id, &op->usage, 1);
             continue;
         }
         nrelease++;
-        members = apr_hash_get(groups, op->id, APR_HASH_KEY_STRING);
-        if (!members) {
-            members = apr_array_make(p, 4, sizeof(const char *));
-            apr_hash_set(groups, op->id, APR_HASH_KEY_STRING, members);
-            APR_ARRAY_PUSH(order, const char *) = op->id;
-        }
-        APR_ARRAY_PUSH(members, const char *) = op->member;
+        add_to_group(groups, order, op->id, op->member, p);
         /* a token limit needs the usage now; the rest is summed and written later */
         if (op->token_limited) {
-            usage_add(now_usage, p, op->id, &op->usage);
+            usage_sum(now_usage, p, op->id, &op->usage, 1);
         }
         else {
-            usage_add(st->usage, st->usage_pool, op->id, &op->usage);
+            usage_sum(st->usage, st->usage_pool, op->id, &op->usage, 1);
         }
     }
-    PUSH_ARG(args, apr_itoa(p, order->nelts));
-    for (i = 0; i < order->nelts; i++) {
-        const char *id = APR_ARRAY_IDX(order, i, const char *);
-        apr_array_header_t *members = apr_hash_get(groups, id, APR_HASH_KEY_STRING);
-        int j;
-
-        PUSH_ARG(args, id);
-        PUSH_ARG(args, apr_itoa(p, members->nelts));
-        for (j = 0; j < members->nelts; j++) {
-            PUSH_ARG(args, APR_ARRAY_IDX(members, j, const char *));
-        }
-    }
-    PUSH_ARG(args, apr_itoa(p, add_order->nelts));
-    for (i = 0; i < add_order->nelts; i++) {
-        const char *id = APR_ARRAY_IDX(add_order, i, const char *);
-        apr_array_header_t *members = apr_hash_get(adds, id, APR_HASH_KEY_STRING);
-        int j;
-
-        PUSH_ARG(args, id);
-        PUSH_ARG(args, apr_itoa(p, members->nelts));
-        for (j = 0; j < members->nelts; j++) {
-            PUSH_ARG(args, APR_ARRAY_IDX(members, j, const char *));
-        }
-    }
+    push_groups(args, groups, order, p);
+    push_groups(args, adds, add_order, p);
     if (with_usage) {
+        /* the sums so far join this batch's (copied: st->usage is emptied) */
         for (hi = apr_hash_first(p, st->usage); hi; hi = apr_hash_next(hi)) {
             const usage_entry *e = apr_hash_this_val(hi);
-            usage_entry *n = apr_pcalloc(p, sizeof(*n));
 
-            /* copied: st->usage is emptied below */
-            *n = *e;
-            n->id = apr_pstrdup(p, e->id);
-            n->c.model = apr_pstrdup(p, e->c.model);
-            {
-                const char *k = apr_pstrcat(p, n->id, " ", n->c.model, NULL);
-                usage_entry *have = apr_hash_get(now_usage, k, APR_HASH_KEY_STRING);
-
-                if (have) {
-                    have->c.input += n->c.input;
-                    have->c.output += n->c.output;
-                    have->c.cache_create += n->c.cache_create;
-                    have->c.cache_read += n->c.cache_read;
-                    have->requests += n->requests;
-                }
-                else {
-                    apr_hash_set(now_usage, k, APR_HASH_KEY_STRING, n);
-                }
-            }
+            usage_sum(now_usage, p, e->id, &e->c, e->requests);
         }
         apr_pool_clear(st->usage_pool);
         st->usage = apr_hash_make(st->usage_pool);
@@ -823,6 +803,11 @@ static void lead(relay_lease_store *st, int keeper, int drain)
             urgent |= op->urgent;
         }
         if (urgent || st->usage_due || drain) {
+            if (keeper && !st->stopping && apr_time_now() >= st->renew_due) {
+                /* still leading; the keeper renews, then goes on */
+                st->keeper_leads = 1;
+                return;
+            }
             if (keeper) {
                 continue;
             }
@@ -865,11 +850,6 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
 
     memset(res, 0, sizeof(*res));
     *lease_out = NULL;
-    if ((rv = apr_thread_cond_create(&op->cond, p)) != APR_SUCCESS) {
-        res->code = RELAY_ADMIT_ERROR;
-        res->error = "cannot create a condition variable";
-        return res->code;
-    }
     op->admit = 1;
     op->hash = hash;
     op->p = p;
@@ -924,6 +904,12 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     }
 
     /* join the queue; lead a batch if nobody does, else wait for one */
+    if ((rv = apr_thread_cond_create(&op->cond, p)) != APR_SUCCESS) {
+        apr_thread_mutex_unlock(st->lock);
+        res->code = RELAY_ADMIT_ERROR;
+        res->error = "cannot create a condition variable";
+        return res->code;
+    }
     APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
     if (!st->leading) {
         st->leading = 1;
@@ -1148,36 +1134,11 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
     next_usage = apr_time_now() + apr_time_from_msec(USAGE_EVERY_MS);
     apr_thread_mutex_lock(st->lock);
     for (;;) {
-        apr_time_t now, until;
+        apr_time_t now = apr_time_now(), until;
 
-        if (st->keeper_leads) {
-            st->keeper_leads = 0;
-            lead(st, 1, 0);
-            continue;
-        }
-        if (st->stopping) {
-            break;
-        }
-        now = apr_time_now();
-        if (now >= next_usage) {
-            next_usage = now + apr_time_from_msec(USAGE_EVERY_MS);
-            if (st->usage_pending) {
-                st->usage_pending = 0;
-                st->usage_due = 1;
-                if (!st->leading) {
-                    st->leading = 1;
-                    lead(st, 1, 0);
-                }
-            }
-            continue;
-        }
-        if (st->deferred_since && !st->leading &&
-            now >= st->deferred_since + apr_time_from_msec(DEFER_MS)) {
-            st->leading = 1;
-            lead(st, 1, 1);
-            continue;
-        }
-        if (now >= next_renewal) {
+        /* renewal first: a steady stream of releases must not starve it */
+        st->renew_due = next_renewal;
+        if (now >= next_renewal && !st->stopping) {
             next_renewal = now + every;
             if (st->live > 0) {
                 relay_lease *l;
@@ -1203,6 +1164,32 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
                 }
                 apr_thread_mutex_lock(st->lock);
             }
+            continue;
+        }
+        if (st->keeper_leads) {
+            st->keeper_leads = 0;
+            lead(st, 1, 0);
+            continue;
+        }
+        if (st->stopping) {
+            break;
+        }
+        if (now >= next_usage) {
+            next_usage = now + apr_time_from_msec(USAGE_EVERY_MS);
+            if (st->usage_pending) {
+                st->usage_pending = 0;
+                st->usage_due = 1;
+                if (!st->leading) {
+                    st->leading = 1;
+                    lead(st, 1, 0);
+                }
+            }
+            continue;
+        }
+        if (st->deferred_since && !st->leading &&
+            now >= st->deferred_since + apr_time_from_msec(DEFER_MS)) {
+            st->leading = 1;
+            lead(st, 1, 1);
             continue;
         }
         until = next_renewal < next_usage ? next_renewal : next_usage;

@@ -17,7 +17,7 @@ use Apache::TestRequest ();
 our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
-                 free_port mock_port start_httpd stop_httpd httpd_children lease_pids);
+                 free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until);
 
 my $json = JSON::PP->new->canonical;
 
@@ -57,6 +57,23 @@ sub lease_pids {
         $by{$1}++ if $m =~ /^[0-9a-f]+-(\d+)-\d+$/;
     }
     return %by;
+}
+
+# Read from a socket until a pattern shows up (or the timeout); what was read.
+sub read_until {
+    my ($s, $re, $timeout) = @_;
+    my $buf = '';
+    my $end = time + $timeout;
+    while (time < $end) {
+        my $rin = '';
+        vec($rin, fileno($s), 1) = 1;
+        next unless select(my $rout = $rin, undef, undef, 0.1);
+        my $n = sysread($s, my $chunk, 65536);
+        last unless $n;
+        $buf .= $chunk;
+        return $buf if $buf =~ $re;
+    }
+    return $buf;
 }
 
 # Run the relay-keys tool; returns (exit code, stdout).

@@ -18,23 +18,6 @@ my $lease = 3;
 my @cleanup;
 END { local $?; $_->() for reverse @cleanup }
 
-# read a raw response until a pattern (or the timeout)
-sub read_until {
-    my ($s, $re, $timeout) = @_;
-    my $buf = '';
-    my $end = time + $timeout;
-    while (time < $end) {
-        my $rin = '';
-        vec($rin, fileno($s), 1) = 1;
-        next unless select(my $rout = $rin, undef, undef, 0.1);
-        my $n = sysread($s, my $chunk, 65536);
-        last unless $n;
-        $buf .= $chunk;
-        return $buf if $buf =~ $re;
-    }
-    return $buf;
-}
-
 # live leases of a key, grouped by the pid written into each member
 # ---- 1. a Redis that accepts connections and never answers ----------------
 my $hole = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0, Listen => 128,

@@ -14,23 +14,6 @@ my $stream = '{"model":"claude-sonnet-4-20250514","max_tokens":64,"stream":true,
            . '"messages":[{"role":"user","content":"hi"}]}';
 my $lease_seconds = 3;    # RelayLeaseSeconds in t/conf/extra.conf.in
 
-# Read from a socket until a pattern shows up (or a timeout).
-sub read_until {
-    my ($s, $re, $timeout) = @_;
-    my $buf = '';
-    my $end = time + $timeout;
-    while (time < $end) {
-        my $rin = '';
-        vec($rin, fileno($s), 1) = 1;
-        next unless select(my $rout = $rin, undef, undef, 0.1);
-        my $n = sysread($s, my $chunk, 65536);
-        last unless $n;
-        $buf .= $chunk;
-        return $buf if $buf =~ $re;
-    }
-    return $buf;
-}
-
 # 1. a client that hangs up part-way through a slow SSE stream
 my $k = make_key(name => 'hang-up', limit => 1);
 my $s = raw_request('POST', '/api/v1/messages', $stream, 'x-api-key' => $k->{apiKey},
