@@ -500,7 +500,6 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
             sc->store = store;
             continue;
         }
-        /* one connection per worker thread, one for the keeper */
         /*
          * A connection is held only for one round trip, so a few serve many
          * threads; a cap keeps a burst from opening thousands at once.

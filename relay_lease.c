@@ -188,7 +188,8 @@ static const char batch_lua[] =
 
 /*
  * Renew: push the expiry of live leases forward. ZADD XX never re-adds a
- * lease that was already given back or lost, so nothing is counted twice.
+ * lease that was already given back or lost, so nothing is counted twice;
+ * the reply lists the positions of the leases that were not there.
  * The sets carry no TTL (a TTL could drop a live lease of another child);
  * expired leases are swept here and on one admission in sixteen.
  * KEYS[i] concurrency:{id}  ARGV[1] lease ms  ARGV[i+1] member of KEYS[i]
@@ -198,10 +199,10 @@ static const char renew_lua[] =
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local score = string.format('%.0f', now + tonumber(ARGV[1]))\n"
     "local stamp = string.format('%.0f', now)\n"
-    "local renewed, swept = 0, {}\n"
+    "local missing, swept = {}, {}\n"
     "for i, key in ipairs(KEYS) do\n"
     "  local r = redis.pcall('ZADD', key, 'XX', 'CH', score, ARGV[i + 1])\n"
-    "  if type(r) == 'number' then renewed = renewed + 1 end\n"
+    "  if r == 0 then missing[#missing + 1] = i end\n"
     "end\n"
     /* then sweep each set once: a killed child's leases go once they expire */
     "for i, key in ipairs(KEYS) do\n"
@@ -210,7 +211,7 @@ static const char renew_lua[] =
     "    redis.pcall('ZREMRANGEBYSCORE', key, '-inf', stamp)\n"
     "  end\n"
     "end\n"
-    "return renewed\n";
+    "return missing\n";
 
 static relay_script batch_script, renew_script;
 static apr_uint32_t scripts_ready;
@@ -1079,7 +1080,10 @@ int relay_lease_live_count(relay_lease_store *st)
     return n;
 }
 
-/* Renew a snapshot of live leases in batches; returns the first error or NULL. */
+/*
+ * Renew a snapshot of live leases in batches; returns the first error or
+ * NULL. The members Redis no longer had are set to NULL in members[].
+ */
 static const char *renew_snapshot(relay_lease_store *st, const char **keys, const char **members,
                                   int n, apr_pool_t *p)
 {
@@ -1103,11 +1107,58 @@ static const char *renew_snapshot(relay_lease_store *st, const char **keys, cons
         if (!rep) {
             break;
         }
+        if (rep->type == REDIS_REPLY_ARRAY) {
+            size_t j;
+
+            for (j = 0; j < rep->elements; j++) {
+                long long at = rep->element[j]->integer;
+
+                if (rep->element[j]->type == REDIS_REPLY_INTEGER && at >= 1 && at <= k) {
+                    members[off + at - 1] = NULL;
+                }
+            }
+        }
         freeReplyObject(rep);
         off += k;
     }
     relay_redis_release(st->redis, c);
     return off < n ? err : NULL;
+}
+
+/*
+ * After a renewal: a lease Redis no longer had while its request still runs
+ * expired (the keeper was held up past the lease) or was lost with Redis's
+ * data. Its slot is no longer counted, so the admin hears of it (lock held).
+ */
+static void report_lost(relay_lease_store *st, const char **keys, const char **members,
+                        const char **was, int n, apr_pool_t *p)
+{
+    const char *first = NULL;
+    int i, lost = 0;
+
+    for (i = 0; i < n; i++) {
+        relay_lease *l;
+
+        if (members[i]) {
+            continue;
+        }
+        for (l = APR_RING_FIRST(&st->ring); l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
+             l = APR_RING_NEXT(l, link)) {
+            if (!l->add_op && strcmp(l->member, was[i]) == 0) {
+                lost++;
+                first = first ? first : keys[i];
+                break;
+            }
+        }
+    }
+    if (lost && st->log) {
+        st->log(st->log_baton, LEASE_LOG_WARNING,
+                apr_psprintf(p, "%d lease(s) of running requests were gone from Redis when "
+                                "renewed (first: %s), so those requests no longer count "
+                                "against their limit; RelayLeaseSeconds %d may be too short "
+                                "for this load, or Redis lost its data",
+                             lost, first, (int)(st->lease_ms / 1000)));
+    }
 }
 
 /*
@@ -1142,17 +1193,21 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
             next_renewal = now + every;
             if (st->live > 0) {
                 relay_lease *l;
-                const char **keys, **members, *err;
+                const char **keys, **members, **was, *err;
                 int n = 0;
 
                 apr_pool_clear(p);
                 keys = apr_palloc(p, sizeof(*keys) * st->live);
                 members = apr_palloc(p, sizeof(*members) * st->live);
+                was = apr_palloc(p, sizeof(*was) * st->live);
                 for (l = APR_RING_FIRST(&st->ring);
                      l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
                      l = APR_RING_NEXT(l, link)) {
+                    if (l->add_op) {
+                        continue;    /* not in Redis yet; its add sets the expiry */
+                    }
                     keys[n] = apr_pstrdup(p, l->conc_key);
-                    members[n] = apr_pstrdup(p, l->member);
+                    members[n] = was[n] = apr_pstrdup(p, l->member);
                     n++;
                 }
                 apr_thread_mutex_unlock(st->lock);
@@ -1163,6 +1218,7 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
                                             "answers again soon: %s", n, err));
                 }
                 apr_thread_mutex_lock(st->lock);
+                report_lost(st, keys, members, was, n, p);
             }
             continue;
         }

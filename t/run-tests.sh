@@ -133,8 +133,10 @@ if [ $rc -ne 0 ]; then
     tail -n 60 "$stage/t/logs/error_log" 2>/dev/null || true
     # repeat what failed at the very end, where a truncated CI log still shows it
     echo "---- what failed ----"
-    grep -E '^(not ok|# +Failed test|# +at |# +(got|expected):|t/.*\.t +\(Wstat|  Failed test|  Non-zero|  Parse errors|Bailout|.*Dubious)' \
-        "$stage/run/summary.log" | head -n 20 || true
+    # the harness prints a test's first diagnostic line after its progress
+    # dots, so diagnostics are matched anywhere on a line
+    grep -E '(^not ok|#  +Failed test|^# |t/.*\.t +\(Wstat|  Failed test|  Non-zero|  Parse errors|Bailout|Dubious)' \
+        "$stage/run/summary.log" | head -n 80 || true
     sed -n '/^Test Summary Report/,/^Files=/p' "$stage/run/summary.log" | head -n 40 || true
 fi
 # one closing line: how many checks passed and failed

@@ -17,11 +17,18 @@ use Apache::TestRequest ();
 our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
-                 free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until);
+                 free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until
+                 slurp error_log);
 
 my $json = JSON::PP->new->canonical;
 
 sub json_decode { my $t = shift; return eval { $json->decode($t) } }
+
+# A whole file, or '' when it cannot be read.
+sub slurp { open my $f, '<', shift or return ''; local $/; my $t = <$f>; close $f; $t // '' }
+
+# The test httpd's error log so far.
+sub error_log { return slurp(Apache::Test::config()->{vars}{t_logs} . '/error_log') }
 
 # Run redis-cli against the test Redis; returns the output without the last newline.
 sub redis {

@@ -10,7 +10,7 @@ use IO::Socket::INET ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
-plan tests => 27, need_module 'claude_relay', 'relay_mock';
+plan tests => 28, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 my $stream = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"stream":true,"messages":[]}';
@@ -64,6 +64,8 @@ redis('HSET', "apikey:$k->{id}", %fields);
 redis('HSET', 'apikey:hash_map', $hash, $k->{id});
 sleep 1.5;    # more than one renewal interval
 is(redis('ZCARD', "concurrency:$k->{id}"), 0, 'renewal does not bring a flushed lease back');
+like(error_log(), qr/gone from Redis when renewed \(first: concurrency:\Q$k->{id}\E\)/,
+     'the error log says the running stream\'s lease was gone when renewed');
 is(http_post('/api/v1/messages', $msg, 'x-api-key' => $k->{apiKey})->code, 200,
    'after FLUSHALL (scripts gone too) the key is admitted again');
 my $done = read_until($s, qr/message_stop/, 10);

@@ -93,9 +93,11 @@ ok($count{aborted} > 0, "clients hung up mid-stream ($count{aborted})");
 is($count{failed}, 0, 'every request ended admitted or 429: none failed');
 # In flight at the upstream: from the mock's start to its end. A client that
 # hangs up makes the relay close the upstream connection before it gives the
-# slot back; the mock notices a moment later, so for those requests the end
-# is the earlier of the mock's end and the relay's own end (logged before the
-# slot is released).
+# slot back; the mock notices a moment later (or, when its last writes still
+# fit in the socket, not at all), so a request's end is the earlier of the
+# mock's end and the relay's own end (logged before the slot is released).
+# A request the mock finished ends at the mock's end: the mock logs it before
+# the bytes that let the relay finish.
 my %relay_end;
 my $cfg = Apache::Test::config();
 wait_until(3, sub { -s "$cfg->{vars}{t_logs}/relay_end_log" });
@@ -106,17 +108,30 @@ my (%start, @events);
 for my $e (mock_entries()) {
     next unless ($e->{tag} // '') =~ /^flood-/;
     my $t = $e->{time};
-    if ($e->{event} eq 'end' && $e->{aborted} && defined $relay_end{$e->{tag}}) {
+    if ($e->{event} eq 'end' && defined $relay_end{$e->{tag}}) {
         $t = $relay_end{$e->{tag}} if $relay_end{$e->{tag}} < $t;
     }
-    push @events, [$t, $e->{event} eq 'start' ? 1 : -1];
+    push @events, [$t, $e->{event} eq 'start' ? 1 : -1, $e->{tag}, $e->{aborted}, $e->{time}];
 }
-my ($n, $peak) = (0, 0);
-for my $ev (sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @events) {
-    $n += $ev->[1];
+my ($n, $peak, $over) = (0, 0);
+@events = sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] } @events;
+for my $i (0 .. $#events) {
+    $n += $events[$i][1];
     $peak = $n if $n > $peak;
+    $over //= $i if $n > 10;
 }
 ok($peak <= 10 && $peak > 0, "the upstream never saw more than 10 in flight (peak $peak)");
+if (defined $over) {
+    # what led to the excess: each request's start and end around it
+    my $from = $over > 24 ? $over - 24 : 0;
+    for my $ev (@events[$from .. $over]) {
+        my ($t, $d, $tag, $aborted, $mock_t) = @$ev;
+        diag(sprintf '%.6f %s %s%s', $t, $d > 0 ? 'start' : 'end  ', $tag,
+             $d > 0 ? '' : sprintf(' (mock end %.6f%s)', $mock_t, $aborted ? ', aborted' : ''));
+    }
+    # a lease that expired while its request ran is reported by the relay
+    diag($_) for grep { /gone from Redis when renewed|cannot renew/ } split /\n/, error_log();
+}
 ok(defined wait_until(5, sub { leases($k->{id}) == 0 }), 'afterwards no live lease is left');
 ok(defined wait_until(5, sub { redis('ZCARD', "concurrency:$k->{id}") == 0 }),
    'and concurrency:{id} is empty');

@@ -15,7 +15,6 @@ my $k = make_key(name => 'log check', limit => 1);
 http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey});
 http_post('/api/v1/messages', '{}', 'x-api-key' => 'cr_' . ('f' x 64));
 
-sub slurp { open my $f, '<', shift or return ''; local $/; my $t = <$f>; close $f; $t // '' }
 
 my $re = qr/cr_[0-9a-f]{64}/;
 my $error_log = slurp("$logs/error_log");
