@@ -30,6 +30,11 @@
 #define BATCH_MAX 256
 /* how long the release of a lease without any limit may wait for a batch */
 #define DEFER_MS 100
+/*
+ * how long the release of a lease admitted with its key at half its limit or
+ * less may wait to ride on the next batch (an admission usually comes sooner)
+ */
+#define RIDE_US 2000
 /* how often counted usage without a token limit is written */
 #define USAGE_EVERY_MS 1000
 
@@ -226,6 +231,7 @@ struct relay_lease {
     int released;                      /* given back already */
     struct lease_op *add_op;           /* its add, while still queued */
     int limited;                       /* its key had a concurrency limit */
+    int roomy;                         /* admitted at half that limit or less */
     int token_limited;                 /* its key had a token limit */
 };
 
@@ -255,6 +261,7 @@ struct lease_op {
     /* release */
     relay_usage_counts usage;          /* model copied into the same block */
     int urgent;                        /* a limit waits for it: send now */
+    int soon;                          /* a limit with room: send within RIDE_US */
     int add;                           /* adds the lease of a locally admitted request */
     relay_lease *lease;                /* for an add: its lease, while queued */
     unsigned long epoch;               /* admission: st->epoch when sent */
@@ -277,6 +284,7 @@ struct relay_lease_store {
     int keeper_leads;                  /* the keeper is asked to send the queued releases */
     apr_time_t renew_due;              /* when the keeper renews next */
     apr_time_t deferred_since;         /* releases without a limit wait since, or 0 */
+    apr_time_t soon_since;             /* releases of limits with room wait since, or 0 */
     int usage_pending;                 /* usage was counted since the last write */
     int usage_due;                     /* the next batch writes the counted usage */
     apr_pool_t *batch_pool;            /* scratch of the leading thread */
@@ -748,11 +756,12 @@ static void lead(relay_lease_store *st, int keeper, int drain)
     for (;;) {
         struct op_ring batch;
         lease_op *op;
-        int n = 0, with_usage, urgent = 0, failed;
+        int n = 0, with_usage, urgent = 0, soon = 0, failed;
 
         if (APR_RING_EMPTY(&st->queue, lease_op, link) && !st->usage_due) {
             st->leading = 0;
             st->deferred_since = 0;
+            st->soon_since = 0;
             return;
         }
         /* take the queue, up to a bound that keeps a script call short */
@@ -771,6 +780,7 @@ static void lead(relay_lease_store *st, int keeper, int drain)
         }
         if (APR_RING_EMPTY(&st->queue, lease_op, link)) {
             st->deferred_since = 0;
+            st->soon_since = 0;
         }
         with_usage = st->usage_due;
         st->usage_due = 0;
@@ -802,6 +812,7 @@ static void lead(relay_lease_store *st, int keeper, int drain)
                 return;
             }
             urgent |= op->urgent;
+            soon |= op->soon;
         }
         if (urgent || st->usage_due || drain) {
             if (keeper && !st->stopping && apr_time_now() >= st->renew_due) {
@@ -816,8 +827,12 @@ static void lead(relay_lease_store *st, int keeper, int drain)
             apr_thread_cond_signal(st->wake);
             return;
         }
-        /* only releases no limit waits for: they ride on a later batch */
+        /* only releases no limit waits for yet: they ride on a later batch */
         st->leading = 0;
+        if (soon && !st->soon_since) {
+            st->soon_since = apr_time_now();
+            apr_thread_cond_signal(st->wake);
+        }
         if (!st->deferred_since) {
             st->deferred_since = apr_time_now();
             apr_thread_cond_signal(st->wake);
@@ -948,6 +963,7 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         lease->conc_key = apr_pstrcat(p, "concurrency:", op->found_id, NULL);
         lease->member = op->member;
         lease->limited = op->limit > 0;
+        lease->roomy = lease->limited && op->current * 2 <= op->limit;
         lease->token_limited = op->token_limited;
         apr_thread_mutex_lock(st->lock);
         /* no limit of any kind, and nothing changed since Redis said so: cache */
@@ -1033,12 +1049,19 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
         }
     }
 
-    op->urgent = lease->limited || lease->token_limited;
+    /*
+     * A token limit needs its usage now, and a concurrency limit its slot,
+     * unless the key had room to spare: then the release rides on the next
+     * admission, within RIDE_US, sparing a call of its own.
+     */
+    op->urgent = (lease->limited && !lease->roomy) || lease->token_limited;
+    op->soon = lease->limited && !op->urgent;
     op->token_limited = lease->token_limited;
 
     /*
      * Queue it. A limit waits for it: if no batch is under way the keeper
-     * sends it now. Otherwise it rides on the next batch, within DEFER_MS.
+     * sends it now. Otherwise it rides on the next batch, within RIDE_US or
+     * DEFER_MS.
      */
     apr_thread_mutex_lock(st->lock);
     APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
@@ -1049,6 +1072,10 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
         if (op->urgent) {
             st->leading = 1;
             st->keeper_leads = 1;
+            apr_thread_cond_signal(st->wake);
+        }
+        else if (op->soon && !st->soon_since) {
+            st->soon_since = apr_time_now();
             apr_thread_cond_signal(st->wake);
         }
         else if (!st->deferred_since) {
@@ -1163,7 +1190,8 @@ static void report_lost(relay_lease_store *st, const char **keys, const char **m
 
 /*
  * The keeper: sends the releases a limit waits for when no batch is under
- * way, the others within DEFER_MS, the summed usage every USAGE_EVERY_MS,
+ * way, those of limits with room within RIDE_US, the others within
+ * DEFER_MS, the summed usage every USAGE_EVERY_MS,
  * and every third of a lease renews all live leases of this child in one
  * call.
  */
@@ -1242,8 +1270,9 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
             }
             continue;
         }
-        if (st->deferred_since && !st->leading &&
-            now >= st->deferred_since + apr_time_from_msec(DEFER_MS)) {
+        if (!st->leading &&
+            ((st->deferred_since && now >= st->deferred_since + apr_time_from_msec(DEFER_MS)) ||
+             (st->soon_since && now >= st->soon_since + RIDE_US))) {
             st->leading = 1;
             lead(st, 1, 1);
             continue;
@@ -1251,6 +1280,9 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
         until = next_renewal < next_usage ? next_renewal : next_usage;
         if (st->deferred_since && st->deferred_since + apr_time_from_msec(DEFER_MS) < until) {
             until = st->deferred_since + apr_time_from_msec(DEFER_MS);
+        }
+        if (st->soon_since && st->soon_since + RIDE_US < until) {
+            until = st->soon_since + RIDE_US;
         }
         apr_thread_cond_timedwait(st->wake, st->lock, until > now ? until - now : 1);
     }
