@@ -285,6 +285,8 @@ struct relay_lease_store {
     apr_time_t renew_due;              /* when the keeper renews next */
     apr_time_t deferred_since;         /* releases without a limit wait since, or 0 */
     apr_time_t soon_since;             /* releases of limits with room wait since, or 0 */
+    apr_time_t soon_seen;              /* when such a release was last queued */
+    apr_time_t keeper_wakes;           /* when the sleeping keeper wakes by itself */
     int usage_pending;                 /* usage was counted since the last write */
     int usage_due;                     /* the next batch writes the counted usage */
     apr_pool_t *batch_pool;            /* scratch of the leading thread */
@@ -745,6 +747,24 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
 }
 
 /*
+ * A release of a limit with room was queued (lock held): it goes within
+ * RIDE_US. While such releases keep coming the keeper wakes every RIDE_US
+ * anyway, so it is woken only when it sleeps longer than that.
+ */
+static void soon_queued(relay_lease_store *st)
+{
+    apr_time_t now = apr_time_now();
+
+    st->soon_seen = now;
+    if (!st->soon_since) {
+        st->soon_since = now;
+        if (st->keeper_wakes > now + RIDE_US) {
+            apr_thread_cond_signal(st->wake);
+        }
+    }
+}
+
+/*
  * Send batches while this thread leads. Called with the lock held and
  * st->leading set; returns with the lock held. After its first batch a
  * request thread hands on: to the first waiting admission, or to the keeper
@@ -829,9 +849,8 @@ static void lead(relay_lease_store *st, int keeper, int drain)
         }
         /* only releases no limit waits for yet: they ride on a later batch */
         st->leading = 0;
-        if (soon && !st->soon_since) {
-            st->soon_since = apr_time_now();
-            apr_thread_cond_signal(st->wake);
+        if (soon) {
+            soon_queued(st);
         }
         if (!st->deferred_since) {
             st->deferred_since = apr_time_now();
@@ -1074,9 +1093,8 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
             st->keeper_leads = 1;
             apr_thread_cond_signal(st->wake);
         }
-        else if (op->soon && !st->soon_since) {
-            st->soon_since = apr_time_now();
-            apr_thread_cond_signal(st->wake);
+        else if (op->soon) {
+            soon_queued(st);
         }
         else if (!st->deferred_since) {
             st->deferred_since = apr_time_now();
@@ -1284,6 +1302,11 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
         if (st->soon_since && st->soon_since + RIDE_US < until) {
             until = st->soon_since + RIDE_US;
         }
+        /* such releases came lately: tick, so that the next need not wake us */
+        if (now < st->soon_seen + apr_time_from_msec(DEFER_MS) && now + RIDE_US < until) {
+            until = now + RIDE_US;
+        }
+        st->keeper_wakes = until;
         apr_thread_cond_timedwait(st->wake, st->lock, until > now ? until - now : 1);
     }
     /* the child is going: send what is queued and the usage counted so far */
