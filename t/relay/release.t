@@ -1,6 +1,7 @@
 # A slot is always given back: client hang-up mid-stream, upstream down,
-# streams longer than a lease keep exactly one slot, and a killed child's
-# leases expire by themselves.
+# streams longer than a lease keep exactly one slot, a killed child's
+# leases expire by themselves, and a key far below its limit gets its slots
+# back without waiting for a later request.
 use strict;
 use warnings FATAL => 'all';
 use Apache::Test qw(-withtestmore);
@@ -8,7 +9,7 @@ use Apache::TestUtil qw(t_cmp);
 use RelayTest;
 use Time::HiRes qw(time sleep);
 
-plan tests => 13, need_module 'claude_relay', 'relay_mock';
+plan tests => 14, need_module 'claude_relay', 'relay_mock';
 
 my $stream = '{"model":"claude-sonnet-4-20250514","max_tokens":64,"stream":true,'
            . '"messages":[{"role":"user","content":"hi"}]}';
@@ -67,3 +68,16 @@ ok defined $t, 'the killed child\'s lease expired by itself within the lease len
 ok defined wait_until(10, sub {
     http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey})->code == 200 }),
    'the key is usable again';
+
+# 5. a key far below its limit: the release rides on the child's next call,
+# or goes by itself within moments when no call comes. Nothing else carries
+# it sooner than the usage write once a second, so eight releases in a row
+# that arrive within half a second each show the keeper sent them.
+my $roomy = make_key(name => 'room to spare', limit => 10);
+my ($ok, $back) = (0, 0);
+for (1 .. 8) {
+    $ok++ if http_post('/api/v1/messages', '{}', 'x-api-key' => $roomy->{apiKey})->code == 200;
+    $back++ if defined wait_until(0.5, sub { redis('ZCARD', "concurrency:$roomy->{id}") == 0 });
+}
+is("$ok/$back", '8/8', 'a key with room to spare: each of 8 requests was admitted and its slot '
+   . 'was back in Redis within 0.5 s, with no later request to carry it');
