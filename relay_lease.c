@@ -1171,29 +1171,38 @@ static const char *renew_snapshot(relay_lease_store *st, const char **keys, cons
 }
 
 /*
- * After a renewal: a lease Redis no longer had while its request still runs
- * expired (the keeper was held up past the lease) or was lost with Redis's
- * data. Its slot is no longer counted, so the admin hears of it (lock held).
+ * After a renewal: a lease of a concurrency limit that Redis no longer had
+ * while its request still runs expired (the keeper was held up past the
+ * lease) or was lost with Redis's data. Its slot is no longer counted, so
+ * the admin hears of it (lock held). Only those leases count: they reach
+ * Redis with their admission, before the request runs.
  */
 static void report_lost(relay_lease_store *st, const char **keys, const char **members,
                         const char **was, int n, apr_pool_t *p)
 {
     const char *first = NULL;
+    apr_hash_t *running = NULL;
     int i, lost = 0;
 
     for (i = 0; i < n; i++) {
-        relay_lease *l;
-
         if (members[i]) {
             continue;
         }
-        for (l = APR_RING_FIRST(&st->ring); l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
-             l = APR_RING_NEXT(l, link)) {
-            if (!l->add_op && strcmp(l->member, was[i]) == 0) {
-                lost++;
-                first = first ? first : keys[i];
-                break;
+        if (!running) {
+            relay_lease *l;
+
+            running = apr_hash_make(p);
+            for (l = APR_RING_FIRST(&st->ring);
+                 l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
+                 l = APR_RING_NEXT(l, link)) {
+                if (l->limited) {
+                    apr_hash_set(running, l->member, APR_HASH_KEY_STRING, l);
+                }
             }
+        }
+        if (apr_hash_get(running, was[i], APR_HASH_KEY_STRING)) {
+            lost++;
+            first = first ? first : keys[i];
         }
     }
     if (lost && st->log) {
