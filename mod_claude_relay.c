@@ -439,6 +439,18 @@ static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
                          v->server_hostname ? v->server_hostname : "(main)");
             return HTTP_INTERNAL_SERVER_ERROR;
         }
+        if (sc->redis.sentinel_username && !sc->redis.sentinel_password) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
+                         "RelayRedisSentinelUsername: needs RelayRedisSentinelPassword as well "
+                         "(server %s)", v->server_hostname ? v->server_hostname : "(main)");
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
+        if (sc->redis.sentinel_password && sc->redis.nsentinels == 0) {
+            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
+                         "RelayRedisSentinelPassword: there is no RelayRedisSentinel to use it "
+                         "with (server %s)", v->server_hostname ? v->server_hostname : "(main)");
+            return HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
     return OK;
 }
@@ -461,11 +473,13 @@ static const char *target_signature(const relay_server_conf *sc, int lease, apr_
         sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
                                  t->sentinels[i].port);
     }
-    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%d|%d|%d|%d", t->unix_path ? t->unix_path : "",
-                        t->host ? t->host : "", t->port, sentinels,
-                        t->master_name ? t->master_name : "", t->username ? t->username : "",
-                        t->password ? t->password : "", t->database, t->timeout_ms, lease,
-                        sc->connections);
+    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d|%d|%d",
+                        t->unix_path ? t->unix_path : "", t->host ? t->host : "", t->port,
+                        sentinels, t->master_name ? t->master_name : "",
+                        t->sentinel_username ? t->sentinel_username : "",
+                        t->sentinel_password ? t->sentinel_password : "",
+                        t->username ? t->username : "", t->password ? t->password : "",
+                        t->database, t->timeout_ms, lease, sc->connections);
 }
 
 /*

@@ -60,6 +60,12 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->password_set = add->password_set || base->password_set;
     sc->redis.username = add->username_set ? add->redis.username : base->redis.username;
     sc->username_set = add->username_set || base->username_set;
+    sc->redis.sentinel_password = add->sentinel_password_set ? add->redis.sentinel_password
+                                                             : base->redis.sentinel_password;
+    sc->sentinel_password_set = add->sentinel_password_set || base->sentinel_password_set;
+    sc->redis.sentinel_username = add->sentinel_username_set ? add->redis.sentinel_username
+                                                             : base->redis.sentinel_username;
+    sc->sentinel_username_set = add->sentinel_username_set || base->sentinel_username_set;
     sc->redis.database = add->database_set ? add->redis.database : base->redis.database;
     sc->database_set = add->database_set || base->database_set;
     sc->redis.timeout_ms = add->timeout_set ? add->redis.timeout_ms : base->redis.timeout_ms;
@@ -310,17 +316,33 @@ static const char *set_redis_password(cmd_parms *cmd, void *dummy, const char *a
     return resolve_secret(cmd, arg, &sc->redis.password);
 }
 
-/* RelayRedisUsername name */
+/* RelayRedisUsername name, RelayRedisSentinelUsername name */
 static const char *set_redis_username(cmd_parms *cmd, void *dummy, const char *arg)
 {
     relay_server_conf *sc = server_conf(cmd);
+    int sentinel = cmd->info != NULL;
     (void)dummy;
     if (*arg == '\0' || strpbrk(arg, " \t\r\n")) {
-        return "RelayRedisUsername: the user name must be one word";
+        return apr_psprintf(cmd->pool, "%s: the user name must be one word", cmd->cmd->name);
     }
-    sc->redis.username = arg;
-    sc->username_set = 1;
+    if (sentinel) {
+        sc->redis.sentinel_username = arg;
+        sc->sentinel_username_set = 1;
+    }
+    else {
+        sc->redis.username = arg;
+        sc->username_set = 1;
+    }
     return NULL;
+}
+
+/* RelayRedisSentinelPassword secret (also env:VAR, file:/path) */
+static const char *set_sentinel_password(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    sc->sentinel_password_set = 1;
+    return resolve_secret(cmd, arg, &sc->redis.sentinel_password);
 }
 
 /* RelayRedisDatabase N */
@@ -462,6 +484,10 @@ const command_rec relay_cmds[] = {
                   "Redis AUTH password (value, env:VAR or file:/path)"),
     AP_INIT_TAKE1("RelayRedisUsername", set_redis_username, NULL, RSRC_CONF,
                   "Redis ACL user name for AUTH"),
+    AP_INIT_TAKE1("RelayRedisSentinelPassword", set_sentinel_password, NULL, RSRC_CONF,
+                  "AUTH password of the sentinels (value, env:VAR or file:/path)"),
+    AP_INIT_TAKE1("RelayRedisSentinelUsername", set_redis_username, "sentinel", RSRC_CONF,
+                  "ACL user name for AUTH on the sentinels"),
     AP_INIT_TAKE1("RelayRedisDatabase", set_redis_database, NULL, RSRC_CONF,
                   "Redis database index to SELECT"),
     AP_INIT_TAKE1("RelayRedisTimeout", set_redis_timeout, NULL, RSRC_CONF,

@@ -37,6 +37,8 @@ typedef struct {
     int sentinel_set;           /* RelayRedisSentinel was given here */
     int password_set;           /* RelayRedisPassword was given here */
     int username_set;           /* RelayRedisUsername was given here */
+    int sentinel_password_set;  /* RelayRedisSentinelPassword was given here */
+    int sentinel_username_set;  /* RelayRedisSentinelUsername was given here */
     int database_set;           /* RelayRedisDatabase was given here */
     int timeout_set;            /* RelayRedisTimeout was given here */
     int connections;            /* RelayRedisConnections: pool size per child; RELAY_UNSET */

@@ -136,6 +136,30 @@ static redisContext *open_socket(const relay_redis_target *t, const char *host, 
     return ctx;
 }
 
+/* AUTH [user] password on a fresh connection; 0 on success, else -1 with *err. */
+static int send_auth(redisContext *ctx, const char *user, const char *password,
+                     const char *what, apr_pool_t *p, const char **err)
+{
+    redisReply *rep;
+    const char *e;
+
+    if (user) {
+        rep = redisCommand(ctx, "AUTH %s %s", user, password);
+    }
+    else {
+        rep = redisCommand(ctx, "AUTH %s", password);
+    }
+    if (!rep || (e = reply_error(rep, p)) != NULL) {
+        *err = apr_psprintf(p, "%s refused AUTH: %s", what, rep ? e : ctx->errstr);
+        if (rep) {
+            freeReplyObject(rep);
+        }
+        return -1;
+    }
+    freeReplyObject(rep);
+    return 0;
+}
+
 /* AUTH and SELECT on a fresh data connection; 0 on success, else -1 with *err. */
 static int auth_and_select(redisContext *ctx, const relay_redis_target *t, const char *what,
                            apr_pool_t *p, const char **err)
@@ -143,21 +167,8 @@ static int auth_and_select(redisContext *ctx, const relay_redis_target *t, const
     redisReply *rep;
     const char *e;
 
-    if (t->password) {
-        if (t->username) {
-            rep = redisCommand(ctx, "AUTH %s %s", t->username, t->password);
-        }
-        else {
-            rep = redisCommand(ctx, "AUTH %s", t->password);
-        }
-        if (!rep || (e = reply_error(rep, p)) != NULL) {
-            *err = apr_psprintf(p, "%s refused AUTH: %s", what, rep ? e : ctx->errstr);
-            if (rep) {
-                freeReplyObject(rep);
-            }
-            return -1;
-        }
-        freeReplyObject(rep);
+    if (t->password && send_auth(ctx, t->username, t->password, what, p, err) < 0) {
+        return -1;
     }
     if (t->database > 0) {
         rep = redisCommand(ctx, "SELECT %d", t->database);
@@ -228,6 +239,11 @@ static int ask_sentinel(const relay_redis_target *t, const relay_redis_addr *s, 
     long v;
 
     if (!ctx) {
+        return -1;
+    }
+    if (t->sentinel_password &&
+        send_auth(ctx, t->sentinel_username, t->sentinel_password, what, p, why) < 0) {
+        redisFree(ctx);
         return -1;
     }
     rep = redisCommandArgv(ctx, 3, argv, lens);

@@ -29,6 +29,8 @@ typedef struct {
     const relay_redis_addr *sentinels; /* sentinels naming the master; NULL = use host/port */
     int nsentinels;         /* entries in sentinels; > 0 means host/port/unix_path are unused */
     const char *master_name; /* the name the sentinels monitor the master under */
+    const char *sentinel_username; /* ACL user for AUTH on the sentinels, or NULL */
+    const char *sentinel_password; /* AUTH password of the sentinels, or NULL */
 } relay_redis_target;
 
 /* A Lua script with its SHA1, so calls can use EVALSHA. */

@@ -1,7 +1,8 @@
 # RelayRedisSentinel: the relay finds the Redis master through three
 # sentinels, keeps the limit, rides out a failover by itself (the master
 # killed, a replica promoted), follows a master demoted under its pooled
-# connections (READONLY) to the new one (whose script cache is empty), and
+# connections (READONLY) to the new one (whose script cache is empty), asks
+# sentinels that require a password with RelayRedisSentinelPassword, and
 # refuses bad directive values at configtest.
 use strict;
 use warnings FATAL => 'all';
@@ -11,7 +12,7 @@ use LWP::UserAgent ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
-plan tests => 27, need_module 'claude_relay', 'relay_mock';
+plan tests => 33, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 my $dir = "$ENV{RELAY_TEST_STAGE}/run/sentinel";
@@ -88,19 +89,23 @@ my $mport = free_port();
 my $rport = free_port();
 start_redis('master', $mport);
 start_redis('replica', $rport, '--replicaof', '127.0.0.1', $mport);
+# Start a sentinel (daemonized) on a port, with these lines of sentinel.conf.
+sub start_sentinel {
+    my ($name, $port, $lines) = @_;
+    my $conf = "$dir/$name.conf";
+    open my $fh, '>', $conf or die $!;
+    print $fh "port $port\nbind 127.0.0.1\ndir $dir\nsentinel resolve-hostnames no\n$lines";
+    close $fh;
+    $pidfiles{$name} = "$dir/$name.pid";
+    system('redis-server', $conf, '--sentinel', '--daemonize', 'yes',
+           '--pidfile', $pidfiles{$name}, '--logfile', "$dir/$name.log") == 0
+        or die "cannot start $name";
+}
 my @sports = map { free_port() } 1 .. 3;
 for my $i (0 .. 2) {
-    my $conf = "$dir/sentinel$i.conf";
-    open my $fh, '>', $conf or die $!;
-    print $fh "port $sports[$i]\nbind 127.0.0.1\ndir $dir\nsentinel resolve-hostnames no\n"
-            . "sentinel monitor mymaster 127.0.0.1 $mport 2\n"
-            . "sentinel down-after-milliseconds mymaster 1000\n"
-            . "sentinel failover-timeout mymaster 5000\n";
-    close $fh;
-    $pidfiles{"sentinel$i"} = "$dir/sentinel$i.pid";
-    system('redis-server', $conf, '--sentinel', '--daemonize', 'yes',
-           '--pidfile', $pidfiles{"sentinel$i"}, '--logfile', "$dir/sentinel$i.log") == 0
-        or die "cannot start sentinel $i";
+    start_sentinel("sentinel$i", $sports[$i], "sentinel monitor mymaster 127.0.0.1 $mport 2\n"
+                   . "sentinel down-after-milliseconds mymaster 1000\n"
+                   . "sentinel failover-timeout mymaster 5000\n");
 }
 my $ready = wait_until(20, sub {
     rcli($rport, 'INFO', 'replication') =~ /master_link_status:up/ or return 0;
@@ -126,11 +131,15 @@ my $k = key_in_master('sentinel limit 2', 2);
 my $free = key_in_master('sentinel unlimited', 0);
 wait_until(5, sub { rcli($rport, 'EXISTS', "apikey:$k->{id}", "apikey:$free->{id}") eq '2' });
 
-$httpd = start_httpd(name => 'sentinel',
-                     redis => "RelayRedisSentinel 127.0.0.1:$sports[0],127.0.0.1:$sports[1],"
-                            . "127.0.0.1:$sports[2] mymaster\nRelayRedisTimeout 500",
-                     extra => "");
-$RelayTest::PORT = $httpd->{port};
+# (Re)start the relay under test with these sentinel directives; requests go to it.
+sub relay_via {
+    my ($name, $redis) = @_;
+    stop_httpd($httpd) if $httpd;
+    $httpd = start_httpd(name => $name, redis => "$redis\nRelayRedisTimeout 500", extra => "");
+    $RelayTest::PORT = $httpd->{port};
+}
+relay_via('sentinel', "RelayRedisSentinel 127.0.0.1:$sports[0],127.0.0.1:$sports[1],"
+                      . "127.0.0.1:$sports[2] mymaster");
 
 # --- 1. through the sentinels, the limit holds -----------------------------------
 $auth = $k->{apiKey};
@@ -236,9 +245,32 @@ ok defined wait_until(6, sub { rcli($mport, 'ZCARD', "concurrency:$k->{id}") eq 
 is(join(' ', map { sentinel_master($_) } @sports), join(' ', ("127.0.0.1:$mport") x 3),
    'all the while the sentinels agreed on the new master');
 
+# --- 5. a sentinel that requires a password --------------------------------------
+my $spw = 'sentinel-pw-' . join('', map { sprintf '%02x', int rand 256 } 1 .. 6);
+my $sport = free_port();
+start_sentinel('sentinel-auth', $sport,
+               "requirepass $spw\nsentinel monitor mymaster 127.0.0.1 $mport 1\n");
+like(rcli($sport, 'SENTINEL', 'get-master-addr-by-name', 'mymaster'), qr/NOAUTH/,
+     'the sentinel refuses anyone without its password');
+my $pwfile = "$dir/sentinel-pw";
+open my $pf, '>', $pwfile or die $!;
+print $pf "$spw\n";
+close $pf;
+chmod 0644, $pwfile;
+relay_via('sentinel-auth', "RelayRedisSentinel 127.0.0.1:$sport mymaster\n"
+                           . "RelayRedisSentinelPassword file:$pwfile");
+$auth = $free->{apiKey};
+is(post()->code, 200, 'with RelayRedisSentinelPassword the relay finds the master through it');
+my $auth_log = slurp("$httpd->{dir}/logs/error_log");
+ok($auth_log ne '' && index($auth_log, $spw) < 0, 'and its error log never shows the password');
+relay_via('sentinel-noauth', "RelayRedisSentinel 127.0.0.1:$sport mymaster");
+is(post()->code, 503, 'without the password: 503');
+like(slurp("$httpd->{dir}/logs/error_log"), qr/sentinel 127\.0\.0\.1:$sport refused AUTH|NOAUTH/,
+     'and the error log says the sentinel wants its password');
+
 $RelayTest::PORT = $saved_port;
 
-# --- 5. configtest ---------------------------------------------------------------
+# --- 6. configtest ---------------------------------------------------------------
 my $cdir = "$dir/configtest";
 mkdir $cdir;
 sub configtest {
@@ -262,6 +294,8 @@ for my $c (
     ['with RelayRedisServer', "RelayRedisServer 127.0.0.1:6379\nRelayRedisSentinel 127.0.0.1:1 m", 1,
      qr/RelayRedisSentinel: cannot be combined with RelayRedisServer .*ambiguous/],
     ['good', "RelayRedisSentinel 127.0.0.1:1,[::1]:2 mymaster", 0, qr/Syntax OK/],
+    ['sentinel password without sentinels', "RelayRedisSentinelPassword pw", 1,
+     qr/RelayRedisSentinelPassword: there is no RelayRedisSentinel/],
     ['vhost sentinels over main server',
      "RelayRedisServer 127.0.0.1:6379\n<VirtualHost 127.0.0.1:1>\n"
      . "RelayRedisSentinel 127.0.0.1:1 mymaster\n</VirtualHost>", 0, qr/Syntax OK/],
