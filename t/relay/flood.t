@@ -104,7 +104,7 @@ wait_until(3, sub { -s "$cfg->{vars}{t_logs}/relay_end_log" });
 open my $rl, '<', "$cfg->{vars}{t_logs}/relay_end_log" or die $!;
 while (<$rl>) { $relay_end{$1} = $2 if /^(flood-\d+) (\d+\.\d+)$/ }
 close $rl;
-my (%start, @events);
+my @events;
 for my $e (mock_entries()) {
     next unless ($e->{tag} // '') =~ /^flood-/;
     my $t = $e->{time};

@@ -15,7 +15,6 @@ my $k = make_key(name => 'log check', limit => 1);
 http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey});
 http_post('/api/v1/messages', '{}', 'x-api-key' => 'cr_' . ('f' x 64));
 
-
 my $re = qr/cr_[0-9a-f]{64}/;
 my $error_log = slurp("$logs/error_log");
 ok($error_log ne '' && $error_log !~ $re, 'the error log holds no relay key');
