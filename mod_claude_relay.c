@@ -381,7 +381,13 @@ static int relay_check_access(request_rec *r)
 
     apr_table_setn(r->notes, "relay-key-id", res.id);
     apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
-    if (res.known) {
+    if (res.known && res.limit) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      RLOG "admitted key %s (limit %" APR_INT64_T_FMT ", unchanged in Redis) on "
+                           "the slot of its last request, lease %s",
+                      res.id, (apr_int64_t)res.limit, relay_lease_member(lease));
+    }
+    else if (res.known) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                       RLOG "admitted key %s (no limit, unchanged in Redis), lease %s", res.id,
                       relay_lease_member(lease));
@@ -473,13 +479,13 @@ static const char *target_signature(const relay_server_conf *sc, int lease, apr_
         sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
                                  t->sentinels[i].port);
     }
-    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d|%d|%d",
+    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d|%d|%d|%d",
                         t->unix_path ? t->unix_path : "", t->host ? t->host : "", t->port,
                         sentinels, t->master_name ? t->master_name : "",
                         t->sentinel_username ? t->sentinel_username : "",
                         t->sentinel_password ? t->sentinel_password : "",
                         t->username ? t->username : "", t->password ? t->password : "",
-                        t->database, t->timeout_ms, lease, sc->connections);
+                        t->database, t->timeout_ms, lease, sc->connections, relay_reuse_ms(sc));
 }
 
 /*
@@ -524,7 +530,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
         }
         rv = relay_redis_pool_create(&pool, &sc->redis, conns, pchild);
         if (rv == APR_SUCCESS) {
-            rv = relay_lease_store_create(&store, pool, lease, pchild);
+            rv = relay_lease_store_create(&store, pool, lease, relay_reuse_ms(sc), pchild);
         }
         if (rv == APR_SUCCESS) {
             rv = relay_lease_keeper_start(store, keeper_log, s, pchild);

@@ -37,6 +37,7 @@ void *relay_create_server_conf(apr_pool_t *p, server_rec *s)
     sc->redis.port = RELAY_DEFAULT_REDIS_PORT;
     sc->redis.timeout_ms = RELAY_DEFAULT_TIMEOUT_MS;
     sc->lease_seconds = RELAY_UNSET;
+    sc->reuse_ms = RELAY_UNSET;
     sc->connections = RELAY_UNSET;
     return sc;
 }
@@ -74,6 +75,7 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->admin_assets = add->admin_assets ? add->admin_assets : base->admin_assets;
     sc->lease_seconds = add->lease_seconds != RELAY_UNSET ? add->lease_seconds
                                                            : base->lease_seconds;
+    sc->reuse_ms = add->reuse_ms != RELAY_UNSET ? add->reuse_ms : base->reuse_ms;
     sc->connections = add->connections != RELAY_UNSET ? add->connections : base->connections;
     /* engine_seen describes the sections of this server only: not inherited */
     sc->engine_seen = add->engine_seen;
@@ -114,6 +116,11 @@ const char *relay_admin_assets(const relay_server_conf *sc)
 int relay_lease_seconds(const relay_server_conf *sc)
 {
     return sc->lease_seconds == RELAY_UNSET ? RELAY_DEFAULT_LEASE_SECONDS : sc->lease_seconds;
+}
+
+int relay_reuse_ms(const relay_server_conf *sc)
+{
+    return sc->reuse_ms == RELAY_UNSET ? RELAY_DEFAULT_REUSE_MS : sc->reuse_ms;
 }
 
 /* The server config of the server a directive appears in. */
@@ -387,6 +394,22 @@ static const char *set_lease_seconds(cmd_parms *cmd, void *dummy, const char *ar
     return parse_int(cmd, arg, 1, 86400, &sc->lease_seconds);
 }
 
+/* RelayReuseSlots MS | Off */
+static const char *set_reuse_slots(cmd_parms *cmd, void *dummy, const char *arg)
+{
+    relay_server_conf *sc = server_conf(cmd);
+    (void)dummy;
+    if (strcasecmp(arg, "off") == 0) {
+        sc->reuse_ms = 0;
+        return NULL;
+    }
+    if (parse_int(cmd, arg, 0, 60000, &sc->reuse_ms)) {
+        return apr_psprintf(cmd->pool, "RelayReuseSlots: '%s' is neither Off nor a whole number "
+                                       "of milliseconds from 0 to 60000", arg);
+    }
+    return NULL;
+}
+
 /* RelayAdminAssets /folder */
 static const char *set_admin_assets(cmd_parms *cmd, void *dummy, const char *arg)
 {
@@ -498,6 +521,10 @@ const command_rec relay_cmds[] = {
                   "Secret mixed into relay key hashes (value, env:VAR or file:/path)"),
     AP_INIT_TAKE1("RelayLeaseSeconds", set_lease_seconds, NULL, RSRC_CONF,
                   "Seconds a concurrency slot survives without renewal"),
+    AP_INIT_TAKE1("RelayReuseSlots", set_reuse_slots, NULL, RSRC_CONF,
+                  "Milliseconds a finished request's slot is kept for the next request of its "
+                  "key (keys with a concurrency limit of 32 or more, at most a quarter in use); "
+                  "Off or 0 gives every slot back at once"),
     AP_INIT_TAKE1("RelayAdminAssets", set_admin_assets, NULL, RSRC_CONF,
                   "Folder holding the admin's admin.css and admin.js"),
     AP_INIT_FLAG("RelayEngine", set_engine, NULL, ACCESS_CONF,

@@ -18,6 +18,8 @@
 #define RELAY_MAX_SENTINELS 32
 #define RELAY_DEFAULT_TIMEOUT_MS 1000
 #define RELAY_DEFAULT_LEASE_SECONDS 300
+/* how long a finished request's slot waits for the next request of its key */
+#define RELAY_DEFAULT_REUSE_MS 20
 #define RELAY_DEFAULT_CONNECTIONS 8
 #ifndef RELAY_ASSETS_DIR
 #define RELAY_ASSETS_DIR "/usr/share/mod_claude_relay/htdocs"
@@ -44,6 +46,7 @@ typedef struct {
     int connections;            /* RelayRedisConnections: pool size per child; RELAY_UNSET */
     const char *secret;         /* RelayKeyHashSecret; NULL = unset */
     int lease_seconds;          /* RelayLeaseSeconds; RELAY_UNSET = default */
+    int reuse_ms;               /* RelayReuseSlots; RELAY_UNSET = default */
     int engine_seen;            /* a RelayEngine On appears in this server's sections */
     const char *admin_assets;   /* RelayAdminAssets: folder of admin.css/admin.js; NULL = default */
     relay_lease_store *store;   /* per child, built in child_init; not merged */
@@ -79,5 +82,8 @@ const char *relay_admin_assets(const relay_server_conf *sc);
 
 /* Effective lease length of a server config. */
 int relay_lease_seconds(const relay_server_conf *sc);
+
+/* Effective RelayReuseSlots of a server config, in milliseconds (0 = off). */
+int relay_reuse_ms(const relay_server_conf *sc);
 
 #endif

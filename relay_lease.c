@@ -35,6 +35,12 @@
  * less may wait to ride on the next batch (an admission usually comes sooner)
  */
 #define RIDE_US 2000
+/*
+ * A finished request's slot is kept for the next request of its key (for
+ * RelayReuseSlots) only when the key's concurrency limit is at least this
+ * and the request was admitted with at most a quarter of it in use.
+ */
+#define REUSE_MIN_LIMIT 32
 /* how often counted usage without a token limit is written */
 #define USAGE_EVERY_MS 1000
 
@@ -232,6 +238,7 @@ struct relay_lease {
     struct lease_op *add_op;           /* its add, while still queued */
     int limited;                       /* its key had a concurrency limit */
     int roomy;                         /* admitted at half that limit or less */
+    int keep;                          /* its slot may be kept for the next request */
     int token_limited;                 /* its key had a token limit */
 };
 
@@ -263,15 +270,20 @@ struct lease_op {
     int urgent;                        /* a limit waits for it: send now */
     int soon;                          /* a limit with room: send within RIDE_US */
     int add;                           /* adds the lease of a locally admitted request */
+    int kept;                          /* gives back a kept slot: no request to count */
     relay_lease *lease;                /* for an add: its lease, while queued */
     unsigned long epoch;               /* admission: st->epoch when sent */
     const char *expires;               /* admission: the key's expiresAt */
     int token_limited;                 /* its usage goes with it, not later */
 };
 
+typedef struct known_key known_key;
+APR_RING_HEAD(known_ring, known_key);
+
 struct relay_lease_store {
     relay_redis_pool *redis;           /* where leases live */
     int lease_ms;                      /* lease length */
+    apr_interval_time_t reuse;         /* how long a finished request's slot is kept */
     char prefix[17];                   /* random per child: members are unique */
     apr_uint32_t counter;              /* per child member counter */
     apr_thread_mutex_t *lock;          /* guards everything below */
@@ -298,9 +310,11 @@ struct relay_lease_store {
     int tracker_fd;                    /* the tracking connection's socket, while tracking */
     int tracker_reset;                 /* reconnect the tracking connection */
     unsigned long epoch;               /* counts invalidations */
-    apr_pool_t *free_pool;             /* holds the two hashes below (entries are malloc'ed) */
-    apr_hash_t *free_keys;             /* key hash -> free_key */
-    apr_hash_t *free_by_id;            /* key id -> free_key */
+    apr_pool_t *known_pool;            /* holds the two hashes below (entries are malloc'ed) */
+    apr_hash_t *known;                 /* key hash -> known_key */
+    apr_hash_t *known_by_id;           /* key id -> known_key */
+    struct known_ring idle_keys;       /* cached keys with kept slots */
+    int idle_count;                    /* kept slots in all */
     apr_thread_cond_t *tracker_wake;   /* wakes the tracker to stop */
     apr_thread_t *tracker;             /* the tracking thread, or NULL */
     apr_thread_cond_t *wake;           /* wakes the keeper: releases queued, or stop */
@@ -338,66 +352,151 @@ static apr_status_t own_pool(apr_pool_t **out, apr_pool_t *pchild)
     return APR_SUCCESS;
 }
 
-/* A cached key without any limit: one malloc'ed block. */
+/* A kept slot: the lease of a finished request, waiting for the next one. */
 typedef struct {
+    char member[48];                   /* its member in concurrency:{id} */
+    apr_time_t since;                  /* when its request ended */
+} idle_slot;
+
+/*
+ * A cached key: one malloc'ed block. A key without any limit is admitted
+ * from it alone; a key with a concurrency limit from its kept slots.
+ */
+struct known_key {
+    APR_RING_ENTRY(known_key) link;    /* in st->idle_keys while it has kept slots */
     char *hash;                        /* key hash */
     char *id;                          /* key id */
     char *expires;                     /* expiresAt, "" for never */
-} free_key;
+    long long limit;                   /* concurrencyLimit, 0 for none */
+    idle_slot *idle;                   /* kept slots, oldest first (malloc'ed) */
+    int nidle, cap;
+};
 
-/* Forget one cached key (lock held). */
-static void free_key_drop(relay_lease_store *st, free_key *f)
+/* Queue a release (lock held); see relay_lease_release. */
+static void queue_release(relay_lease_store *st, lease_op *op);
+
+/* A release of one lease member of key id, or of usage only (member NULL). */
+static lease_op *release_op(const char *id, const char *member, const relay_usage_counts *usage)
 {
-    apr_hash_set(st->free_keys, f->hash, APR_HASH_KEY_STRING, NULL);
-    apr_hash_set(st->free_by_id, f->id, APR_HASH_KEY_STRING, NULL);
+    size_t idlen = strlen(id) + 1, mlen = member ? strlen(member) + 1 : 0;
+    size_t modlen = usage && usage->model ? strlen(usage->model) + 1 : 0;
+    lease_op *op = malloc(sizeof(*op) + idlen + mlen + modlen);
+    char *buf;
+
+    if (!op) {
+        return NULL;
+    }
+    memset(op, 0, sizeof(*op));
+    buf = (char *)(op + 1);
+    op->id = memcpy(buf, id, idlen);
+    op->member = member ? memcpy(buf + idlen, member, mlen) : NULL;
+    if (usage) {
+        op->usage = *usage;
+        op->usage.model = modlen ? memcpy(buf + idlen + mlen, usage->model, modlen) : NULL;
+    }
+    return op;
+}
+
+/*
+ * Give back the first n kept slots of a key (lock held): at once, since
+ * other servers count them.
+ */
+static void idle_give_back(relay_lease_store *st, known_key *f, int n)
+{
+    int i;
+
+    for (i = 0; i < n; i++) {
+        lease_op *op = release_op(f->id, f->idle[i].member, NULL);
+
+        if (op) {
+            op->urgent = op->kept = 1;
+            queue_release(st, op);
+        }
+    }
+    memmove(f->idle, f->idle + n, sizeof(*f->idle) * (size_t)(f->nidle - n));
+    f->nidle -= n;
+    st->idle_count -= n;
+    if (!f->nidle && n) {
+        APR_RING_REMOVE(f, link);
+    }
+}
+
+/* Forget one cached key, giving back its kept slots (lock held). */
+static void known_drop(relay_lease_store *st, known_key *f)
+{
+    apr_hash_set(st->known, f->hash, APR_HASH_KEY_STRING, NULL);
+    apr_hash_set(st->known_by_id, f->id, APR_HASH_KEY_STRING, NULL);
+    idle_give_back(st, f, f->nidle);
+    free(f->idle);
     free(f);
 }
 
 /* Forget every cached key (lock held). */
-static void free_keys_clear(relay_lease_store *st)
+static void known_clear(relay_lease_store *st)
 {
-    apr_hash_index_t *hi = apr_hash_first(NULL, st->free_keys);
+    apr_hash_index_t *hi = apr_hash_first(NULL, st->known);
 
     while (hi) {
-        free_key *f = apr_hash_this_val(hi);
+        known_key *f = apr_hash_this_val(hi);
 
         hi = apr_hash_next(hi);
-        free(f);
+        known_drop(st, f);
     }
-    apr_hash_clear(st->free_keys);
-    apr_hash_clear(st->free_by_id);
     st->epoch++;
 }
 
-/* Remember a key without any limit (lock held). */
-static void free_key_put(relay_lease_store *st, const char *hash, const char *id,
-                         const char *expires)
+/* Remember a key, with its concurrency limit or 0 (lock held). */
+static void known_put(relay_lease_store *st, const char *hash, const char *id,
+                      const char *expires, long long limit)
 {
     size_t hl = strlen(hash) + 1, il = strlen(id) + 1, el = strlen(expires) + 1;
-    free_key *f = apr_hash_get(st->free_keys, hash, APR_HASH_KEY_STRING);
+    known_key *old = apr_hash_get(st->known, hash, APR_HASH_KEY_STRING), *f;
 
-    if (f) {
-        free_key_drop(st, f);
+    if (old && old->limit == limit && strcmp(old->expires, expires) == 0) {
+        return;
     }
-    if (apr_hash_count(st->free_keys) >= ID_CACHE_MAX) {
-        free_keys_clear(st);
+    if (!old && apr_hash_count(st->known) >= ID_CACHE_MAX) {
+        known_clear(st);
     }
     f = malloc(sizeof(*f) + hl + il + el);
     if (!f) {
+        if (old) {
+            known_drop(st, old);
+        }
         return;
     }
-    f->hash = (char *)(f + 1);
-    f->id = f->hash + hl;
-    f->expires = f->id + il;
-    memcpy(f->hash, hash, hl);
-    memcpy(f->id, id, il);
-    memcpy(f->expires, expires, el);
-    apr_hash_set(st->free_keys, f->hash, APR_HASH_KEY_STRING, f);
-    apr_hash_set(st->free_by_id, f->id, APR_HASH_KEY_STRING, f);
+    memset(f, 0, sizeof(*f));
+    f->hash = memcpy((char *)(f + 1), hash, hl);
+    f->id = memcpy(f->hash + hl, id, il);
+    f->expires = memcpy(f->id + il, expires, el);
+    f->limit = limit;
+    if (old) {
+        /* same key, newer fields: its kept slots stay with it */
+        f->idle = old->idle;
+        f->nidle = old->nidle;
+        f->cap = old->cap;
+        if (f->nidle) {
+            APR_RING_INSERT_BEFORE(old, f, link);
+            APR_RING_REMOVE(old, link);
+        }
+        free(old);
+    }
+    apr_hash_set(st->known, f->hash, APR_HASH_KEY_STRING, f);
+    apr_hash_set(st->known_by_id, f->id, APR_HASH_KEY_STRING, f);
+}
+
+/* Forget a key if cached, giving back its kept slots (lock held). */
+static void known_forget(relay_lease_store *st, const char *hash)
+{
+    known_key *f = apr_hash_get(st->known, hash, APR_HASH_KEY_STRING);
+
+    if (f) {
+        known_drop(st, f);
+    }
 }
 
 apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool *pool,
-                                      int lease_seconds, apr_pool_t *pchild)
+                                      int lease_seconds, int reuse_ms, apr_pool_t *pchild)
 {
     relay_lease_store *st = apr_pcalloc(pchild, sizeof(*st));
     unsigned char rnd[8];
@@ -410,6 +509,7 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     }
     st->redis = pool;
     st->lease_ms = lease_seconds * 1000;
+    st->reuse = apr_time_from_msec(reuse_ms);
     if ((rv = apr_generate_random_bytes(rnd, sizeof(rnd))) != APR_SUCCESS) {
         return rv;
     }
@@ -424,16 +524,17 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     }
     APR_RING_INIT(&st->ring, relay_lease, link);
     APR_RING_INIT(&st->queue, lease_op, link);
+    APR_RING_INIT(&st->idle_keys, known_key, link);
     if ((rv = own_pool(&st->cache_pool, pchild)) != APR_SUCCESS ||
         (rv = own_pool(&st->batch_pool, pchild)) != APR_SUCCESS ||
         (rv = own_pool(&st->usage_pool, pchild)) != APR_SUCCESS ||
-        (rv = own_pool(&st->free_pool, pchild)) != APR_SUCCESS) {
+        (rv = own_pool(&st->known_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
     st->usage = apr_hash_make(st->usage_pool);
     st->id_cache = apr_hash_make(st->cache_pool);
-    st->free_keys = apr_hash_make(st->free_pool);
-    st->free_by_id = apr_hash_make(st->free_pool);
+    st->known = apr_hash_make(st->known_pool);
+    st->known_by_id = apr_hash_make(st->known_pool);
     st->target = relay_redis_pool_target(pool);
     *out = st;
     return APR_SUCCESS;
@@ -610,7 +711,10 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
         nrelease++;
         add_to_group(groups, order, op->id, op->member, p);
         /* a token limit needs the usage now; the rest is summed and written later */
-        if (op->token_limited) {
+        if (op->kept) {
+            /* a kept slot given back: its requests were counted already */
+        }
+        else if (op->token_limited) {
             usage_sum(now_usage, p, op->id, &op->usage, 1);
         }
         else {
@@ -811,7 +915,7 @@ static void lead(relay_lease_store *st, int keeper, int drain)
             /* what Redis says of the keys is in doubt: ask it again */
             st->tracking = 0;
             st->tracker_reset = 1;
-            free_keys_clear(st);
+            known_clear(st);
             apr_thread_cond_signal(st->tracker_wake);
         }
         while (!APR_RING_EMPTY(&batch, lease_op, link)) {
@@ -876,6 +980,58 @@ static int tracker_has_news(relay_lease_store *st)
     return poll(&pfd, 1, 0) != 0;
 }
 
+/*
+ * Admit a request of a cached key, unchanged since Redis last said so (Redis
+ * tells the tracking connection of every change), without asking Redis
+ * (lock held): a key without any limit, whose lease is added to Redis with
+ * the next batch, or a key with a limit, on the slot its last request left.
+ * Returns 0 when out of memory.
+ */
+static int admit_known(relay_lease_store *st, known_key *f, const char *member, apr_pool_t *p,
+                       relay_admit_result *res, relay_lease **lease_out)
+{
+    relay_lease *lease = apr_pcalloc(p, sizeof(*lease));
+
+    lease->id = apr_pstrdup(p, f->id);
+    lease->conc_key = apr_pstrcat(p, "concurrency:", f->id, NULL);
+    if (f->limit) {
+        /* the newest kept slot: the oldest ones are the first to go back */
+        f->nidle--;
+        st->idle_count--;
+        lease->member = apr_pstrdup(p, f->idle[f->nidle].member);
+        lease->limited = lease->roomy = lease->keep = 1;
+        if (!f->nidle) {
+            APR_RING_REMOVE(f, link);
+        }
+    }
+    else {
+        lease_op *add = release_op(f->id, member, NULL);
+
+        if (!add) {
+            return 0;
+        }
+        add->add = 1;
+        add->lease = lease;
+        lease->member = member;
+        lease->add_op = add;
+        APR_RING_INSERT_TAIL(&st->queue, add, lease_op, link);
+        if (!st->leading && !st->deferred_since) {
+            st->deferred_since = apr_time_now();
+            apr_thread_cond_signal(st->wake);
+        }
+    }
+    APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
+    st->live++;
+    res->code = RELAY_ADMIT_OK;
+    res->id = lease->id;
+    res->name = "";
+    res->current = 0;
+    res->limit = f->limit;
+    res->known = 1;
+    *lease_out = lease;
+    return 1;
+}
+
 relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease_out)
 {
@@ -894,45 +1050,23 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
                               apr_atomic_inc32(&st->counter));
 
     apr_thread_mutex_lock(st->lock);
-    if (st->tracking && !tracker_has_news(st)) {
-        free_key *f = apr_hash_get(st->free_keys, hash, APR_HASH_KEY_STRING);
-        const char *now = f && f->expires[0] ? now_iso(p) : NULL;
+    if (st->tracking) {
+        known_key *f = apr_hash_get(st->known, hash, APR_HASH_KEY_STRING);
 
-        if (f && (!now || strcmp(f->expires, now) >= 0)) {
+        if (f && tracker_has_news(st)) {
             /*
-             * A key without any limit, unchanged since Redis last said so
-             * (Redis tells the tracking connection of every change): admit
-             * here, and add its lease to Redis with the next batch.
+             * Redis has news the tracker has not read: perhaps of this key.
+             * Its kept slots go back first, so that Redis counts only the
+             * requests in flight when it decides under what it now holds.
              */
-            size_t il = strlen(f->id) + 1, ml = strlen(op->member) + 1;
-            lease_op *add = malloc(sizeof(*add) + il + ml);
-
-            if (add) {
-                memset(add, 0, sizeof(*add));
-                add->add = 1;
-                add->id = memcpy((char *)(add + 1), f->id, il);
-                add->member = memcpy((char *)(add + 1) + il, op->member, ml);
-                lease = apr_pcalloc(p, sizeof(*lease));
-                lease->id = apr_pstrdup(p, f->id);
-                lease->conc_key = apr_pstrcat(p, "concurrency:", f->id, NULL);
-                lease->member = op->member;
-                lease->add_op = add;
-                add->lease = lease;
-                APR_RING_INSERT_TAIL(&st->queue, add, lease_op, link);
-                APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
-                st->live++;
-                if (!st->leading && !st->deferred_since) {
-                    st->deferred_since = apr_time_now();
-                    apr_thread_cond_signal(st->wake);
-                }
+            if (f->nidle) {
+                idle_give_back(st, f, f->nidle);
+            }
+        }
+        else if (f && (!f->expires[0] || strcmp(f->expires, now_iso(p)) >= 0) &&
+                 (!f->limit || f->nidle)) {
+            if (admit_known(st, f, op->member, p, res, lease_out)) {
                 apr_thread_mutex_unlock(st->lock);
-                res->code = RELAY_ADMIT_OK;
-                res->id = lease->id;
-                res->name = "";
-                res->current = 0;
-                res->limit = 0;
-                res->known = 1;
-                *lease_out = lease;
                 return res->code;
             }
         }
@@ -984,10 +1118,19 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         lease->limited = op->limit > 0;
         lease->roomy = lease->limited && op->current * 2 <= op->limit;
         lease->token_limited = op->token_limited;
+        lease->keep = st->reuse > 0 && lease->limited && !lease->token_limited &&
+                      op->limit >= REUSE_MIN_LIMIT && op->current * 4 <= op->limit;
         apr_thread_mutex_lock(st->lock);
-        /* no limit of any kind, and nothing changed since Redis said so: cache */
-        if (!lease->limited && !lease->token_limited && st->tracking && st->epoch == op->epoch) {
-            free_key_put(st, hash, op->found_id, op->expires ? op->expires : "");
+        /*
+         * Nothing changed since Redis said so: cache a key without any limit,
+         * or one whose slots may be kept; a key busier than that keeps none.
+         */
+        if ((lease->keep || (!lease->limited && !lease->token_limited)) && st->tracking &&
+            st->epoch == op->epoch) {
+            known_put(st, hash, op->found_id, op->expires ? op->expires : "", op->limit);
+        }
+        else if (lease->limited) {
+            known_forget(st, hash);
         }
         APR_RING_INSERT_TAIL(&st->ring, lease, relay_lease, link);
         st->live++;
@@ -1000,6 +1143,9 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         if (!op->id && op->found_id) {
             cache_put(st, hash, op->found_id);
         }
+        apr_thread_mutex_lock(st->lock);
+        known_forget(st, hash);
+        apr_thread_mutex_unlock(st->lock);
         break;
     case -1:
         res->code = RELAY_ADMIT_DISABLED;
@@ -1019,14 +1165,73 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     return res->code;
 }
 
+/*
+ * Keep the slot of a finished request for the next request of its key
+ * (lock held): only while its key is cached, so unchanged since its lease
+ * was taken with the key at a quarter of its limit or less. Returns 0 when
+ * the slot must go back.
+ */
+static int keep_slot(relay_lease_store *st, const relay_lease *lease)
+{
+    known_key *f;
+    apr_time_t now;
+
+    if (!lease->keep || !st->tracking || st->stopping ||
+        !(f = apr_hash_get(st->known_by_id, lease->id, APR_HASH_KEY_STRING)) || !f->limit ||
+        strlen(lease->member) >= sizeof(f->idle->member)) {
+        return 0;
+    }
+    if (f->nidle == f->cap) {
+        int cap = f->cap ? f->cap * 2 : 4;
+        idle_slot *idle = realloc(f->idle, sizeof(*idle) * (size_t)cap);
+
+        if (!idle) {
+            return 0;
+        }
+        f->idle = idle;
+        f->cap = cap;
+    }
+    now = apr_time_now();
+    strcpy(f->idle[f->nidle].member, lease->member);
+    f->idle[f->nidle].since = now;
+    if (!f->nidle++) {
+        APR_RING_INSERT_TAIL(&st->idle_keys, f, known_key, link);
+    }
+    if (!st->idle_count++ && st->keeper_wakes > now + st->reuse) {
+        /* the keeper gives back slots kept too long: it must wake in time */
+        apr_thread_cond_signal(st->wake);
+    }
+    return 1;
+}
+
+static void queue_release(relay_lease_store *st, lease_op *op)
+{
+    /*
+     * A limit waits for it: if no batch is under way the keeper sends it
+     * now. Otherwise it rides on the next batch, within RIDE_US or DEFER_MS.
+     */
+    APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
+    if (!st->leading) {
+        if (op->urgent) {
+            st->leading = 1;
+            st->keeper_leads = 1;
+            apr_thread_cond_signal(st->wake);
+        }
+        else if (op->soon) {
+            soon_queued(st);
+        }
+        else if (!st->deferred_since) {
+            st->deferred_since = apr_time_now();
+            apr_thread_cond_signal(st->wake);
+        }
+    }
+}
+
 apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
                                  const relay_usage_counts *usage, const char **err)
 {
-    size_t idlen = strlen(lease->id) + 1, mlen = strlen(lease->member) + 1;
-    size_t modlen = usage && usage->model ? strlen(usage->model) + 1 : 0;
     lease_op *op;
-    char *buf;
-    int never_added = 0;
+    int sent = 1;
 
     apr_thread_mutex_lock(st->lock);
     if (lease->released) {
@@ -1043,64 +1248,32 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
         APR_RING_REMOVE(add, link);
         lease->add_op = NULL;
         free(add);
-        never_added = 1;
+        sent = 0;
     }
-    apr_thread_mutex_unlock(st->lock);
+    else if (keep_slot(st, lease)) {
+        /* the slot stays taken, for the next request: only the usage is sent */
+        sent = 0;
+    }
 
     /* one block: the request and its pool are gone when this is sent */
-    op = malloc(sizeof(*op) + idlen + mlen + modlen);
+    op = release_op(lease->id, sent ? lease->member : NULL, usage);
     if (!op) {
+        apr_thread_mutex_unlock(st->lock);
         *err = "out of memory";
         return APR_ENOMEM;
     }
-    memset(op, 0, sizeof(*op));
-    buf = (char *)(op + 1);
-    memcpy(buf, lease->id, idlen);
-    op->id = buf;
-    memcpy(buf + idlen, lease->member, mlen);
-    op->member = never_added ? NULL : buf + idlen;
-    if (usage) {
-        op->usage = *usage;
-        op->usage.model = NULL;
-        if (modlen) {
-            memcpy(buf + idlen + mlen, usage->model, modlen);
-            op->usage.model = buf + idlen + mlen;
-        }
-    }
-
     /*
      * A token limit needs its usage now, and a concurrency limit its slot,
      * unless the key had room to spare: then the release rides on the next
      * admission, within RIDE_US, sparing a call of its own.
      */
-    op->urgent = (lease->limited && !lease->roomy) || lease->token_limited;
-    op->soon = lease->limited && !op->urgent;
     op->token_limited = lease->token_limited;
-
-    /*
-     * Queue it. A limit waits for it: if no batch is under way the keeper
-     * sends it now. Otherwise it rides on the next batch, within RIDE_US or
-     * DEFER_MS.
-     */
-    apr_thread_mutex_lock(st->lock);
-    APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
+    op->urgent = (lease->limited && !lease->roomy && sent) || lease->token_limited;
+    op->soon = lease->limited && sent && !op->urgent;
     if (!op->token_limited) {
         st->usage_pending = 1;
     }
-    if (!st->leading) {
-        if (op->urgent) {
-            st->leading = 1;
-            st->keeper_leads = 1;
-            apr_thread_cond_signal(st->wake);
-        }
-        else if (op->soon) {
-            soon_queued(st);
-        }
-        else if (!st->deferred_since) {
-            st->deferred_since = apr_time_now();
-            apr_thread_cond_signal(st->wake);
-        }
-    }
+    queue_release(st, op);
     apr_thread_mutex_unlock(st->lock);
     return APR_SUCCESS;
 }
@@ -1216,6 +1389,51 @@ static void report_lost(relay_lease_store *st, const char **keys, const char **m
 }
 
 /*
+ * Give back the slots kept longer than RelayReuseSlots (lock held). Returns
+ * when the next kept slot is due, or 0 when none is kept.
+ */
+static apr_time_t idle_expire(relay_lease_store *st, apr_time_t now)
+{
+    known_key *f, *next;
+    apr_time_t due = 0;
+
+    for (f = APR_RING_FIRST(&st->idle_keys); f != APR_RING_SENTINEL(&st->idle_keys, known_key, link);
+         f = next) {
+        int n = 0;
+
+        next = APR_RING_NEXT(f, link);
+        while (n < f->nidle && f->idle[n].since + st->reuse <= now) {
+            n++;
+        }
+        if (n) {
+            idle_give_back(st, f, n);
+        }
+        if (f->nidle && (!due || f->idle[0].since + st->reuse < due)) {
+            due = f->idle[0].since + st->reuse;
+        }
+    }
+    return due;
+}
+
+/* A kept slot Redis no longer had (expired, or data lost): forget it (lock held). */
+static void idle_lost(relay_lease_store *st, const char *id, const char *member)
+{
+    known_key *f = apr_hash_get(st->known_by_id, id, APR_HASH_KEY_STRING);
+    int i;
+
+    for (i = 0; f && i < f->nidle; i++) {
+        if (strcmp(f->idle[i].member, member) == 0) {
+            memmove(f->idle + i, f->idle + i + 1, sizeof(*f->idle) * (size_t)(f->nidle - i - 1));
+            st->idle_count--;
+            if (!--f->nidle) {
+                APR_RING_REMOVE(f, link);
+            }
+            return;
+        }
+    }
+}
+
+/*
  * The keeper: sends the releases a limit waits for when no batch is under
  * way, those of limits with room within RIDE_US, the others within
  * DEFER_MS, the summed usage every USAGE_EVERY_MS,
@@ -1240,21 +1458,22 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
     next_usage = apr_time_now() + apr_time_from_msec(USAGE_EVERY_MS);
     apr_thread_mutex_lock(st->lock);
     for (;;) {
-        apr_time_t now = apr_time_now(), until;
+        apr_time_t now = apr_time_now(), until, idle_due;
 
         /* renewal first: a steady stream of releases must not starve it */
         st->renew_due = next_renewal;
         if (now >= next_renewal && !st->stopping) {
             next_renewal = now + every;
-            if (st->live > 0) {
+            if (st->live > 0 || st->idle_count > 0) {
                 relay_lease *l;
+                known_key *f;
                 const char **keys, **members, **was, *err;
-                int n = 0;
+                int n = 0, nlive, i;
 
                 apr_pool_clear(p);
-                keys = apr_palloc(p, sizeof(*keys) * st->live);
-                members = apr_palloc(p, sizeof(*members) * st->live);
-                was = apr_palloc(p, sizeof(*was) * st->live);
+                keys = apr_palloc(p, sizeof(*keys) * (st->live + st->idle_count));
+                members = apr_palloc(p, sizeof(*members) * (st->live + st->idle_count));
+                was = apr_palloc(p, sizeof(*was) * (st->live + st->idle_count));
                 for (l = APR_RING_FIRST(&st->ring);
                      l != APR_RING_SENTINEL(&st->ring, relay_lease, link);
                      l = APR_RING_NEXT(l, link)) {
@@ -1265,6 +1484,16 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
                     members[n] = was[n] = apr_pstrdup(p, l->member);
                     n++;
                 }
+                nlive = n;
+                for (f = APR_RING_FIRST(&st->idle_keys);
+                     f != APR_RING_SENTINEL(&st->idle_keys, known_key, link);
+                     f = APR_RING_NEXT(f, link)) {
+                    for (i = 0; i < f->nidle; i++) {
+                        keys[n] = apr_pstrcat(p, "concurrency:", f->id, NULL);
+                        members[n] = was[n] = apr_pstrdup(p, f->idle[i].member);
+                        n++;
+                    }
+                }
                 apr_thread_mutex_unlock(st->lock);
                 err = renew_snapshot(st, keys, members, n, p);
                 if (err && st->log) {
@@ -1273,10 +1502,16 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
                                             "answers again soon: %s", n, err));
                 }
                 apr_thread_mutex_lock(st->lock);
-                report_lost(st, keys, members, was, n, p);
+                report_lost(st, keys, members, was, nlive, p);
+                for (i = nlive; i < n; i++) {
+                    if (!members[i]) {
+                        idle_lost(st, keys[i] + sizeof("concurrency:") - 1, was[i]);
+                    }
+                }
             }
             continue;
         }
+        idle_due = idle_expire(st, now);
         if (st->keeper_leads) {
             st->keeper_leads = 0;
             lead(st, 1, 0);
@@ -1311,6 +1546,9 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
         if (st->soon_since && st->soon_since + RIDE_US < until) {
             until = st->soon_since + RIDE_US;
         }
+        if (idle_due && idle_due < until) {
+            until = idle_due;
+        }
         /* such releases came lately: tick, so that the next need not wake us */
         if (now < st->soon_seen + apr_time_from_msec(DEFER_MS) && now + RIDE_US < until) {
             until = now + RIDE_US;
@@ -1318,7 +1556,8 @@ static void *APR_THREAD_FUNC keeper_main(apr_thread_t *thd, void *data)
         st->keeper_wakes = until;
         apr_thread_cond_timedwait(st->wake, st->lock, until > now ? until - now : 1);
     }
-    /* the child is going: send what is queued and the usage counted so far */
+    /* the child is going: send what is queued, kept slots and the usage counted so far */
+    known_clear(st);
     st->usage_due = 1;
     while (!st->leading && (st->usage_due || !APR_RING_EMPTY(&st->queue, lease_op, link))) {
         st->leading = 1;
@@ -1386,19 +1625,19 @@ static void tracker_message(relay_lease_store *st, const redisReply *m, int *pon
     hurry = 0;
     if (keys->type != REDIS_REPLY_ARRAY) {
         /* FLUSHDB, FLUSHALL: everything changed */
-        free_keys_clear(st);
+        known_clear(st);
         return;
     }
     for (i = 0; i < keys->elements; i++) {
         const redisReply *k = keys->element[i];
-        free_key *f;
+        known_key *f;
 
         if (k->type != REDIS_REPLY_STRING || k->len <= 7 || strncmp(k->str, "apikey:", 7) != 0) {
             continue;
         }
-        f = apr_hash_get(st->free_by_id, k->str + 7, (apr_ssize_t)k->len - 7);
+        f = apr_hash_get(st->known_by_id, k->str + 7, (apr_ssize_t)k->len - 7);
         if (f) {
-            free_key_drop(st, f);
+            known_drop(st, f);
             hurry = 1;
         }
     }
@@ -1501,7 +1740,7 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
             continue;
         }
         apr_thread_mutex_lock(st->lock);
-        free_keys_clear(st);
+        known_clear(st);
         st->tracker_reset = 0;
         st->tracker_fd = ctx->fd;
         st->tracking = 1;
@@ -1574,7 +1813,7 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
         }
         apr_thread_mutex_lock(st->lock);
         st->tracking = 0;
-        free_keys_clear(st);
+        known_clear(st);
         apr_thread_mutex_unlock(st->lock);
         redisFree(ctx);
     }

@@ -37,17 +37,23 @@ typedef struct {
     long long current;         /* in flight (incl. this request); tokens used for _TOKENS */
     long long limit;           /* concurrencyLimit (0 = unlimited); tokenLimit for _TOKENS */
     int legacy_replaced;       /* a plain-counter concurrency key was replaced */
-    int known;                 /* admitted by the child alone: a key without any limit
-                                  that Redis has not reported changed since it was read */
+    int known;                 /* admitted by the child alone, for a key Redis has not
+                                  reported changed since it was read: one without any
+                                  limit, or one with a limit on a kept slot (see
+                                  relay_lease_release); current is then 0 */
     const char *error;         /* sentence, for RELAY_ADMIT_ERROR */
 } relay_admit_result;
 
 /* Called by the keeper thread to report trouble; level is an APLOG_* value. */
 typedef void (*relay_log_fn)(void *baton, int level, const char *msg);
 
-/* Create the store of one child for one Redis pool. */
+/*
+ * Create the store of one child for one Redis pool. reuse_ms: how long a
+ * finished request's slot is kept for the next request of its key (0: never);
+ * see relay_lease_release.
+ */
 apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool *pool,
-                                      int lease_seconds, apr_pool_t *pchild);
+                                      int lease_seconds, int reuse_ms, apr_pool_t *pchild);
 
 /*
  * Start the keeper thread: it sends queued releases and summed usage, and
@@ -80,9 +86,17 @@ typedef struct {
 /*
  * Give a lease back (once; later calls do nothing) and, when usage is given,
  * count the request and its tokens. The release is queued and sent by the
- * child's next batch: at once when the key has a concurrency or token limit,
- * within 100 ms otherwise; the usage of keys without a token limit is
- * summed and written once a second. Nothing of the caller's is kept.
+ * child's next batch: at once when the key has a token limit or is more than
+ * half way to its concurrency limit, within 2 ms when it had more room,
+ * within 100 ms without any limit; the usage of keys without a token limit
+ * is summed and written once a second. Nothing of the caller's is kept.
+ *
+ * A slot is kept instead, for reuse_ms, when the key has no token limit, a
+ * concurrency limit of at least 32, was at a quarter of it or less when the
+ * lease was taken, and Redis has not reported the key changed since: the
+ * next request of the key in this child takes it without a Redis call. Kept
+ * slots stay counted in Redis, so the limit holds across servers; any
+ * change to the key gives them back before Redis decides again.
  */
 apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease,
                                  const relay_usage_counts *usage, const char **err);

@@ -8,7 +8,7 @@ library only.
     bench.py summary RUNS.tsv MONITOR.tsv              -> the markdown table
     bench.py stats HOST PORT                           -> INFO commandstats as "cmd calls usec"
     bench.py diff STATS0 STATS1 CMD...                 -> calls delta of each CMD
-    bench.py replay HOST PORT MONITOR.txt N            -> each script's cost alone, markdown
+    bench.py replay HOST PORT MONITOR.txt N [CASE]     -> each script's cost alone, markdown
     bench.py perf REPORT_DSO REPORT_SYM REPORT_CHILDREN -> the module's CPU share, markdown
 """
 import re
@@ -17,7 +17,7 @@ import statistics
 import sys
 
 CASES = {"A": "plain mod_proxy", "B": "relay, limit 100000", "C": "relay, unlimited key",
-         "D": "relay, limit 100000, Redis via unix socket",
+         "D": "relay, limit 100000, RelayReuseSlots Off, Redis via unix socket",
          "E": "relay, unlimited key, Redis via unix socket"}
 # commands the harness itself sends to Redis
 HARNESS = {"info", "monitor", "ping", "config", "slowlog", "client", "command", "script",
@@ -309,10 +309,11 @@ def batch_shape(args):
 
 
 def cmd_replay(a):
-    """The admit/release batch calls of a MONITOR capture of case B replayed
+    """The admit/release batch calls of a MONITOR capture of one case replayed
     alone, one call at a time, N calls in all; their cost read from INFO
     commandstats; as markdown."""
     host, port, mon, n = a[0], a[1], a[2], int(a[3])
+    case = a[4] if len(a) > 4 else "B"
     calls = []
     with open(mon, errors="replace") as f:
         for line in f:
@@ -342,11 +343,11 @@ def cmd_replay(a):
     inner_us = sum(u for _, u in inner.values()) / n
     # the same number of admissions and releases per call as the module sent
     per_call_ops = (admits + releases + adds) / len(calls)
-    print("In case B (MONITOR capture, %d batch calls) one script call carried on average "
+    print("In case %s (MONITOR capture, %d batch calls) one script call carried on average "
           "%.2f admissions, %.2f releases and %.2f lease adds (median %d operations, largest "
           "%d). Those calls replayed %d times alone, one at a time (`usec_per_call` from `INFO "
           "commandstats` times a script including the commands it runs):\n"
-          % (len(calls), admits / len(calls), releases / len(calls), adds / len(calls),
+          % (case, len(calls), admits / len(calls), releases / len(calls), adds / len(calls),
              sizes[len(sizes) // 2], sizes[-1], n))
     print("| script | sha1 (SCRIPT EXISTS) | operations/call | EVALSHA µs/call | commands "
           "inside/call | µs in those commands | µs in Lua and the call itself | Redis CPU µs/call "

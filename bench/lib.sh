@@ -144,11 +144,13 @@ $lease_line
     ProxyPass http://127.0.0.1:$bench_mock_port/
 </Location>
 
-# the same relay with Redis over its unix socket (cases D and E)
+# the same relay with Redis over its unix socket and no slot reuse, so that
+# every request of a key with a limit asks Redis (cases D and E)
 Listen 127.0.0.1:$bench_unix_port
 <VirtualHost 127.0.0.1:$bench_unix_port>
     RelayRedisServer unix:$bench_redis_sock
     RelayKeyHashSecret file:$bench_dir/secret
+    RelayReuseSlots Off
     $lease_line
     <Location /api/>
         RelayEngine On

@@ -6,6 +6,8 @@
 #   A  GET /plain/v1/models            bare ProxyPass (the baseline)
 #   B  GET /api/v1/models + x-api-key  the relay, key with concurrency limit 100000
 #   C  GET /api/v1/models + x-api-key  the relay, unlimited key (limit 0)
+#   D, E  B and C through a second virtual host: Redis over its unix socket,
+#         RelayReuseSlots Off (every request of B's key asks Redis)
 #
 # Rounds alternate A/B/C at each connection count, so drift on the machine hits
 # every case alike. Then, per case, one short run under redis-cli MONITOR
@@ -55,6 +57,10 @@ read -r _ key_unlimited < <(bench_create_key "bench unlimited" 0)
 base=http://127.0.0.1:$bench_http_port
 unix_base=http://127.0.0.1:$bench_unix_port
 cases=${BENCH_CASES:-"A B C D E"}
+# the script calls replayed alone: those of a key with a limit asking Redis for
+# every request (D) when it runs, else B's
+replay_case=B
+case " $cases " in *" D "*) replay_case=D ;; esac
 
 # case -> request arguments (wrk and curl alike), in the array args
 set_args() {
@@ -137,7 +143,7 @@ for c in $cases; do
     kill "$mon_pid" 2>/dev/null || true
     wait "$mon_pid" 2>/dev/null || true
     "$BENCH_PY" "$BENCH_SRC/bench/bench.py" monitor "$c" "$bench_dir/wrk-monitor-$c.txt" "$mon" >> "$monitor_tsv"
-    [ "$c" = B ] || rm -f "$mon"
+    [ "$c" = "$replay_case" ] || rm -f "$mon"
 done
 
 table=$("$BENCH_PY" "$BENCH_SRC/bench/bench.py" summary "$runs" "$monitor_tsv")
@@ -147,7 +153,7 @@ where=""
 if [ "$profile" = 1 ]; then
     bench_log "replaying each script $replay_n times alone"
     where=$("$BENCH_PY" "$BENCH_SRC/bench/bench.py" replay 127.0.0.1 "$bench_redis_port" \
-        "$bench_dir/monitor-B.txt" "$replay_n")
+        "$bench_dir/monitor-$replay_case.txt" "$replay_n" "$replay_case")
 
     # the httpd children's CPU: perf with the cpu-clock software event (VMs
     # often have no hardware counters), call graphs by DWARF unwinding

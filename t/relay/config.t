@@ -22,6 +22,10 @@ my @cases = (
     ['bad Redis address', "RelayRedisServer unix:relative.sock", 1, qr/RelayRedisServer: .*absolute/],
     ['database out of range', "RelayRedisDatabase 99999", 1, qr/RelayRedisDatabase/],
     ['no Redis connections', "RelayRedisConnections 0", 1, qr/RelayRedisConnections: '0' is not a whole number from 1/],
+    ['word as slot reuse', "RelayReuseSlots sometimes", 1,
+     qr/RelayReuseSlots: 'sometimes' is neither Off nor a whole number of milliseconds/],
+    ['slot reuse out of range', "RelayReuseSlots 60001", 1, qr/RelayReuseSlots: '60001'/],
+    ['slot reuse off', "RelayReuseSlots Off", 0, qr/Syntax OK/],
     ['RelayEngine in server context', "RelayEngine On", 1, qr/RelayEngine/],
 );
 
