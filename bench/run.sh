@@ -217,7 +217,7 @@ $table
 "
 if [ -n "$where" ]; then
     report="$report
-### Where the time goes (case B)
+### Where the time goes
 
 $where
 "

@@ -18,7 +18,7 @@ our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_g
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
                  free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until
-                 slurp error_log);
+                 slurp error_log configtest);
 
 my $json = JSON::PP->new->canonical;
 
@@ -51,6 +51,23 @@ sub leases {
     my $now_ms = $sec * 1000 + int($usec / 1000);
     my @live = redis_lines('ZRANGEBYSCORE', "concurrency:$id", "($now_ms", '+inf');
     return scalar @live;
+}
+
+# `httpd -t` on a configuration holding $body after a relay location (and a
+# RelayKeyHashSecret unless $no_secret), in its own folder under the stage;
+# returns (exit code, output).
+sub configtest {
+    my ($body, $no_secret) = @_;
+    my $dir = "$ENV{RELAY_TEST_STAGE}/run/configtest";
+    mkdir $dir;
+    open my $fh, '>', "$dir/httpd.conf" or die $!;
+    print $fh "ServerRoot $dir\nServerName 127.0.0.1\nInclude $ENV{RELAY_TEST_STAGE}/run/inherit.conf\n"
+            . "Listen 127.0.0.1:1\nPidFile $dir/httpd.pid\nErrorLog $dir/error.log\n"
+            . ($no_secret ? '' : "RelayKeyHashSecret s3cret\n")
+            . "<Location /api/>\nRelayEngine On\n</Location>\n$body\n";
+    close $fh;
+    my $out = `$RelayTest::HTTPD -t -f $dir/httpd.conf 2>&1`;
+    return ($? >> 8, $out);
 }
 
 # Live leases of a key by the pid of the child holding them (the pid is

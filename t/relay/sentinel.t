@@ -271,19 +271,6 @@ like(slurp("$httpd->{dir}/logs/error_log"), qr/sentinel 127\.0\.0\.1:$sport refu
 $RelayTest::PORT = $saved_port;
 
 # --- 6. configtest ---------------------------------------------------------------
-my $cdir = "$dir/configtest";
-mkdir $cdir;
-sub configtest {
-    my $body = shift;
-    my $conf = "$cdir/httpd.conf";
-    open my $fh, '>', $conf or die $!;
-    print $fh "ServerRoot $cdir\nServerName 127.0.0.1\nInclude $ENV{RELAY_TEST_STAGE}/run/inherit.conf\n"
-            . "Listen 127.0.0.1:1\nPidFile $cdir/httpd.pid\nErrorLog $cdir/error.log\n"
-            . "RelayKeyHashSecret s3cret\n<Location /api/>\nRelayEngine On\n</Location>\n$body\n";
-    close $fh;
-    my $out = `/usr/sbin/apache2 -t -f $conf 2>&1`;
-    return ($? >> 8, $out);
-}
 for my $c (
     ['no master name', "RelayRedisSentinel 127.0.0.1:1", 1,
      qr/RelayRedisSentinel: '127\.0\.0\.1:1' needs a master name/],
