@@ -68,8 +68,10 @@ apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_log_fn log
  * Authenticate a key by its stored hash and, if it is usable and under its
  * limit, take a lease in one atomic script call -- the child's next batch,
  * which this thread sends itself unless another thread's call is under way.
- * On RELAY_ADMIT_OK *lease is the lease, allocated from p; give it back with
- * relay_lease_release.
+ * A key Redis has not reported changed since the child read it is admitted
+ * without a call: one without any limit, or one with a slot this child kept
+ * (see relay_lease_release). On RELAY_ADMIT_OK *lease is the lease,
+ * allocated from p; give it back with relay_lease_release.
  */
 relay_admit_code relay_lease_admit(relay_lease_store *store, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease);
