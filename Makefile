@@ -44,6 +44,9 @@ $(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
 $(BUILD)/test_validate: t/unit/test_validate.c relay_validate.c relay_keys.c relay_validate.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_validate.c relay_validate.c relay_keys.c
 
+$(BUILD)/test_endpoints: t/unit/test_endpoints.c relay_endpoints.c relay_endpoints.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_endpoints.c relay_endpoints.c
+
 $(BUILD)/test_usage: t/unit/test_usage.c relay_usage.c relay_usage.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_usage.c relay_usage.c
 
@@ -72,11 +75,13 @@ fuzz: $(BUILD)/fuzz_usage
 	$(BUILD)/fuzz_usage -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
 	    $(BUILD)/fuzz-corpus 2>&1 | tail -n 12
 
-unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/relay-keys \
+unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/test_endpoints \
+      $(BUILD)/relay-keys \
       $(BUILD)/test-concurrency
 	$(BUILD)/test_keys
 	$(BUILD)/test_validate
 	$(BUILD)/test_usage
+	$(BUILD)/test_endpoints
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh

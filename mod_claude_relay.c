@@ -1,19 +1,23 @@
 /*
  * mod_claude_relay.c - an API-key gateway for the Claude API.
  *
- * In a location with "RelayEngine On" the access hook authenticates the
- * client's relay key against Redis, takes a per-key concurrency lease in one
- * atomic script, swaps the relay key for the upstream credential and lets
- * mod_proxy carry the request. A cleanup on the request pool gives the lease
- * back however the request ends; a keeper thread per child renews the leases
- * of long requests; a killed child's leases expire by themselves.
+ * In a location with "RelayEngine On" the access hook refuses any endpoint
+ * the location does not relay, authenticates the client's relay key against
+ * Redis and takes a per-key concurrency lease in one atomic script. The
+ * client's credentials are removed at once; the upstream credential is put
+ * in by the fixups hook, only into a request that mod_proxy is about to
+ * carry. A cleanup on the request pool gives the lease back however the
+ * request ends; a keeper thread per child renews the leases of long
+ * requests; a killed child's leases expire by themselves.
  */
 #include "relay_admin.h"
 #include "relay_config.h"
+#include "relay_endpoints.h"
 #include "relay_keystore.h"
 #include "relay_keys.h"
 #include "relay_lease.h"
 #include "relay_redis.h"
+#include "relay_throttle.h"
 #include "relay_usage.h"
 
 #include <apr_hash.h>
@@ -33,6 +37,28 @@
 /* The name of the output filter that counts the answer's tokens. */
 #define USAGE_FILTER "RELAY_USAGE"
 
+/*
+ * How long a child remembers a key Redis found valid and active: under
+ * RelayOnRedisError allow, only such keys are let through while Redis fails.
+ */
+#define ALLOW_REMEMBER_MS (15 * 60 * 1000)
+
+/* What the usage filter does with the answer. */
+typedef enum {
+    FILTER_WAITING = 0, /* the first brigade has not passed yet */
+    FILTER_COUNTING,    /* a JSON or SSE answer: its tokens are read */
+    FILTER_REPLACED,    /* an answer the relay cannot count was replaced by a 502 */
+    FILTER_IDLE         /* another kind of answer: passed on unread */
+} filter_state;
+
+/* A refusal decided in the access hook, answered in fixups under Satisfy Any. */
+typedef struct {
+    int status;
+    const char *body;
+    const char *retry_after;
+    const char *allow;         /* Allow header of a 405, or NULL */
+} relay_refusal;
+
 /* The state of an admitted request, kept on its initial request. */
 typedef struct {
     relay_lease_store *store;   /* where the lease lives */
@@ -40,8 +66,9 @@ typedef struct {
     const char *key_id;         /* for log lines */
     server_rec *server;         /* for log lines from the cleanup */
     request_rec *r;             /* the request, for notes */
-    int counting;               /* the usage filter is reading the answer */
+    filter_state filter;        /* what the usage filter does with the answer */
     relay_usage usage;          /* its parser: fixed size, no allocation */
+    relay_refusal *refusal;     /* a refusal still to be answered (Satisfy Any), or NULL */
 } relay_request;
 
 /* The request a client sent: the root of redirects and sub-requests. */
@@ -60,14 +87,25 @@ static request_rec *initial_request(request_rec *r)
     }
 }
 
+/* Whether the client announced a request body. */
+static int body_announced(request_rec *r)
+{
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+
+    return apr_table_get(r->headers_in, "Transfer-Encoding") != NULL ||
+           (cl && strspn(cl, "0 \t") != strlen(cl));
+}
+
 /*
- * Answer with a JSON body from the access hook: httpd's own error pages are
- * HTML, so write the body here and return DONE.
+ * Answer a refusal with a JSON body: httpd's own error pages are HTML, so
+ * write the body here and return DONE. The request body is never read (no
+ * "100 Continue" is sent either): a connection that announced one is closed
+ * after the answer, so a client cannot hold a worker by sending it slowly.
  */
 static int json_answer(request_rec *r, int status, const char *body, const char *retry_after)
 {
-    /* the client's body is unread; discard it so the connection stays usable */
-    if (ap_discard_request_body(r) != OK) {
+    if (body_announced(r)) {
+        /* httpd discards nothing on a connection it is about to close */
         r->connection->keepalive = AP_CONN_CLOSE;
     }
     r->status = status;
@@ -115,12 +153,25 @@ static const char *presented_key(request_rec *r, const char **where)
     return NULL;
 }
 
-/* Remove every form of the client's key and put the upstream credential in. */
-static void swap_credentials(request_rec *r, const relay_dir_conf *dc)
+/*
+ * Remove every form of the client's key, and what else the upstream must not
+ * see (cookies, credentials for proxies); ask for an answer the usage filter
+ * can read.
+ */
+static void strip_client_headers(request_rec *r)
 {
     apr_table_unset(r->headers_in, "x-api-key");
     apr_table_unset(r->headers_in, "Authorization");
     apr_table_unset(r->headers_in, "api-key");
+    apr_table_unset(r->headers_in, "Cookie");
+    apr_table_unset(r->headers_in, "Cookie2");
+    apr_table_unset(r->headers_in, "Proxy-Authorization");
+    apr_table_setn(r->headers_in, "Accept-Encoding", "identity");
+}
+
+/* Put the upstream credential in (only into a request mod_proxy carries). */
+static void insert_credential(request_rec *r, const relay_dir_conf *dc)
+{
     if (dc->upstream_key) {
         apr_table_setn(r->headers_in, "x-api-key", dc->upstream_key);
     }
@@ -153,7 +204,7 @@ static apr_status_t release_lease(void *data)
         return APR_SUCCESS;
     }
     memset(&counts, 0, sizeof(counts));
-    if (rr->counting) {
+    if (rr->filter == FILTER_COUNTING) {
         relay_usage_finish(&rr->usage);
         counts.input = rr->usage.input_tokens;
         counts.output = rr->usage.output_tokens;
@@ -172,6 +223,37 @@ static apr_status_t release_lease(void *data)
     return APR_SUCCESS;
 }
 
+/* Bodies of the relay's own error answers. */
+#define BODY_UNCOUNTABLE                                                                       \
+    "{\"error\":\"Bad gateway\",\"message\":\"The upstream sent a compressed answer, which " \
+    "the relay cannot count; it asked for an uncompressed one\"}"
+
+/*
+ * Replace an answer that cannot be counted by the relay's own 502, before
+ * any of it reaches the client: a key's limits hold only for answers whose
+ * tokens are read.
+ */
+static apr_status_t replace_with_502(ap_filter_t *f, apr_bucket_brigade *bb)
+{
+    request_rec *r = f->r;
+    conn_rec *c = r->connection;
+    apr_size_t len = strlen(BODY_UNCOUNTABLE);
+
+    apr_brigade_cleanup(bb);
+    apr_table_clear(r->headers_out);
+    r->status = HTTP_BAD_GATEWAY;
+    r->status_line = NULL;
+    apr_table_setn(r->err_headers_out, "Cache-Control", "no-store");
+    ap_set_content_type(r, "application/json");
+    ap_set_content_length(r, (apr_off_t)len);
+    if (!r->header_only) {
+        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_immortal_create(BODY_UNCOUNTABLE, len,
+                                                               c->bucket_alloc));
+    }
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
+    return ap_pass_brigade(f->next, bb);
+}
+
 /*
  * Output filter: read the token usage from the answer as it passes. Every
  * brigade goes on at once, untouched; only the parser's fixed state is kept.
@@ -182,16 +264,22 @@ static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     request_rec *r = f->r;
     apr_bucket *b;
 
-    if (!rr->counting) {
+    if (rr->filter == FILTER_REPLACED) {
+        /* the upstream's answer goes nowhere: the client has the 502 */
+        apr_brigade_cleanup(bb);
+        return APR_SUCCESS;
+    }
+    if (rr->filter == FILTER_WAITING) {
         const char *type = r->content_type ? r->content_type : "";
         const char *enc = apr_table_get(r->headers_out, "Content-Encoding");
 
         if (enc && strcasecmp(enc, "identity") != 0) {
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                          RLOG "answer for key %s is %s-encoded: its tokens are not counted",
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          RLOG "the upstream answered key %s %s-encoded although the relay asked "
+                               "for identity; answering 502, since its tokens cannot be counted",
                           rr->key_id, ap_escape_logitem(r->pool, enc));
-            ap_remove_output_filter(f);
-            return ap_pass_brigade(f->next, bb);
+            rr->filter = FILTER_REPLACED;
+            return replace_with_502(f, bb);
         }
         if (strncasecmp(type, "text/event-stream", 17) == 0) {
             relay_usage_init(&rr->usage, RELAY_USAGE_SSE);
@@ -200,10 +288,11 @@ static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
             relay_usage_init(&rr->usage, RELAY_USAGE_JSON);
         }
         else {
+            rr->filter = FILTER_IDLE;
             ap_remove_output_filter(f);
             return ap_pass_brigade(f->next, bb);
         }
-        rr->counting = 1;
+        rr->filter = FILTER_COUNTING;
     }
     for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
         const char *data;
@@ -237,7 +326,7 @@ static void relay_insert_filter(request_rec *r)
         rr = ap_get_module_config(q->request_config, &claude_relay_module);
     }
 
-    if (rr && rr->lease && !rr->counting) {
+    if (rr && rr->lease && rr->filter == FILTER_WAITING) {
         ap_add_output_filter(USAGE_FILTER, rr, r, r->connection);
     }
 }
@@ -254,10 +343,180 @@ static void relay_insert_filter(request_rec *r)
     "{\"error\":\"Service temporarily unavailable\",\"message\":\"The relay cannot reach its " \
     "key store right now; please retry shortly\"}"
 
+#define BODY_NO_ENDPOINT                                                                       \
+    "{\"error\":\"Not found\",\"message\":\"This relay does not serve that endpoint\"}"
+#define BODY_BAD_METHOD                                                                        \
+    "{\"error\":\"Method not allowed\",\"message\":\"This relay does not serve that method on " \
+    "that endpoint\"}"
+#define BODY_NOT_ADMITTED                                                                      \
+    "{\"error\":\"Internal server error\",\"message\":\"The relay did not admit this request\"}"
+
+/* The admission of a request: its own, or that of the request it derives from. */
+static relay_request *admission_of(request_rec *r)
+{
+    request_rec *q;
+
+    for (q = r; q; q = q->prev ? q->prev : q->main) {
+        relay_request *rr = ap_get_module_config(q->request_config, &claude_relay_module);
+        if (rr) {
+            return rr->refusal ? NULL : rr;
+        }
+    }
+    return NULL;
+}
+
 /*
- * check_access: authenticate the relay key and take a concurrency lease.
- * Runs for the initial request only; redirects and sub-requests of an
- * admitted request ride on its lease.
+ * Refuse a request from the access hook. Under Satisfy Any httpd would go on
+ * to authorize the request anyway (and the answer would be written twice),
+ * so there the refusal is kept for the fixups hook, which every request
+ * that is served passes.
+ */
+static int refuse(request_rec *r, int status, const char *body, const char *retry_after,
+                  const char *allow)
+{
+    if (ap_satisfies(r) == SATISFY_ANY) {
+        relay_request *rr = apr_pcalloc(r->pool, sizeof(*rr));
+
+        rr->r = r;
+        rr->refusal = apr_pcalloc(r->pool, sizeof(*rr->refusal));
+        rr->refusal->status = status;
+        rr->refusal->body = body;
+        rr->refusal->retry_after = retry_after;
+        rr->refusal->allow = allow;
+        ap_set_module_config(r->request_config, &claude_relay_module, rr);
+        return DONE;
+    }
+    if (allow) {
+        apr_table_setn(r->err_headers_out, "Allow", allow);
+    }
+    return json_answer(r, status, body, retry_after);
+}
+
+/* The path of a request below the relay's location, or NULL when it is not below it. */
+static const char *path_below(request_rec *r, const relay_dir_conf *dc)
+{
+    const char *uri = r->uri ? r->uri : "";
+    size_t n;
+
+    if (!dc->location) {
+        /* a regex or directory section: the endpoint must end the path */
+        return NULL;
+    }
+    n = strlen(dc->location);
+    while (n > 0 && dc->location[n - 1] == '/') {
+        n--;
+    }
+    if (strncmp(uri, dc->location, n) != 0 || uri[n] != '/') {
+        return "";
+    }
+    return uri + n;
+}
+
+/* Judge the endpoint of a request against the location's list. */
+static relay_endpoint_verdict judge_endpoint(request_rec *r, const relay_dir_conf *dc,
+                                             const char **allow)
+{
+    size_t n, i;
+    const relay_endpoint *list = relay_endpoints(dc, &n);
+    const char *below = path_below(r, dc);
+    relay_endpoint_verdict v;
+    char buf[128];
+
+    if (!below) {
+        /* without a plain <Location>, the URL path must end in a listed path */
+        const char *uri = r->uri ? r->uri : "";
+        size_t ulen = strlen(uri);
+
+        v = RELAY_ENDPOINT_UNKNOWN;
+        for (i = 0; i < n && v != RELAY_ENDPOINT_ALLOWED; i++) {
+            size_t plen = strlen(list[i].path);
+            if (!list[i].below && ulen >= plen) {
+                relay_endpoint_verdict w =
+                    relay_endpoint_judge(&list[i], 1, r->method, uri + ulen - plen);
+                if (w != RELAY_ENDPOINT_UNKNOWN) {
+                    v = w;
+                    below = uri + ulen - plen;
+                }
+            }
+        }
+    }
+    else {
+        v = relay_endpoint_judge(list, n, r->method, below);
+    }
+    if (v == RELAY_ENDPOINT_BAD_METHOD) {
+        *allow = apr_pstrdup(r->pool, relay_endpoint_methods(list, n, below, buf, sizeof(buf)));
+    }
+    return v;
+}
+
+/* The answer of a 429 for a concurrency limit. */
+static const char *limited_body(request_rec *r, const relay_admit_result *res)
+{
+    return apr_psprintf(r->pool,
+                        "{\"error\":\"Concurrency limit exceeded\",\"message\":\"Too many "
+                        "concurrent requests. Limit: %" APR_INT64_T_FMT " concurrent requests\","
+                        "\"currentConcurrency\":%" APR_INT64_T_FMT ",\"concurrencyLimit\":%"
+                        APR_INT64_T_FMT "}",
+                        (apr_int64_t)res->limit, (apr_int64_t)res->current,
+                        (apr_int64_t)res->limit);
+}
+
+/*
+ * Log a refusal for a limit at most once a second per key (with how many
+ * were not logged since), so a key holder cannot flood the error log.
+ */
+static void log_limited(request_rec *r, const char *what, const relay_admit_result *res,
+                        const char *unit)
+{
+    unsigned long skipped = 0;
+
+    if (!relay_throttle_pass(res->id, apr_time_now(), &skipped)) {
+        return;
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                  RLOG "%s limit reached for key %s (%s): %" APR_INT64_T_FMT " %s, limit %"
+                       APR_INT64_T_FMT " (%lu more refusals of this key not logged)",
+                  what, res->id, ap_escape_logitem(r->pool, res->name), (apr_int64_t)res->current,
+                  unit, (apr_int64_t)res->limit, skipped);
+}
+
+/*
+ * RelayOnRedisError allow, with Redis failing: a key this child admitted
+ * lately goes through unlimited; any other key is refused as under deny.
+ */
+static int admit_without_redis(request_rec *r, relay_server_conf *sc, const char *hash,
+                               const relay_admit_result *res)
+{
+    const char *id = NULL;
+    relay_request *rr;
+
+    if (!relay_lease_recently_valid(sc->store, hash, ALLOW_REMEMBER_MS, r->pool, &id)) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      RLOG "Redis unavailable (%s); RelayOnRedisError allow lets through only "
+                           "keys this process admitted lately, and this one is not among them: "
+                           "refusing (503)",
+                      res->error ? res->error : "unknown error");
+        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                  RLOG "Redis unavailable (%s); RelayOnRedisError allow: passing key %s, "
+                       "admitted lately, through unchecked and unlimited",
+                  res->error ? res->error : "unknown error", id);
+    rr = apr_pcalloc(r->pool, sizeof(*rr));
+    rr->key_id = id;
+    rr->server = r->server;
+    rr->r = r;
+    ap_set_module_config(r->request_config, &claude_relay_module, rr);
+    apr_table_setn(r->notes, "relay-key-id", id);
+    apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", id);
+    strip_client_headers(r);
+    return DECLINED;
+}
+
+/*
+ * check_access: refuse endpoints the location does not relay, authenticate
+ * the relay key and take a concurrency lease. Runs for the initial request
+ * only; redirects and sub-requests of an admitted request ride on its lease.
  */
 static int relay_check_access(request_rec *r)
 {
@@ -267,7 +526,7 @@ static int relay_check_access(request_rec *r)
     relay_request *rr;
     relay_admit_result res;
     relay_lease *lease = NULL;
-    const char *key, *where = NULL;
+    const char *key, *where = NULL, *allow = NULL;
     char hash[RELAY_SHA256_HEX_LEN + 1];
     size_t keylen;
 
@@ -275,17 +534,33 @@ static int relay_check_access(request_rec *r)
         return DECLINED;
     }
     root = initial_request(r);
-    if (root != r && ap_get_module_config(root->request_config, &claude_relay_module)) {
-        /* rides on the initial request's slot; the credential is this location's */
-        swap_credentials(r, dc);
+    if (root != r && admission_of(r)) {
+        /* rides on the initial request's slot; fixups puts this location's credential in */
+        strip_client_headers(r);
         return DECLINED;
     }
     sc = ap_get_module_config(r->server->module_config, &claude_relay_module);
 
+    /* before the key is looked at: no Redis call, no upstream byte */
+    switch (judge_endpoint(r, dc, &allow)) {
+    case RELAY_ENDPOINT_ALLOWED:
+        break;
+    case RELAY_ENDPOINT_BAD_METHOD:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: method %s is not relayed here",
+                      ap_escape_logitem(r->pool, r->method));
+        return refuse(r, HTTP_METHOD_NOT_ALLOWED, BODY_BAD_METHOD, NULL, allow);
+    case RELAY_ENDPOINT_UNKNOWN:
+    default:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      RLOG "refused: %s %s is not an endpoint relayed here",
+                      ap_escape_logitem(r->pool, r->method), ap_escape_logitem(r->pool, r->uri));
+        return refuse(r, HTTP_NOT_FOUND, BODY_NO_ENDPOINT, NULL, NULL);
+    }
+
     key = presented_key(r, &where);
     if (!key) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: no API key presented");
-        return json_answer(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL, NULL);
     }
     keylen = strlen(key);
     while (keylen > 0 && (key[keylen - 1] == ' ' || key[keylen - 1] == '\t')) {
@@ -295,11 +570,11 @@ static int relay_check_access(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: malformed API key in %s (%" APR_SIZE_T_FMT " bytes)", where,
                       keylen);
-        return json_answer(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL, NULL);
     }
     if (!sc->store || !sc->secret) {
         /* only when the child could not build its store: logged at child start */
-        return json_answer(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1");
+        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
     relay_key_hash(key, keylen, sc->secret, hash);
 
@@ -309,56 +584,35 @@ static int relay_check_access(request_rec *r)
     case RELAY_ADMIT_NOT_FOUND:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: unknown API key (hash prefix %.8s)", hash);
-        return json_answer(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL, NULL);
     case RELAY_ADMIT_DISABLED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s is disabled", res.id);
-        return json_answer(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL, NULL);
     case RELAY_ADMIT_EXPIRED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s has expired", res.id);
-        return json_answer(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL, NULL);
     case RELAY_ADMIT_LIMITED:
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      RLOG "concurrency limit reached for key %s (%s): %" APR_INT64_T_FMT
-                           " in flight, limit %" APR_INT64_T_FMT,
-                      res.id, ap_escape_logitem(r->pool, res.name), (apr_int64_t)res.current,
-                      (apr_int64_t)res.limit);
-        return json_answer(
-            r, HTTP_TOO_MANY_REQUESTS,
-            apr_psprintf(r->pool,
-                         "{\"error\":\"Concurrency limit exceeded\",\"message\":\"Too many "
-                         "concurrent requests. Limit: %" APR_INT64_T_FMT " concurrent requests\","
-                         "\"currentConcurrency\":%" APR_INT64_T_FMT ",\"concurrencyLimit\":%"
-                         APR_INT64_T_FMT "}",
-                         (apr_int64_t)res.limit, (apr_int64_t)res.current, (apr_int64_t)res.limit),
-            "1");
+        log_limited(r, "concurrency", &res, "in flight");
+        return refuse(r, HTTP_TOO_MANY_REQUESTS, limited_body(r, &res), "1", NULL);
     case RELAY_ADMIT_TOKENS:
         /* no Retry-After: waiting does not help, only a higher limit does */
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      RLOG "token limit reached for key %s (%s): %" APR_INT64_T_FMT
-                           " tokens used, limit %" APR_INT64_T_FMT,
-                      res.id, ap_escape_logitem(r->pool, res.name), (apr_int64_t)res.current,
-                      (apr_int64_t)res.limit);
-        return json_answer(
+        log_limited(r, "token", &res, "tokens used");
+        return refuse(
             r, HTTP_TOO_MANY_REQUESTS,
             apr_psprintf(r->pool,
                          "{\"error\":\"Token limit exceeded\",\"message\":\"Token limit of %"
                          APR_INT64_T_FMT " tokens reached\",\"tokenLimit\":%" APR_INT64_T_FMT
                          ",\"totalTokens\":%" APR_INT64_T_FMT "}",
                          (apr_int64_t)res.limit, (apr_int64_t)res.limit, (apr_int64_t)res.current),
-            NULL);
+            NULL, NULL);
     case RELAY_ADMIT_ERROR:
     default:
         if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
-            ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                          RLOG "Redis unavailable (%s); RelayOnRedisError allow: passing the "
-                               "request through unchecked and unlimited",
-                          res.error ? res.error : "unknown error");
-            swap_credentials(r, dc);
-            return DECLINED;
+            return admit_without_redis(r, sc, hash, &res);
         }
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "Redis unavailable, refusing (503): %s",
                       res.error ? res.error : "unknown error");
-        return json_answer(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1");
+        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
 
     if (res.legacy_replaced) {
@@ -399,9 +653,90 @@ static int relay_check_access(request_rec *r)
                       res.id, (apr_int64_t)res.current, (apr_int64_t)res.limit,
                       relay_lease_member(lease));
     }
-    swap_credentials(r, dc);
+    strip_client_headers(r);
     return DECLINED;
 }
+
+/*
+ * fixups, first of all: answer a refusal the access hook could not answer
+ * (Satisfy Any), and refuse anything in a relay location that was never
+ * admitted, so no path leads to the upstream around the access hook.
+ */
+static int relay_fixups_refuse(request_rec *r)
+{
+    relay_dir_conf *dc = ap_get_module_config(r->per_dir_config, &claude_relay_module);
+    relay_request *rr = ap_get_module_config(r->request_config, &claude_relay_module);
+
+    if (rr && rr->refusal) {
+        relay_refusal *f = rr->refusal;
+        if (f->allow) {
+            apr_table_setn(r->err_headers_out, "Allow", f->allow);
+        }
+        return json_answer(r, f->status, f->body, f->retry_after);
+    }
+    if (dc->engine == 1 && !admission_of(r)) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      RLOG "refused: request in a RelayEngine location reached fixups without "
+                           "an admission");
+        return json_answer(r, HTTP_INTERNAL_SERVER_ERROR, BODY_NOT_ADMITTED, NULL);
+    }
+    return DECLINED;
+}
+
+/* Whether a header value is, or carries, a relay key. */
+static int holds_relay_key(const char *v)
+{
+    return v && (strstr(v, "cr_") != NULL || strstr(v, "CR_") != NULL);
+}
+
+/*
+ * log_transaction, before any log module: no credential is left in the
+ * request's headers, so a LogFormat with %{x-api-key}i or %{Authorization}i
+ * writes neither a relay key (of any request, refused ones and those httpd
+ * refused before the relay saw them included) nor the upstream credential.
+ */
+static int relay_scrub_for_log(request_rec *r)
+{
+    static const char *const names[] = {"x-api-key", "Authorization", "api-key"};
+    relay_dir_conf *dc = ap_get_module_config(r->per_dir_config, &claude_relay_module);
+    int all = dc->engine == 1 || admission_of(r) != NULL;
+    size_t i;
+
+    for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (all || holds_relay_key(apr_table_get(r->headers_in, names[i]))) {
+            apr_table_unset(r->headers_in, names[i]);
+        }
+    }
+    return DECLINED;
+}
+
+/* Whether mod_proxy is going to carry a request upstream. */
+static int proxied(const request_rec *r)
+{
+    return (r->filename && strncmp(r->filename, "proxy:", 6) == 0) ||
+           (r->handler && strncmp(r->handler, "proxy:", 6) == 0);
+}
+
+/*
+ * fixups, last of all: put the upstream credential into an admitted request
+ * that mod_proxy carries, and into nothing else (a CGI, an SSI page or any
+ * other handler never sees it).
+ */
+static int relay_fixups_credential(request_rec *r)
+{
+    relay_dir_conf *dc = ap_get_module_config(r->per_dir_config, &claude_relay_module);
+
+    if (dc->engine != 1 || !admission_of(r)) {
+        return DECLINED;
+    }
+    strip_client_headers(r);
+    if (proxied(r)) {
+        insert_credential(r, dc);
+    }
+    return DECLINED;
+}
+
+
 
 /* Whether a server may run the engine (its own sections, or the main server's). */
 static int engine_possible(server_rec *s)
@@ -499,6 +834,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
     server_rec *v;
 
     relay_keystore_init();
+    relay_throttle_init(pchild);
     if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS || threads < 1) {
         threads = 1;
     }
@@ -569,6 +905,9 @@ static void relay_register_hooks(apr_pool_t *p)
     ap_register_output_filter(USAGE_FILTER, usage_filter, NULL, AP_FTYPE_RESOURCE);
     ap_hook_check_access(relay_check_access, NULL, NULL, APR_HOOK_MIDDLE,
                          AP_AUTH_INTERNAL_PER_CONF);
+    ap_hook_fixups(relay_fixups_refuse, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    ap_hook_fixups(relay_fixups_credential, NULL, NULL, APR_HOOK_REALLY_LAST);
+    ap_hook_log_transaction(relay_scrub_for_log, NULL, NULL, APR_HOOK_REALLY_FIRST);
 }
 
 AP_DECLARE_MODULE(claude_relay) = {

@@ -105,7 +105,20 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     dc->upstream_bearer = add->upstream_set ? add->upstream_bearer : base->upstream_bearer;
     dc->on_redis_error = add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error
                                                                   : base->on_redis_error;
+    dc->endpoints = add->endpoints ? add->endpoints : base->endpoints;
+    /* the location travels with the RelayEngine that named it */
+    dc->location = add->engine != RELAY_UNSET ? add->location : base->location;
     return dc;
+}
+
+const relay_endpoint *relay_endpoints(const relay_dir_conf *dc, size_t *n)
+{
+    if (dc->endpoints) {
+        *n = (size_t)dc->endpoints->nelts;
+        return (const relay_endpoint *)dc->endpoints->elts;
+    }
+    *n = relay_default_endpoints_count;
+    return relay_default_endpoints;
 }
 
 const char *relay_admin_assets(const relay_server_conf *sc)
@@ -430,8 +443,15 @@ static const char *set_admin_assets(cmd_parms *cmd, void *dummy, const char *arg
 static const char *set_engine(cmd_parms *cmd, void *dcv, int flag)
 {
     relay_dir_conf *dc = dcv;
+    const ap_directive_t *section = cmd->directive ? cmd->directive->parent : NULL;
 
     dc->engine = flag;
+    /* a plain <Location> tells where the upstream paths start; a regex does not */
+    dc->location = NULL;
+    if (section && strcasecmp(section->directive, "<Location") == 0 && cmd->path &&
+        cmd->path[0] == '/' && section->args && section->args[0] != '~') {
+        dc->location = cmd->path;
+    }
     if (flag) {
         if (cmd->server->is_virtual) {
             server_conf(cmd)->engine_seen = 1;
@@ -497,6 +517,39 @@ static const char *set_on_redis_error(cmd_parms *cmd, void *dcv, const char *arg
     return NULL;
 }
 
+/*
+ * RelayAllowEndpoints "METHOD /path" ... (or METHOD /path pairs): the
+ * endpoints this location relays, replacing the default list.
+ */
+static const char *set_allow_endpoints(cmd_parms *cmd, void *dcv, int argc, char *const argv[])
+{
+    relay_dir_conf *dc = dcv;
+    int i;
+
+    if (argc == 0) {
+        return "RelayAllowEndpoints: name at least one endpoint, such as \"POST /v1/messages\"";
+    }
+    if (!dc->endpoints) {
+        dc->endpoints = apr_array_make(cmd->pool, argc, sizeof(relay_endpoint));
+    }
+    for (i = 0; i < argc; i++) {
+        const char *text = argv[i];
+        relay_endpoint *e = apr_array_push(dc->endpoints);
+        const char *why;
+
+        /* METHOD and /path given as two words */
+        if (!strchr(text, ' ') && text[0] != '/' && i + 1 < argc && argv[i + 1][0] == '/') {
+            text = apr_pstrcat(cmd->temp_pool, text, " ", argv[i + 1], NULL);
+            i++;
+        }
+        why = relay_endpoint_parse(text, e);
+        if (why) {
+            return apr_psprintf(cmd->pool, "RelayAllowEndpoints: '%s': %s", text, why);
+        }
+    }
+    return NULL;
+}
+
 const command_rec relay_cmds[] = {
     AP_INIT_TAKE1("RelayRedisServer", set_redis_server, NULL, RSRC_CONF,
                   "Redis holding keys and leases: host[:port] or unix:/path"),
@@ -536,4 +589,7 @@ const command_rec relay_cmds[] = {
                   "file:/path)"),
     AP_INIT_TAKE1("RelayOnRedisError", set_on_redis_error, NULL, ACCESS_CONF,
                   "deny (503) or allow (unlimited, with a warning) when Redis is unreachable"),
+    AP_INIT_TAKE_ARGV("RelayAllowEndpoints", set_allow_endpoints, NULL, ACCESS_CONF,
+                      "Endpoints relayed here, as \"METHOD /path\" (a path ending in /* covers "
+                      "everything below it); others get 404"),
     {NULL}};

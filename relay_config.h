@@ -5,6 +5,7 @@
 #ifndef RELAY_CONFIG_H
 #define RELAY_CONFIG_H
 
+#include "relay_endpoints.h"
 #include "relay_lease.h"
 #include "relay_redis.h"
 
@@ -59,6 +60,9 @@ typedef struct {
     const char *upstream_bearer;/* RelayUpstreamBearer value; NULL = unset */
     int upstream_set;           /* either credential directive was given here */
     relay_onerr on_redis_error; /* RelayOnRedisError */
+    apr_array_header_t *endpoints; /* RelayAllowEndpoints: relay_endpoint; NULL = default */
+    const char *location;       /* the <Location> path RelayEngine was set in; NULL when
+                                   set in another kind of section (a regex, a directory) */
 } relay_dir_conf;
 
 extern module AP_MODULE_DECLARE_DATA claude_relay_module;
@@ -79,6 +83,9 @@ void relay_config_reset(void);
 
 /* Where the admin's static files are read from. */
 const char *relay_admin_assets(const relay_server_conf *sc);
+
+/* The endpoints a location relays: its RelayAllowEndpoints, or the default list. */
+const relay_endpoint *relay_endpoints(const relay_dir_conf *dc, size_t *n);
 
 /* Effective lease length of a server config. */
 int relay_lease_seconds(const relay_server_conf *sc);

@@ -23,7 +23,8 @@ stop() {
         for _ in $(seq 50); do [ -f "$dir/httpd.pid" ] || break; sleep 0.1; done
     fi
     if [ -f "$dir/redis.pid" ]; then
-        redis-cli -h 127.0.0.1 -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+        REDISCLI_AUTH=$(cat "$dir/redis.password" 2>/dev/null) \
+            redis-cli -h 127.0.0.1 -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
         rm -f "$dir/redis.pid"
     fi
 }
@@ -51,14 +52,22 @@ start() {
     chmod -R a+rX "$dir"
     admin_password=$(head -c 9 /dev/urandom | od -An -tx1 | tr -d ' \n')
     htpasswd -bc "$dir/admin.htpasswd" admin "$admin_password" 2>/dev/null
-    chmod 644 "$dir/admin.htpasswd"
-    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret"
-    chmod 600 "$dir/secret"
+    # secrets: readable by root only (httpd reads them before it drops privileges)
+    (umask 077
+     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/secret"
+     head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/redis.password")
+    chmod 600 "$dir/secret" "$dir/redis.password"
+    chmod 640 "$dir/admin.htpasswd"
+    [ "$(id -u)" = 0 ] && chgrp nogroup "$dir/admin.htpasswd"
+    redis_password=$(cat "$dir/redis.password")
 
-    redis-server --bind 127.0.0.1 --port "$redis_port" --save '' --appendonly no \
-        --dir "$dir" --logfile "$dir/logs/redis.log" --pidfile "$dir/redis.pid" --daemonize yes
+    # Redis on loopback only, with a password; the config file is private too
+    (umask 077
+     printf 'bind 127.0.0.1\nport %s\nrequirepass %s\nsave ""\nappendonly no\ndir %s\nlogfile %s\npidfile %s\ndaemonize yes\n' \
+         "$redis_port" "$redis_password" "$dir" "$dir/logs/redis.log" "$dir/redis.pid" > "$dir/redis.conf")
+    redis-server "$dir/redis.conf"
     for _ in $(seq 50); do
-        redis-cli -h 127.0.0.1 -p "$redis_port" PING >/dev/null 2>&1 && break
+        REDISCLI_AUTH=$redis_password redis-cli -h 127.0.0.1 -p "$redis_port" PING 2>/dev/null | grep -q PONG && break
         sleep 0.1
     done
 
@@ -105,13 +114,22 @@ LoadModule auth_basic_module $mods/mod_auth_basic.so
 LoadModule authz_user_module $mods/mod_authz_user.so
 LoadModule proxy_module $mods/mod_proxy.so
 LoadModule proxy_http_module $mods/mod_proxy_http.so
+LoadModule reqtimeout_module $mods/mod_reqtimeout.so
 LoadModule claude_relay_module $dir/mod_claude_relay.so
 LoadModule relay_mock_module $dir/mod_relay_mock.so
 $ssl
-LogFormat "%h %t \"%r\" %>s %D key=%{relay-key-id}n" relay
+# the request line without its query string: a key put there is not logged
+LogFormat "%h %t \"%m %U %H\" %>s %D key=%{relay-key-id}n" relay
 CustomLog $dir/logs/access.log relay
 
+# hardening (README "Security"): no TRACE, nothing internal upstream, slow
+# clients cannot hold workers
+TraceEnable Off
+ProxyAddHeaders Off
+RequestReadTimeout header=20-40,MinRate=500 body=20,MinRate=500
+
 RelayRedisServer 127.0.0.1:$redis_port
+RelayRedisPassword file:$dir/redis.password
 RelayKeyHashSecret file:$dir/secret
 
 <Location /api/>
@@ -139,7 +157,7 @@ CONF
     "$httpd" -f "$dir/httpd.conf" -k start
     for _ in $(seq 50); do port_busy "$port" && break; sleep 0.1; done
 
-    key=$(RELAY_REDIS=127.0.0.1:$redis_port "$dir/relay-keys" --secret-file "$dir/secret" \
+    key=$(RELAY_REDIS=127.0.0.1:$redis_port RELAY_REDIS_PASSWORD=$redis_password "$dir/relay-keys" --secret-file "$dir/secret" \
           create --name "demo key" --description "made by make demo" \
           --concurrency-limit "$limit" --json | sed -n 's/.*"apiKey":"\(cr_[0-9a-f]*\)".*/\1/p')
 
@@ -156,7 +174,7 @@ Try it:
 Streaming: add "stream":true to the body (and curl -N).
 Admin:        http://127.0.0.1:$port/relay-admin/  (user admin, password $admin_password)
 Check limit:  SERVER_URL=http://127.0.0.1:$port build/test-concurrency --hold-ms 2000 $key 5
-Manage keys:  RELAY_REDIS=127.0.0.1:$redis_port $dir/relay-keys --secret-file $dir/secret list
+Manage keys:  RELAY_REDIS=127.0.0.1:$redis_port RELAY_REDIS_PASSWORD=\$(cat $dir/redis.password) $dir/relay-keys --secret-file $dir/secret list
 Logs:         $dir/logs/
 Stop:         make demo-stop
 TXT

@@ -14,7 +14,7 @@ use Time::HiRes qw(time sleep);
 use Apache::Test ();
 use Apache::TestRequest ();
 
-our @EXPORT = qw(redis redis_lines make_key relay_keys base_url http_post http_get
+our @EXPORT = qw(monitor_during redis redis_lines make_key relay_keys base_url http_post http_get
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
                  free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until
@@ -199,7 +199,8 @@ sub httpd_children {
 
 # Start one more httpd with the relay at /api/ in front of the test's mock
 # upstream. Options: name, redis (directive lines for Redis), extra (more
-# config). Returns {port, dir, pid} once it answers.
+# config), children (a fixed number of children; default 2 that may grow to 16).
+# Returns {port, dir, pid} once it answers.
 sub start_httpd {
     my %o = @_;
     my $name = $o{name} // 'second';
@@ -212,6 +213,11 @@ sub start_httpd {
     my $user = $> == 0 ? "User nobody\nGroup nogroup\n" : '';
     my $mock = mock_port();
     my $extra = $o{extra} // '';
+    my $mpm = $o{children}
+        ? "StartServers $o{children}\nServerLimit $o{children}\nThreadsPerChild 25\n"
+          . "MinSpareThreads 1\nMaxSpareThreads " . (25 * $o{children}) . "\n"
+          . "MaxRequestWorkers " . (25 * $o{children})
+        : "StartServers 2\nServerLimit 16\nThreadsPerChild 25\nMaxRequestWorkers 400";
     open my $fh, '>', "$dir/httpd.conf" or die $!;
     print $fh <<"CONF";
 ServerRoot $dir
@@ -222,10 +228,7 @@ Listen 127.0.0.1:$port
 PidFile $dir/httpd.pid
 ErrorLog $dir/logs/error_log
 LogLevel info claude_relay:debug
-${user}StartServers 2
-ServerLimit 16
-ThreadsPerChild 25
-MaxRequestWorkers 400
+${user}$mpm
 $redis
 RelayKeyHashSecret env:RELAY_TEST_SECRET
 RelayLeaseSeconds 3
@@ -334,6 +337,28 @@ sub raw_request {
     $req .= "\r\n" . ($body // '');
     print $s $req;
     return $s;
+}
+
+# What Redis's MONITOR shows while $code runs, and in the half second after.
+sub monitor_during {
+    my $code = shift;
+    require IO::Select;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ENV{RELAY_TEST_REDIS_PORT},
+                                  Proto => 'tcp') or die "redis: $!";
+    print $s "MONITOR\r\n";
+    my $ok = <$s>;
+    die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
+    $code->();
+    # MONITOR never ends: the relay's tracking connections ping every second
+    my ($buf, $sel, $end) = ('', IO::Select->new($s), time + 0.5);
+    while ((my $left = $end - time) > 0) {
+        next unless $sel->can_read($left);
+        my $n = sysread($s, my $chunk, 65536);
+        last unless $n;
+        $buf .= $chunk;
+    }
+    close $s;
+    return $buf;
 }
 
 # Poll a condition until it holds or the timeout passes; returns seconds waited or undef.

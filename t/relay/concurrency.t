@@ -61,7 +61,7 @@ is(mock_peak('unlimited') > 1 ? 1 : 0, 1, 'and they did overlap at the upstream'
 # an internal redirect between relayed locations takes no second slot
 wait_until(5, sub { leases($one->{id}) == 0 });
 redis('HSET', "apikey:$one->{id}", 'concurrencyLimit', '1');
-$r = http_post('/redirect/x', $msg, 'x-api-key' => $one->{apiKey}, 'x-mock-tag' => 'redirect');
+$r = http_post('/redirect/v1/messages', $msg, 'x-api-key' => $one->{apiKey}, 'x-mock-tag' => 'redirect');
 is($r->code, 200, 'redirected request on a limit-1 key is admitted once');
 is(scalar(grep { $_->{event} eq 'start' } mock_entries('redirect')), 1,
          'and reached the upstream through the redirect');

@@ -14,28 +14,6 @@ plan tests => 4, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 
-# What MONITOR shows while $code runs.
-sub monitor_during {
-    my $code = shift;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ENV{RELAY_TEST_REDIS_PORT},
-                                  Proto => 'tcp') or die "redis: $!";
-    print $s "MONITOR\r\n";
-    my $ok = <$s>;
-    die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
-    $code->();
-    # what came in meanwhile and in the next half second (MONITOR never ends:
-    # the relay's tracking connections ping every second)
-    my ($buf, $sel, $end) = ('', IO::Select->new($s), time + 0.5);
-    while ((my $left = $end - time) > 0) {
-        next unless $sel->can_read($left);
-        my $n = sysread($s, my $chunk, 65536);
-        last unless $n;
-        $buf .= $chunk;
-    }
-    close $s;
-    return $buf;
-}
-
 # let the batched work of earlier requests reach Redis first
 sleep 1.5;
 my $seen = monitor_during(sub { http_get('/plain/v1/models') for 1 .. 20 });

@@ -81,17 +81,17 @@ wait_until(3, sub { (h("usage:$e->{id}")->{totalRequests} // 0) == 1 });
 $u = h("usage:$e->{id}");
 is(($u->{totalRequests} // 0) . "/" . ($u->{totalTokens} // 0), '1/0', 'a 500 answer: one request, no tokens');
 
-# an encoded answer is passed through, counted as a request, its tokens skipped
+# an answer encoded although the relay asked for identity is never served uncounted
 my $z = make_key(name => 'usage gzip', limit => 0);
-http_post('/api/v1/messages', $json_body, 'x-api-key' => $z->{apiKey},
-          'x-mock-content-encoding' => 'gzip', 'x-mock-input-tokens' => 70);
+my $zr = http_post('/api/v1/messages', $json_body, 'x-api-key' => $z->{apiKey},
+                   'x-mock-content-encoding' => 'gzip', 'x-mock-input-tokens' => 70);
 wait_until(3, sub { (h("usage:$z->{id}")->{totalRequests} // 0) == 1 });
 $u = h("usage:$z->{id}");
-is(($u->{totalRequests} // 0) . '/' . ($u->{totalTokens} // 0), '1/0',
-   'a gzip-encoded answer: one request, its tokens not counted');
+is($zr->code . ' ' . ($u->{totalRequests} // 0) . '/' . ($u->{totalTokens} // 0), '502 1/0',
+   'a gzip-encoded answer: 502 for the client, one request, no tokens');
 my $cfg0 = Apache::Test::config();
 open my $el, '<', "$cfg0->{vars}{t_logs}/error_log";
-ok(scalar(grep { /key \Q$z->{id}\E is gzip-encoded: its tokens are not counted/ } <$el>),
+ok(scalar(grep { /answered key \Q$z->{id}\E gzip-encoded although the relay asked for identity/ } <$el>),
    'and a log line says so');
 
 # a client hanging up mid-stream is charged for what the upstream produced
