@@ -5,6 +5,7 @@
  * so `apachectl configtest` stops on it.
  */
 #include "relay_config.h"
+#include "relay_keys.h"
 
 #include <apr_file_io.h>
 #include <apr_strings.h>
@@ -159,13 +160,18 @@ static const char *parse_int(cmd_parms *cmd, const char *arg, long min, long max
 }
 
 /*
- * A secret given inline, as env:VAR or as file:/path. The file's first line is
- * used, without its line ending. Read once, at configuration time.
+ * A secret given inline, as env:VAR or as file:/path; a file holds it on one
+ * line and is read by relay_secret_read, as relay-keys --secret-file is, so
+ * both see the same secret. Read once, at configuration time. *source names
+ * where the value came from, for messages; *out is set only on success.
  */
-static const char *resolve_secret(cmd_parms *cmd, const char *arg, const char **out)
+static const char *resolve_secret_from(cmd_parms *cmd, const char *arg, const char **out,
+                                       const char **source)
 {
+    const char *v;
+
     if (strncmp(arg, "env:", 4) == 0) {
-        const char *name = arg + 4, *v;
+        const char *name = arg + 4;
         if (*name == '\0') {
             return apr_psprintf(cmd->pool, "%s: env: needs a variable name", cmd->cmd->name);
         }
@@ -176,52 +182,48 @@ static const char *resolve_secret(cmd_parms *cmd, const char *arg, const char **
                                 "(httpd reads it when it starts)",
                                 cmd->cmd->name, name);
         }
-        *out = apr_pstrdup(cmd->pool, v);
+        v = apr_pstrdup(cmd->pool, v);
+        *source = apr_psprintf(cmd->pool, "the environment variable %s", name);
     }
     else if (strncmp(arg, "file:", 5) == 0) {
         const char *path = ap_server_root_relative(cmd->temp_pool, arg + 5);
-        apr_file_t *f;
-        char buf[4096];
-        apr_size_t n = sizeof(buf) - 1;
-        apr_status_t rv;
-        char *eol;
+        size_t whylen, len;
+        char *buf, *why;
 
         if (!path || arg[5] == '\0') {
             return apr_psprintf(cmd->pool, "%s: file: needs a path", cmd->cmd->name);
         }
-        rv = apr_file_open(&f, path, APR_FOPEN_READ, APR_FPROT_OS_DEFAULT, cmd->temp_pool);
-        if (rv != APR_SUCCESS) {
-            char err[256];
-            return apr_psprintf(cmd->pool, "%s: cannot read %s: %s", cmd->cmd->name, path,
-                                apr_strerror(rv, err, sizeof(err)));
+        whylen = strlen(path) + 200;
+        why = apr_palloc(cmd->temp_pool, whylen);
+        buf = apr_palloc(cmd->temp_pool, RELAY_SECRET_FILE_MAX + 1);
+        if (relay_secret_read(path, buf, RELAY_SECRET_FILE_MAX + 1, &len, why, whylen) != 0) {
+            return apr_psprintf(cmd->pool, "%s: %s", cmd->cmd->name, why);
         }
-        rv = apr_file_read(f, buf, &n);
-        apr_file_close(f);
-        if (rv != APR_SUCCESS && rv != APR_EOF) {
-            char err[256];
-            return apr_psprintf(cmd->pool, "%s: cannot read %s: %s", cmd->cmd->name, path,
-                                apr_strerror(rv, err, sizeof(err)));
-        }
-        buf[n] = '\0';
-        eol = strpbrk(buf, "\r\n");
-        if (eol) {
-            *eol = '\0';
-        }
-        if (buf[0] == '\0') {
-            return apr_psprintf(cmd->pool, "%s: %s is empty", cmd->cmd->name, path);
-        }
-        *out = apr_pstrdup(cmd->pool, buf);
+        v = apr_pstrmemdup(cmd->pool, buf, len);
+        /* the temporary pool is reused, not wiped */
+        memset(buf, 0, len);
+        *source = apr_psprintf(cmd->pool, "the file %s", path);
     }
     else {
         if (*arg == '\0') {
             return apr_psprintf(cmd->pool, "%s: the value is empty", cmd->cmd->name);
         }
-        *out = arg;
+        v = arg;
+        *source = "the value";
     }
-    if (strpbrk(*out, "\r\n") != NULL) {
+    if (strpbrk(v, "\r\n") != NULL) {
         return apr_psprintf(cmd->pool, "%s: the value contains a line break", cmd->cmd->name);
     }
+    *out = v;
     return NULL;
+}
+
+/* A secret for a directive with no rule beyond resolve_secret_from's (e.g. a Redis password). */
+static const char *resolve_secret(cmd_parms *cmd, const char *arg, const char **out)
+{
+    const char *source;
+
+    return resolve_secret_from(cmd, arg, out, &source);
 }
 
 /* RelayRedisServer host[:port] | unix:/path */
@@ -387,8 +389,23 @@ static const char *set_redis_timeout(cmd_parms *cmd, void *dummy, const char *ar
 static const char *set_secret(cmd_parms *cmd, void *dummy, const char *arg)
 {
     relay_server_conf *sc = server_conf(cmd);
+    const char *v, *source, *err;
+    size_t whylen;
+    char *why;
     (void)dummy;
-    return resolve_secret(cmd, arg, &sc->secret);
+
+    err = resolve_secret_from(cmd, arg, &v, &source);
+    if (err) {
+        return err;
+    }
+    whylen = strlen(source) + 200;
+    why = apr_palloc(cmd->temp_pool, whylen);
+    /* the same rule as relay-keys, so a secret one accepts the other accepts */
+    if (relay_key_secret_check(v, strlen(v), source, why, whylen) != 0) {
+        return apr_psprintf(cmd->pool, "%s: %s", cmd->cmd->name, why);
+    }
+    sc->secret = v;
+    return NULL;
 }
 
 /* RelayRedisConnections N */

@@ -4,9 +4,16 @@
 #include "relay_keys.h"
 
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#ifndef O_CLOEXEC
+#define O_CLOEXEC 0
+#endif
 
 static const uint32_t sha256_k[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
@@ -409,5 +416,110 @@ int relay_parse_limit(const char *s, long *out)
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+/* Overwrite n bytes so that the compiler cannot drop it as a dead store. */
+static void wipe(void *p, size_t n)
+{
+    volatile unsigned char *v = p;
+
+    while (n-- > 0) {
+        *v++ = 0;
+    }
+}
+
+/* Whether n bytes at s hold a CR or an LF. */
+static int has_line_break(const char *s, size_t n)
+{
+    return memchr(s, '\n', n) != NULL || memchr(s, '\r', n) != NULL;
+}
+
+int relay_secret_read(const char *path, char *buf, size_t cap, size_t *len, char *why,
+                      size_t whylen)
+{
+    size_t n = 0;
+    ssize_t got;
+    int fd, err;
+
+    if (cap < 2) {
+        snprintf(why, whylen, "no room to read %s", path);
+        return -1;
+    }
+    /* open/read rather than stdio: no copy of the secret left in a FILE buffer */
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, whylen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    /* filling all cap bytes means the file is too large: a secret needs room for its NUL */
+    while (n < cap) {
+        got = read(fd, buf + n, cap - n);
+        if (got < 0 && errno == EINTR) {
+            continue;
+        }
+        if (got < 0) {
+            err = errno;
+            close(fd);
+            wipe(buf, n);
+            snprintf(why, whylen, "cannot read %s: %s", path, strerror(err));
+            return -1;
+        }
+        if (got == 0) {
+            break;
+        }
+        n += (size_t)got;
+    }
+    close(fd);
+    if (n == cap) {
+        wipe(buf, n);
+        snprintf(why, whylen, "%s is larger than %zu bytes; a secret file holds one line", path,
+                 cap - 1);
+        return -1;
+    }
+    /* a NUL would end the secret early where it is used as a C string */
+    if (memchr(buf, '\0', n) != NULL) {
+        wipe(buf, n);
+        snprintf(why, whylen, "%s contains a NUL byte; a secret file holds one line of text", path);
+        return -1;
+    }
+    /* the line ending that echo or an editor adds is not part of the secret */
+    if (n > 0 && buf[n - 1] == '\n') {
+        n--;
+        if (n > 0 && buf[n - 1] == '\r') {
+            n--;
+        }
+    }
+    if (has_line_break(buf, n)) {
+        wipe(buf, n);
+        snprintf(why, whylen, "%s has more than one line; put the secret on a single line", path);
+        return -1;
+    }
+    if (n == 0) {
+        snprintf(why, whylen, "%s is empty", path);
+        return -1;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return 0;
+}
+
+int relay_key_secret_check(const char *s, size_t len, const char *what, char *why, size_t whylen)
+{
+    if (memchr(s, '\0', len) != NULL) {
+        snprintf(why, whylen, "%s contains a NUL byte", what);
+        return -1;
+    }
+    if (has_line_break(s, len)) {
+        snprintf(why, whylen, "%s contains a line break", what);
+        return -1;
+    }
+    if (len < RELAY_SECRET_MIN_BYTES) {
+        snprintf(why, whylen,
+                 "%s is %zu byte%s long; the key hash secret needs at least %d bytes "
+                 "(for example 64 random hex digits)",
+                 what, len, len == 1 ? "" : "s", RELAY_SECRET_MIN_BYTES);
+        return -1;
+    }
     return 0;
 }

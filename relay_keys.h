@@ -1,6 +1,7 @@
 /*
  * relay_keys.h - pure helpers for relay keys: hashing, format checks,
- * generation and the ISO-8601 timestamps stored beside them.
+ * generation, the ISO-8601 timestamps stored beside them, and reading and
+ * checking the key hash secret.
  *
  * Nothing here includes an httpd or APR header, so the command-line tool
  * and the C unit tests link this file alone.
@@ -45,6 +46,8 @@ void relay_hex(const unsigned char *in, size_t len, char *out);
 /*
  * The stored form of a key: lowercase hex SHA-256 of the key string followed
  * by the secret (the schema claude-relay-service uses). out holds 65 bytes.
+ * The secret is hashed up to its terminating NUL, so every source of it must
+ * pass relay_key_secret_check, which refuses a NUL byte inside it.
  */
 void relay_key_hash(const char *key, size_t keylen, const char *secret,
                     char out[RELAY_SHA256_HEX_LEN + 1]);
@@ -86,5 +89,29 @@ int relay_iso8601_normalize(const char *in, char out[RELAY_ISO_LEN + 1]);
  * -1 when the text is not a whole number from 0 to 2^31-1.
  */
 int relay_parse_limit(const char *s, long *out);
+
+/* The shortest key hash secret accepted, from any source. */
+#define RELAY_SECRET_MIN_BYTES 16
+/* The largest secret file read (RelayKeyHashSecret file:, relay-keys --secret-file, ...). */
+#define RELAY_SECRET_FILE_MAX 4096
+
+/*
+ * Read a secret file, the one reader behind every file: value and relay-keys
+ * --secret-file, so the module and the tool see the same secret. The file
+ * holds the secret on one line; exactly one trailing "\n" or "\r\n" is
+ * dropped. Refused: a NUL byte, any other line break, an empty secret, a file
+ * of cap bytes or more. Returns 0 with the secret NUL-terminated in buf (cap
+ * bytes) and its length in *len; or -1 with buf wiped and a sentence naming
+ * path in why (whylen bytes).
+ */
+int relay_secret_read(const char *path, char *buf, size_t cap, size_t *len, char *why,
+                      size_t whylen);
+
+/*
+ * The rule for the key hash secret from any source: at least
+ * RELAY_SECRET_MIN_BYTES, no line break, no NUL byte. Returns 0, or -1 with a
+ * sentence in why that starts with what (e.g. "the value", "--secret").
+ */
+int relay_key_secret_check(const char *s, size_t len, const char *what, char *why, size_t whylen);
 
 #endif

@@ -9,7 +9,7 @@ BENCH_SRC=${BENCH_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 BENCH_PY=/usr/bin/python3
 BENCH_HTTPD=/usr/sbin/apache2
 BENCH_MODS=/usr/lib/apache2/modules
-BENCH_SECRET=bench-secret-$$
+BENCH_SECRET=bench-key-hash-secret-$$
 BENCH_UPSTREAM_KEY=sk-ant-bench-upstream
 
 bench_dir=""          # the staged temp folder

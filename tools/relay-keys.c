@@ -395,46 +395,35 @@ static void free_secret(void)
     }
 }
 
-/* Read the secret from a file, dropping trailing newlines (freed at exit). */
+/*
+ * Read the secret from --secret-file with the reader the module uses for
+ * file: values, so both hash with the same secret (wiped and freed at exit);
+ * exits 2 when the file is refused.
+ */
 static char *read_secret_file(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    size_t cap = 4096, len = 0, got;
+    size_t cap = RELAY_SECRET_FILE_MAX + 1, whylen = strlen(path) + 200, len;
+    char *buf = xmalloc(cap), *why = xmalloc(whylen);
 
-    if (f == NULL) {
-        fail("cannot read --secret-file %s: %s", path, strerror(errno));
-    }
-    buf = xmalloc(cap + 1);
     g_secret_buf = buf;
-    g_secret_cap = cap + 1;
+    g_secret_cap = cap;
     atexit(free_secret);
-    while ((got = fread(buf + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            fclose(f);
-            fail("--secret-file %s is larger than %zu bytes.", path, cap - 1);
-        }
+    if (relay_secret_read(path, buf, cap, &len, why, whylen) != 0) {
+        usage_error("--secret-file: %s", why);
     }
-    if (ferror(f)) {
-        fclose(f);
-        fail("cannot read --secret-file %s: %s", path, strerror(errno));
-    }
-    fclose(f);
-    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) {
-        len--;
-    }
-    buf[len] = '\0';
-    if (memchr(buf, '\0', len) != NULL) {
-        fail("--secret-file %s contains a NUL byte.", path);
-    }
+    free(why);
     return buf;
 }
 
-/* The hash secret from --secret, --secret-file or the environment; exits 2 when missing. */
+/*
+ * The hash secret from --secret, --secret-file or the environment; exits 2
+ * when it is missing or breaks the rule RelayKeyHashSecret follows.
+ */
 static const char *get_secret(const options *o, const char *command)
 {
-    const char *s = o->secret;
+    const char *s = o->secret, *what;
+    char *label = NULL, *why;
+    size_t n;
 
     if (o->secret_file != NULL) {
         s = read_secret_file(o->secret_file);
@@ -444,6 +433,23 @@ static const char *get_secret(const options *o, const char *command)
                     "or set RELAY_KEY_HASH_SECRET.",
                     command);
     }
+    if (o->secret_file != NULL) {
+        n = strlen(o->secret_file) + 16;
+        label = xmalloc(n);
+        snprintf(label, n, "--secret-file %s", o->secret_file);
+        what = label;
+    }
+    else {
+        /* main keeps getenv's pointer unless --secret replaced it */
+        what = s == getenv("RELAY_KEY_HASH_SECRET") ? "RELAY_KEY_HASH_SECRET" : "--secret";
+    }
+    n = strlen(what) + 200;
+    why = xmalloc(n);
+    if (relay_key_secret_check(s, strlen(s), what, why, n) != 0) {
+        usage_error("%s", why);
+    }
+    free(why);
+    free(label);
     return s;
 }
 

@@ -63,7 +63,7 @@ sub configtest {
     open my $fh, '>', "$dir/httpd.conf" or die $!;
     print $fh "ServerRoot $dir\nServerName 127.0.0.1\nInclude $ENV{RELAY_TEST_STAGE}/run/inherit.conf\n"
             . "Listen 127.0.0.1:1\nPidFile $dir/httpd.pid\nErrorLog $dir/error.log\n"
-            . ($no_secret ? '' : "RelayKeyHashSecret s3cret\n")
+            . ($no_secret ? '' : "RelayKeyHashSecret configtest-secret-0123456789\n")
             . "<Location /api/>\nRelayEngine On\n</Location>\n$body\n";
     close $fh;
     my $out = `$RelayTest::HTTPD -t -f $dir/httpd.conf 2>&1`;

@@ -29,6 +29,55 @@ my @cases = (
     ['RelayEngine in server context', "RelayEngine On", 1, qr/RelayEngine/],
 );
 
+# Secret files: one line of text, the same for every file: directive; the
+# key hash secret, wherever it comes from, has at least 16 bytes.
+my $sdir = "$ENV{RELAY_TEST_STAGE}/run/secret-files";
+mkdir $sdir;
+my %sfile = (
+    nul => "abcdefgh\0ijklmnopqrstuvwxyz\n",
+    one => "x",
+    two => "first-line-secret-0123\nsecond-line-secret\n",
+    blank => "\n",
+    crlf => "0123456789abcdef-crlf\r\n",
+    big => ('a' x 5000) . "\n",
+);
+for my $f (keys %sfile) {
+    open my $fh, '>', "$sdir/$f" or die $!;
+    binmode $fh;
+    print $fh $sfile{$f};
+    close $fh;
+}
+$ENV{RELAY_SHORT_SECRET} = 'abc';
+$ENV{RELAY_GOOD_SECRET} = '0123456789abcdef';
+push @cases,
+    ['hash secret file with a NUL byte', "RelayKeyHashSecret file:$sdir/nul", 1,
+     qr/RelayKeyHashSecret: \Q$sdir\E\/nul contains a NUL byte/],
+    ['hash secret file of 1 byte', "RelayKeyHashSecret file:$sdir/one", 1,
+     qr/RelayKeyHashSecret: the file \Q$sdir\E\/one is 1 byte long; the key hash secret needs at least 16 bytes/],
+    ['hash secret file of two lines', "RelayKeyHashSecret file:$sdir/two", 1,
+     qr/RelayKeyHashSecret: \Q$sdir\E\/two has more than one line/],
+    ['hash secret file of an empty line', "RelayKeyHashSecret file:$sdir/blank", 1,
+     qr/RelayKeyHashSecret: \Q$sdir\E\/blank is empty/],
+    ['hash secret file over 4 KiB', "RelayKeyHashSecret file:$sdir/big", 1,
+     qr/RelayKeyHashSecret: \Q$sdir\E\/big is larger than 4096 bytes/],
+    ['hash secret file ending in CRLF', "RelayKeyHashSecret file:$sdir/crlf", 0, qr/Syntax OK/],
+    ['inline hash secret of 15 bytes', "RelayKeyHashSecret 0123456789abcde", 1,
+     qr/RelayKeyHashSecret: the value is 15 bytes long; the key hash secret needs at least 16 bytes/],
+    ['inline hash secret of 16 bytes', "RelayKeyHashSecret 0123456789abcdef", 0, qr/Syntax OK/],
+    ['env: hash secret of 3 bytes', "RelayKeyHashSecret env:RELAY_SHORT_SECRET", 1,
+     qr/RelayKeyHashSecret: the environment variable RELAY_SHORT_SECRET is 3 bytes long; the key hash secret needs at least 16 bytes/],
+    ['env: hash secret of 16 bytes', "RelayKeyHashSecret env:RELAY_GOOD_SECRET", 0, qr/Syntax OK/],
+    ['credential file with a NUL byte', "<Location /x>\nRelayUpstreamApiKey file:$sdir/nul\n</Location>", 1,
+     qr/RelayUpstreamApiKey: \Q$sdir\E\/nul contains a NUL byte/],
+    ['credential file of two lines', "<Location /x>\nRelayUpstreamBearer file:$sdir/two\n</Location>", 1,
+     qr/RelayUpstreamBearer: \Q$sdir\E\/two has more than one line/],
+    ['Redis password file of two lines', "RelayRedisPassword file:$sdir/two", 1,
+     qr/RelayRedisPassword: \Q$sdir\E\/two has more than one line/],
+    ['Sentinel password file with a NUL byte', "RelayRedisSentinelPassword file:$sdir/nul", 1,
+     qr/RelayRedisSentinelPassword: \Q$sdir\E\/nul contains a NUL byte/],
+    ['short Redis password', "RelayRedisPassword abc", 0, qr/Syntax OK/],
+    ['short Redis password file', "RelayRedisPassword file:$sdir/one", 0, qr/Syntax OK/];
+
 plan tests => scalar(@cases) + 1, need_module 'claude_relay';
 
 for my $c (@cases) {

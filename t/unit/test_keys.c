@@ -1,6 +1,7 @@
 /*
  * test_keys.c - unit tests for relay_keys.c (hashing, key and UUID
- * generation, format checks, ISO-8601 handling, limit parsing).
+ * generation, format checks, ISO-8601 handling, limit parsing, the secret
+ * file reader and the key hash secret rule).
  *
  * Links relay_keys.c alone:
  *   gcc -Wall -Wextra -Werror -O2 -I. t/unit/test_keys.c relay_keys.c -o /tmp/test_keys
@@ -11,7 +12,9 @@
 #include "relay_keys.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int passed;
 static int failed;
@@ -381,6 +384,161 @@ static void test_parse_limit(void)
     CHECK(v == 42); /* untouched on failure */
 }
 
+static char tmpdir[64];
+static char made[32][128];
+static int nmade;
+
+/* Write n bytes to the file name in the test folder; its path goes to path. */
+static void put_file(const char *name, const void *data, size_t n, char path[128])
+{
+    FILE *f;
+
+    snprintf(path, 128, "%s/%s", tmpdir, name);
+    f = fopen(path, "wb");
+    if (f == NULL || fwrite(data, 1, n, f) != n || fclose(f) != 0 || nmade == 32) {
+        printf("FAIL cannot write %s\n", path);
+        exit(1);
+    }
+    memcpy(made[nmade++], path, 128);
+}
+
+/* Remove the files put_file wrote and the test folder. */
+static void remove_files(void)
+{
+    while (nmade > 0) {
+        unlink(made[--nmade]);
+    }
+    rmdir(tmpdir);
+}
+
+/* Whether why holds want and path, showing why on failure. */
+static void check_why(const char *why, const char *want, const char *path, int line)
+{
+    if (strstr(why, want) != NULL && strstr(why, path) != NULL) {
+        passed++;
+    }
+    else {
+        failed++;
+        printf("FAIL %s:%d: expected \"%s\" naming %s, got \"%s\"\n", __FILE__, line, want, path,
+               why);
+    }
+}
+
+#define SECRET32 "0123456789abcdef0123456789abcdef"
+
+/* relay_secret_read: one line, one trailing line ending dropped, the rest refused. */
+static void test_secret_read(void)
+{
+    static char big[RELAY_SECRET_FILE_MAX + 2];
+    char buf[RELAY_SECRET_FILE_MAX + 1], why[512], path[128];
+    size_t len;
+    int i;
+    static const struct {
+        const char *name, *data;
+        size_t n;
+    } good[] = {
+        {"lf", SECRET32 "\n", 33},
+        {"crlf", SECRET32 "\r\n", 34},
+        {"bare", SECRET32, 32},
+    };
+
+    if (mkdtemp(strcpy(tmpdir, "/tmp/test_keys.XXXXXX")) == NULL) {
+        printf("FAIL cannot make a temporary folder\n");
+        exit(1);
+    }
+
+    /* echo's "\n" and an editor's "\r\n" are not part of the secret */
+    for (i = 0; i < 3; i++) {
+        put_file(good[i].name, good[i].data, good[i].n, path);
+        len = 0;
+        CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == 0);
+        CHECK_STR(buf, SECRET32);
+        CHECK(len == 32);
+    }
+
+    /* a NUL would cut the secret short where it is used as a C string */
+    put_file("nul", SECRET32 "\0tail\n", 38, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " contains a NUL byte", path, __LINE__);
+    CHECK(memchr(buf, '0', 32) == NULL); /* wiped */
+    put_file("nul-first", "\0" SECRET32, 33, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " contains a NUL byte", path, __LINE__);
+
+    /* the old readers disagreed on these: first line vs whole file */
+    put_file("two", SECRET32 "\n" SECRET32 "\n", 66, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " has more than one line", path, __LINE__);
+    put_file("blank-line", SECRET32 "\n\n", 34, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " has more than one line", path, __LINE__);
+    put_file("crcr", SECRET32 "\r\r\n", 35, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " has more than one line", path, __LINE__);
+    put_file("lone-cr", SECRET32 "\r", 33, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " has more than one line", path, __LINE__);
+
+    put_file("empty", "", 0, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " is empty", path, __LINE__);
+    put_file("newline", "\n", 1, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " is empty", path, __LINE__);
+
+    /* the reader reads; the length rule is relay_key_secret_check's */
+    put_file("one", "x", 1, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == 0);
+    CHECK(len == 1);
+    CHECK(relay_key_secret_check(buf, len, "the file", why, sizeof(why)) == -1);
+    CHECK_STR(why, "the file is 1 byte long; the key hash secret needs at least 16 bytes "
+                   "(for example 64 random hex digits)");
+
+    /* RELAY_SECRET_FILE_MAX bytes fit; one more is refused */
+    memset(big, 'a', sizeof(big));
+    put_file("max", big, RELAY_SECRET_FILE_MAX, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == 0);
+    CHECK(len == RELAY_SECRET_FILE_MAX && buf[len] == '\0');
+    put_file("big", big, RELAY_SECRET_FILE_MAX + 1, path);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " is larger than 4096 bytes", path, __LINE__);
+    CHECK(memchr(buf, 'a', sizeof(buf)) == NULL); /* wiped */
+    CHECK(relay_secret_read("/dev/zero", buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, " is larger than 4096 bytes", "/dev/zero", __LINE__);
+
+    snprintf(path, sizeof(path), "%s/missing", tmpdir);
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, "cannot read ", path, __LINE__);
+    CHECK(relay_secret_read(tmpdir, buf, sizeof(buf), &len, why, sizeof(why)) == -1);
+    check_why(why, "cannot read ", tmpdir, __LINE__);
+
+    /* a short why buffer gets a cut sentence, never an overflow */
+    memset(why, 'z', sizeof(why));
+    CHECK(relay_secret_read(path, buf, sizeof(buf), &len, why, 8) == -1);
+    CHECK(strlen(why) == 7 && why[8] == 'z');
+
+    remove_files();
+}
+
+/* relay_key_secret_check: 16 bytes or more, no line break, no NUL. */
+static void test_secret_check(void)
+{
+    char why[256];
+
+    CHECK(relay_key_secret_check("0123456789abcdef", 16, "--secret", why, sizeof(why)) == 0);
+    CHECK(relay_key_secret_check(SECRET32, 32, "--secret", why, sizeof(why)) == 0);
+    CHECK(relay_key_secret_check("0123456789abcde", 15, "--secret", why, sizeof(why)) == -1);
+    CHECK_STR(why, "--secret is 15 bytes long; the key hash secret needs at least 16 bytes "
+                   "(for example 64 random hex digits)");
+    CHECK(relay_key_secret_check("", 0, "the value", why, sizeof(why)) == -1);
+    CHECK(relay_key_secret_check(SECRET32 "\n", 33, "the value", why, sizeof(why)) == -1);
+    CHECK_STR(why, "the value contains a line break");
+    CHECK(relay_key_secret_check("\r" SECRET32, 33, "the value", why, sizeof(why)) == -1);
+    CHECK_STR(why, "the value contains a line break");
+    CHECK(relay_key_secret_check(SECRET32 "\0" SECRET32, 65, "the value", why, sizeof(why)) == -1);
+    CHECK_STR(why, "the value contains a NUL byte");
+}
+
 /* Run every test group and print the totals. */
 int main(void)
 {
@@ -394,6 +552,8 @@ int main(void)
     test_iso8601();
     test_normalize();
     test_parse_limit();
+    test_secret_read();
+    test_secret_check();
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

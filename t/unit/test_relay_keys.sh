@@ -216,6 +216,14 @@ check_eq "hash fields are exactly the schema" \
 OUT=$("$TOOL" --secret "$SECRET" hash "$KEY1" 2>/dev/null)
 check_eq "hash KEY prints the stored hash" "$OUT" "$HASH1"
 
+# a secret file holds the secret on one line; one line ending (LF or CRLF) is dropped
+printf '%s\r\n' "$SECRET" >"$TMP/secret-crlf"
+OUT=$("$TOOL" --secret-file "$TMP/secret-crlf" hash "$KEY1" 2>/dev/null)
+check_eq "secret file ending in CRLF: hash KEY prints the stored hash" "$OUT" "$HASH1"
+printf '%s' "$SECRET" >"$TMP/secret-bare"
+OUT=$("$TOOL" --secret-file "$TMP/secret-bare" hash "$KEY1" 2>/dev/null)
+check_eq "secret file without a line ending: hash KEY prints the stored hash" "$OUT" "$HASH1"
+
 # ---------------------------------------------------------------- create --json
 printf '%s\n' "$SECRET" >"$TMP/secret"
 OUT=$("$TOOL" --redis "unix:$SOCK" --secret-file "$TMP/secret" create --name "second key" \
@@ -477,6 +485,49 @@ run show "*"
 check_rc "show * exits 2" 2
 run show "${ID1}0"
 check_rc "show 37-character id exits 2" 2
+
+# secrets that relay-keys and the module would read differently, or that are
+# too short to be a secret, are refused before anything is written
+# secret_refused DESCRIPTION TEXT-IN-MESSAGE: the last run exited 2 naming TEXT.
+secret_refused() {
+    check_rc "$1 exits 2" 2
+    printf '%s\n' "$ERR" | contains "$2"
+    report "$1: the message says why" $? "$ERR"
+}
+printf 'abcdefgh\0ijklmnopqrstuvwxyz\n' >"$TMP/secret-nul"
+run --secret-file "$TMP/secret-nul" create --name "nul secret"
+secret_refused "secret file with a NUL byte" "$TMP/secret-nul contains a NUL byte"
+printf 'x' >"$TMP/secret-one"
+run --secret-file "$TMP/secret-one" create --name "1-byte secret"
+secret_refused "secret file of 1 byte" "--secret-file $TMP/secret-one is 1 byte long"
+printf '%s\n%s\n' "$SECRET" "$SECRET" >"$TMP/secret-two"
+run --secret-file "$TMP/secret-two" create --name "two-line secret"
+secret_refused "secret file of two lines" "$TMP/secret-two has more than one line"
+printf '%s\n\n' "$SECRET" >"$TMP/secret-blank"
+run --secret-file "$TMP/secret-blank" create --name "secret and a blank line"
+secret_refused "secret file with a blank second line" "$TMP/secret-blank has more than one line"
+printf '\n' >"$TMP/secret-empty"
+run --secret-file "$TMP/secret-empty" create --name "empty secret"
+secret_refused "secret file of one empty line" "$TMP/secret-empty is empty"
+head -c 5000 /dev/zero | tr '\0' a >"$TMP/secret-big"
+run --secret-file "$TMP/secret-big" create --name "big secret"
+secret_refused "secret file over 4 KiB" "$TMP/secret-big is larger than 4096 bytes"
+run --secret 0123456789abcde create --name "short secret"
+secret_refused "--secret of 15 bytes" "--secret is 15 bytes long; the key hash secret needs at least 16 bytes"
+OUT=$(RELAY_KEY_HASH_SECRET=short "$TOOL" --redis "unix:$SOCK" create --name "short env" \
+    2>"$TMP/stderr")
+RC=$?
+ERR=$(cat "$TMP/stderr")
+secret_refused "RELAY_KEY_HASH_SECRET of 5 bytes" \
+    "RELAY_KEY_HASH_SECRET is 5 bytes long; the key hash secret needs at least 16 bytes"
+run --secret "$SECRET"$'\n'"$SECRET" create --name "line break secret"
+secret_refused "--secret with a line break" "--secret contains a line break"
+OUT=$("$TOOL" --secret short hash "$KEY1" 2>"$TMP/stderr")
+RC=$?
+ERR=$(cat "$TMP/stderr")
+secret_refused "hash with a 5-byte --secret" "--secret is 5 bytes long"
+[ -z "$OUT" ]
+report "hash with a short secret prints no hash" $? "$OUT"
 
 dump_all >"$TMP/after"
 cmp -s "$TMP/before" "$TMP/after"
