@@ -1,9 +1,9 @@
 /*
  * mod_relay_mock.c - a mock Claude API upstream for tests, demos and benchmarks.
  *
- * It answers /v1/messages (JSON and SSE), /v1/messages/count_tokens and
- * /v1/models in the shapes the real API uses, so the relay can be exercised
- * without network access or cost.  Request headers (x-mock-*) let a test
+ * It answers /v1/messages (JSON and SSE), /v1/messages/count_tokens,
+ * /v1/models and /v1/models/{id} in the shapes the real API uses, so the
+ * relay can be exercised without network access or cost.  Request headers (x-mock-*) let a test
  * script the upstream's behaviour per request: latency, stream length,
  * injected failures and usage figures.  With RelayMockLog set, every request
  * leaves a "start" and an "end" JSON line so tests can check what the relay
@@ -175,6 +175,19 @@ static int mock_uri_ends(const char *uri, const char *suffix)
     return ul >= sl && strcmp(uri + ul - sl, suffix) == 0;
 }
 
+/* The {id} of a path ending in /v1/models/{id} (one non-empty segment), or NULL. */
+static const char *mock_model_in_uri(const char *uri)
+{
+    static const char dir[] = "/v1/models";
+    const char *slash = strrchr(uri, '/');
+    apr_size_t n = sizeof(dir) - 1;
+
+    if (!slash || !slash[1] || (apr_size_t)(slash - uri) < n || strncmp(slash - n, dir, n) != 0) {
+        return NULL;
+    }
+    return slash + 1;
+}
+
 /* Float seconds, but printed from integers so no microsecond is lost to rounding. */
 static json_object *mock_json_time(apr_pool_t *p)
 {
@@ -339,6 +352,8 @@ static void mock_log_start(mock_req *mr, const char *body, apr_size_t body_len, 
     o = mock_log_base(mr, "start");
     json_object_object_add(o, "method", json_object_new_string(r->method));
     json_object_object_add(o, "uri", json_object_new_string(r->uri));
+    /* the query string as sent (e.g. Claude Code's ?beta=true), null without one */
+    json_object_object_add(o, "query", r->args ? json_object_new_string(r->args) : NULL);
     json_object_object_add(o, "headers", hdrs);
     json_object_object_add(o, "body_length", json_object_new_int64((int64_t)body_len));
     json_object_object_add(o, "body", body_len <= MOCK_LOG_BODY_MAX
@@ -558,30 +573,51 @@ gone:
     return OK;
 }
 
+/* The models the mock lists, newest first like the real API: id, display name, date. */
+static const char *const mock_models[][3] = {
+    {"claude-sonnet-4-20250514", "Claude Sonnet 4", "2025-05-14T00:00:00Z"},
+    {"claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z"},
+};
+#define MOCK_NMODELS ((int)(sizeof(mock_models) / sizeof(mock_models[0])))
+
+static json_object *mock_model_info(int i)
+{
+    json_object *m = json_object_new_object();
+
+    json_object_object_add(m, "type", json_object_new_string("model"));
+    json_object_object_add(m, "id", json_object_new_string(mock_models[i][0]));
+    json_object_object_add(m, "display_name", json_object_new_string(mock_models[i][1]));
+    json_object_object_add(m, "created_at", json_object_new_string(mock_models[i][2]));
+    return m;
+}
+
 static int mock_send_models(mock_req *mr)
 {
-    static const char *const models[][3] = {
-        {"claude-sonnet-4-20250514", "Claude Sonnet 4", "2025-05-14T00:00:00Z"},
-        {"claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z"},
-    };
-    const int n = (int)(sizeof(models) / sizeof(models[0]));
     json_object *o = json_object_new_object(), *list = json_object_new_array();
     int i;
 
-    for (i = 0; i < n; i++) {
-        json_object *m = json_object_new_object();
-
-        json_object_object_add(m, "type", json_object_new_string("model"));
-        json_object_object_add(m, "id", json_object_new_string(models[i][0]));
-        json_object_object_add(m, "display_name", json_object_new_string(models[i][1]));
-        json_object_object_add(m, "created_at", json_object_new_string(models[i][2]));
-        json_object_array_add(list, m);
+    for (i = 0; i < MOCK_NMODELS; i++) {
+        json_object_array_add(list, mock_model_info(i));
     }
     json_object_object_add(o, "data", list);
     json_object_object_add(o, "has_more", json_object_new_boolean(0));
-    json_object_object_add(o, "first_id", json_object_new_string(models[0][0]));
-    json_object_object_add(o, "last_id", json_object_new_string(models[n - 1][0]));
+    json_object_object_add(o, "first_id", json_object_new_string(mock_models[0][0]));
+    json_object_object_add(o, "last_id", json_object_new_string(mock_models[MOCK_NMODELS - 1][0]));
     return mock_send_json(mr, HTTP_OK, o);
+}
+
+/* GET /v1/models/{id}: a listed model, or the 404 the real API gives an unknown one. */
+static int mock_send_model(mock_req *mr, const char *id)
+{
+    int i;
+
+    for (i = 0; i < MOCK_NMODELS; i++) {
+        if (strcmp(id, mock_models[i][0]) == 0) {
+            return mock_send_json(mr, HTTP_OK, mock_model_info(i));
+        }
+    }
+    return mock_send_error(mr, HTTP_NOT_FOUND, "not_found_error",
+                           apr_pstrcat(mr->r->pool, "model: ", id, NULL));
 }
 
 /* ------------------------------------------------------------------ */
@@ -704,12 +740,12 @@ static int mock_key_ok(request_rec *r, const char *key)
 /* Content handler: everything, errors included, is answered here as JSON. */
 static int mock_handler(request_rec *r)
 {
-    enum { R_NONE, R_MESSAGES, R_COUNT, R_MODELS } route = R_NONE;
+    enum { R_NONE, R_MESSAGES, R_COUNT, R_MODELS, R_MODEL } route = R_NONE;
     mock_req *mr;
     mock_usage u;
     char *body;
     apr_size_t body_len;
-    const char *model = MOCK_DEFAULT_MODEL, *parse_err, *tag;
+    const char *model = MOCK_DEFAULT_MODEL, *parse_err, *tag, *model_id = NULL;
     int stream = 0, rc, want_post, inject;
     apr_int64_t hold_ms, events;
 
@@ -732,6 +768,9 @@ static int mock_handler(request_rec *r)
     }
     else if (mock_uri_ends(r->uri, "/v1/models")) {
         route = R_MODELS;
+    }
+    else if ((model_id = mock_model_in_uri(r->uri)) != NULL) {
+        route = R_MODEL;
     }
     want_post = route == R_MESSAGES || route == R_COUNT;
 
@@ -794,6 +833,9 @@ static int mock_handler(request_rec *r)
     }
     if (route == R_MODELS) {
         return mock_send_models(mr);
+    }
+    if (route == R_MODEL) {
+        return mock_send_model(mr, model_id);
     }
     if (parse_err) {
         return mock_send_error(mr, HTTP_BAD_REQUEST, "invalid_request_error", parse_err);
