@@ -40,7 +40,9 @@ free_port() {
         print $s->sockport, "\n";'
 }
 
-cp -a "$src/t" "$stage/t"
+# the npm packages of the client tests (hundreds of MB) stay in the source
+# tree: the clients run from there, as the user running the tests
+tar -C "$src" --exclude=t/clients/node_modules --exclude=t/output -cf - t | tar -C "$stage" -xf -
 mkdir -p "$stage/build" "$stage/htdocs" "$stage/run"
 cp "$build/mod_claude_relay.so" "$build/mod_relay_mock.so" "$build/relay-keys" "$stage/build/"
 [ -d "$src/htdocs" ] && cp -a "$src/htdocs/." "$stage/htdocs/"
@@ -65,6 +67,7 @@ export RELAY_TEST_MOCK_LOG=$stage/run/mock.log
 export RELAY_TEST_SECRET=test-secret-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export RELAY_TEST_UPSTREAM_KEY=sk-ant-upstream-$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export RELAY_TEST_STAGE=$stage
+export RELAY_TEST_SRC=$src
 export RELAY_TEST_OUTPUT=$src/t/output
 mkdir -p "$RELAY_TEST_OUTPUT"
 export RELAY_KEYS=$stage/build/relay-keys

@@ -11,7 +11,7 @@ use Apache::Test qw(-withtestmore);
 use POSIX ();
 use RelayTest;
 
-my $dir = "$ENV{RELAY_TEST_STAGE}/t/clients";
+my $dir = "$ENV{RELAY_TEST_SRC}/t/clients";    # with its node_modules
 my $claude = "$dir/node_modules/.bin/claude";
 my ($node) = grep { -x } map { "$_/node" } split /:/, $ENV{PATH} // '';
 
