@@ -86,11 +86,12 @@ unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/tes
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh
 
+# prints how long it took, installs included, at the end
 test:
-	scripts/install-deps --test
-	$(MAKE) all unit
-	$(MAKE) fuzz FUZZ_SECONDS=20
-	t/run-tests.sh
+	@t0=$$(date +%s); rc=0; \
+	{ scripts/install-deps --test && $(MAKE) all unit && $(MAKE) fuzz FUZZ_SECONDS=20 && \
+	  t/run-tests.sh; } || rc=$$?; \
+	echo "make test: $$(( $$(date +%s) - t0 )) s in all"; exit $$rc
 
 # the whole suite with the module built with AddressSanitizer and UBSan, the
 # runtimes preloaded into Debian's httpd; any report fails the run

@@ -9,8 +9,9 @@
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
-dir=${RELAY_DEMO_DIR:-/tmp/mod_claude_relay-demo}
 port=${DEMO_PORT:-8080}
+# one folder per demo port, so a second demo on other ports has its own
+dir=${RELAY_DEMO_DIR:-/tmp/mod_claude_relay-demo-$port}
 mock_port=${DEMO_MOCK_PORT:-8081}
 redis_port=${DEMO_REDIS_PORT:-6390}
 limit=${DEMO_CONCURRENCY_LIMIT:-2}
