@@ -90,6 +90,7 @@ void *relay_create_dir_conf(apr_pool_t *p, char *dir)
     (void)dir;
     dc->engine = RELAY_UNSET;
     dc->on_redis_error = RELAY_ONERR_UNSET;
+    dc->admin = RELAY_ADMIN_UNSET;
     return dc;
 }
 
@@ -105,12 +106,18 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     dc->upstream_bearer = add->upstream_set ? add->upstream_bearer : base->upstream_bearer;
     dc->on_redis_error = add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error
                                                                   : base->on_redis_error;
+    dc->admin = add->admin != RELAY_ADMIN_UNSET ? add->admin : base->admin;
     return dc;
 }
 
 const char *relay_admin_assets(const relay_server_conf *sc)
 {
     return sc->admin_assets ? sc->admin_assets : RELAY_ASSETS_DIR;
+}
+
+relay_admin_mode relay_admin_mode_of(const relay_dir_conf *dc)
+{
+    return dc && dc->admin != RELAY_ADMIN_UNSET ? dc->admin : RELAY_ADMIN_OFF;
 }
 
 int relay_lease_seconds(const relay_server_conf *sc)
@@ -497,6 +504,33 @@ static const char *set_on_redis_error(cmd_parms *cmd, void *dcv, const char *arg
     return NULL;
 }
 
+/*
+ * RelayAdmin Off|On|Open. The directive table allows it in the server
+ * configuration only (never OR_FILEINFO), so an .htaccess that sets the admin
+ * handler can never also switch the admin on.
+ */
+static const char *set_admin(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    relay_dir_conf *dc = dcv;
+
+    if (strcasecmp(arg, "off") == 0) {
+        dc->admin = RELAY_ADMIN_OFF;
+    }
+    else if (strcasecmp(arg, "on") == 0) {
+        dc->admin = RELAY_ADMIN_ON;
+    }
+    else if (strcasecmp(arg, "open") == 0) {
+        dc->admin = RELAY_ADMIN_OPEN;
+    }
+    else {
+        return apr_psprintf(cmd->pool,
+                            "RelayAdmin: '%s' is not Off, On (for users Apache has "
+                            "authenticated) or Open (for anyone)",
+                            arg);
+    }
+    return NULL;
+}
+
 const command_rec relay_cmds[] = {
     AP_INIT_TAKE1("RelayRedisServer", set_redis_server, NULL, RSRC_CONF,
                   "Redis holding keys and leases: host[:port] or unix:/path"),
@@ -536,4 +570,7 @@ const command_rec relay_cmds[] = {
                   "file:/path)"),
     AP_INIT_TAKE1("RelayOnRedisError", set_on_redis_error, NULL, ACCESS_CONF,
                   "deny (503) or allow (unlimited, with a warning) when Redis is unreachable"),
+    AP_INIT_TAKE1("RelayAdmin", set_admin, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Serve the admin here: Off, On (users Apache has authenticated) or Open "
+                  "(anyone)"),
     {NULL}};

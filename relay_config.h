@@ -32,6 +32,14 @@ typedef enum {
     RELAY_ONERR_ALLOW = 1   /* let the request through, unlimited, with a warning */
 } relay_onerr;
 
+/* Whether a section serves the admin (RelayAdmin). */
+typedef enum {
+    RELAY_ADMIN_UNSET = RELAY_UNSET,
+    RELAY_ADMIN_OFF = 0,  /* never: SetHandler claude-relay-admin gets 404 here */
+    RELAY_ADMIN_ON = 1,   /* to users Apache has authenticated (r->user); 500 without one */
+    RELAY_ADMIN_OPEN = 2  /* to anyone, changes recorded as made by "anonymous" */
+} relay_admin_mode;
+
 /* Server-wide settings: one Redis, one secret, per virtual host. */
 typedef struct {
     relay_redis_target redis;   /* RelayRedisServer/Sentinel/Password/Username/Database/Timeout */
@@ -59,6 +67,7 @@ typedef struct {
     const char *upstream_bearer;/* RelayUpstreamBearer value; NULL = unset */
     int upstream_set;           /* either credential directive was given here */
     relay_onerr on_redis_error; /* RelayOnRedisError */
+    relay_admin_mode admin;     /* RelayAdmin; never from .htaccess */
 } relay_dir_conf;
 
 extern module AP_MODULE_DECLARE_DATA claude_relay_module;
@@ -79,6 +88,9 @@ void relay_config_reset(void);
 
 /* Where the admin's static files are read from. */
 const char *relay_admin_assets(const relay_server_conf *sc);
+
+/* Effective RelayAdmin of a location (Off when unset). */
+relay_admin_mode relay_admin_mode_of(const relay_dir_conf *dc);
 
 /* Effective lease length of a server config. */
 int relay_lease_seconds(const relay_server_conf *sc);
