@@ -2,10 +2,13 @@
  * relay_admin.c - the admin at /relay-admin: key list, create/edit/delete
  * forms, and a JSON API, served by the "claude-relay-admin" handler.
  *
- * Who may enter is Apache's business (Basic, LDAP, OIDC...): the handler
- * records r->user as the author of each change. Every change made by a form
- * carries a CSRF token (an HMAC of the user and a time window with a server
- * secret) and must come from the same host; the JSON API takes only
+ * The admin is served only where the server configuration says RelayAdmin On
+ * or Open: an .htaccess may set the handler but can never set RelayAdmin.
+ * Who may enter is Apache's business (Basic, LDAP, OIDC...): under On the
+ * handler refuses a request without an authenticated user and records r->user
+ * as the author of each change. Every change made by a form carries a CSRF
+ * token (an HMAC of the user and a time window, with a key derived from the
+ * server secret) and must come from the same host; the JSON API takes only
  * application/json bodies and refuses foreign origins. Every echoed value is
  * escaped.
  */
@@ -23,6 +26,7 @@
 #include <http_request.h>
 #include <httpd.h>
 #include <json-c/json.h>
+#include <math.h>
 #include <string.h>
 #include <util_script.h>
 
@@ -32,6 +36,8 @@ APLOG_USE_MODULE(claude_relay);
 #define ADMIN_MAX_BODY (64 * 1024)
 /* a CSRF token is valid for the window it was made in and the one after */
 #define CSRF_WINDOW_SECONDS (12 * 3600)
+/* what the CSRF key is derived for: never the secret itself, which also hashes keys */
+#define CSRF_KEY_LABEL "mod_claude_relay admin csrf"
 
 #define CSP                                                                                    \
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "          \
@@ -43,9 +49,10 @@ typedef struct {
     relay_server_conf *sc;
     const char *base;      /* the admin's URL path, without a trailing slash */
     const char *sub;       /* the rest of the path after base */
-    const char *user;      /* authenticated user, or "anonymous" */
+    const char *user;      /* authenticated user, or "anonymous" under RelayAdmin Open */
     admin_lang lang;
     const char *now_iso;
+    unsigned char csrf_key[RELAY_SHA256_LEN]; /* HMAC(secret, CSRF_KEY_LABEL) */
 } admin_ctx;
 
 /* A message in the request's language. */
@@ -98,14 +105,17 @@ static admin_lang pick_lang(request_rec *r)
     return best_zh > 0 && best_zh > best_en ? LANG_ZH : LANG_EN;
 }
 
-/* Headers every admin answer carries. */
+/*
+ * Headers every admin answer carries. They go in err_headers_out, which httpd
+ * also sends with the error pages and redirects it makes itself (405, 404, 303).
+ */
 static void security_headers(request_rec *r)
 {
-    apr_table_setn(r->headers_out, "Cache-Control", "no-store");
-    apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
-    apr_table_setn(r->headers_out, "X-Frame-Options", "DENY");
-    apr_table_setn(r->headers_out, "Content-Security-Policy", CSP);
-    apr_table_setn(r->headers_out, "Referrer-Policy", "same-origin");
+    apr_table_setn(r->err_headers_out, "Cache-Control", "no-store");
+    apr_table_setn(r->err_headers_out, "X-Content-Type-Options", "nosniff");
+    apr_table_setn(r->err_headers_out, "X-Frame-Options", "DENY");
+    apr_table_setn(r->err_headers_out, "Content-Security-Policy", CSP);
+    apr_table_setn(r->err_headers_out, "Referrer-Policy", "same-origin");
 }
 
 /* ---------------------------------------------------------------------- */
@@ -118,7 +128,7 @@ static const char *csrf_token_for(const admin_ctx *a, long window)
     char *hex = apr_palloc(a->r->pool, 2 * RELAY_SHA256_LEN + 1);
     const char *msg = apr_psprintf(a->r->pool, "relay-admin-csrf\n%s\n%ld", a->user, window);
 
-    relay_hmac_sha256(a->sc->secret, strlen(a->sc->secret), msg, strlen(msg), mac);
+    relay_hmac_sha256(a->csrf_key, sizeof(a->csrf_key), msg, strlen(msg), mac);
     relay_hex(mac, sizeof(mac), hex);
     return hex;
 }
@@ -316,10 +326,10 @@ static int list_page(admin_ctx *a)
     const char *err = NULL;
     relay_redis_conn *c = borrow(a, &err);
     apr_array_header_t *keys = NULL;
-    int i;
+    int i, total = 0;
 
     if (c) {
-        keys = relay_keystore_list(c, r->pool, &err);
+        keys = relay_keystore_list(c, RELAY_KEYSTORE_LIST_MAX, &total, r->pool, &err);
         give_back(a, c);
     }
     if (!keys) {
@@ -329,27 +339,31 @@ static int list_page(admin_ctx *a)
     page_start(a, T(a, AM_TITLE));
     ap_rprintf(r, "<div class=\"bar\"><h1>%s</h1><a class=\"button\" href=\"%s/new\">%s</a></div>",
                T(a, AM_TITLE), H(a, a->base), T(a, AM_NEW_KEY));
+    if (total > keys->nelts) {
+        ap_rprintf(r, "<p class=\"capped\" id=\"capped\">%s</p>",
+                   H(a, apr_psprintf(r->pool, T(a, AM_LIST_CAPPED), keys->nelts, total)));
+    }
     if (keys->nelts == 0) {
         ap_rprintf(r, "<p class=\"empty\">%s</p>", T(a, AM_NO_KEYS));
         page_end(a);
         return OK;
     }
     ap_rprintf(r,
-               "<div class=\"table-wrap\"><table id=\"keys\" data-api=\"%s/api/keys\" "
+               "<div class=\"table-wrap\"><table id=\"keys\" data-live=\"%s/api/inflight\" "
+               "data-live-max=\"%d\" "
                "data-unlimited=\"%s\">"
                "<thead><tr><th>%s</th><th>%s</th><th>%s</th><th>%s</th>"
                "<th title=\"%s\">%s</th><th>%s</th><th>%s</th><th>%s</th><th>%s</th>"
                "<th>%s</th><th>%s</th></tr></thead><tbody>",
-               H(a, a->base), T(a, AM_UNLIMITED), T(a, AM_NAME), T(a, AM_DESCRIPTION), T(a, AM_KEY),
-               T(a, AM_STATUS),
-               T(a, AM_IN_FLIGHT_HINT), T(a, AM_CONCURRENCY), T(a, AM_TOKEN_LIMIT),
-               T(a, AM_TOKENS_USED), T(a, AM_CREATED), T(a, AM_LAST_USED), T(a, AM_EXPIRES),
-               T(a, AM_ACTIONS));
+               H(a, a->base), RELAY_KEYSTORE_LIVE_MAX, T(a, AM_UNLIMITED), T(a, AM_NAME),
+               T(a, AM_DESCRIPTION), T(a, AM_KEY), T(a, AM_STATUS), T(a, AM_IN_FLIGHT_HINT),
+               T(a, AM_CONCURRENCY), T(a, AM_TOKEN_LIMIT), T(a, AM_TOKENS_USED), T(a, AM_CREATED),
+               T(a, AM_LAST_USED), T(a, AM_EXPIRES), T(a, AM_ACTIONS));
     for (i = 0; i < keys->nelts; i++) {
         relay_key_record *k = APR_ARRAY_IDX(keys, i, relay_key_record *);
         const char *status = relay_key_status(k, a->now_iso);
         const char *kb = apr_pstrcat(r->pool, a->base, "/keys/", k->id, NULL);
-        int active = strcmp(k->is_active, "false") != 0;
+        int active = relay_key_enabled(k);
 
         ap_rprintf(r,
                    "<tr data-id=\"%s\"><td data-label=\"%s\" class=\"name\">%s</td>"
@@ -513,7 +527,7 @@ static void edit_form(admin_ctx *a, const relay_key_record *k, const key_form *f
     request_rec *r = a->r;
     const char *ph = apr_psprintf(r->pool, "inputmode=\"numeric\" placeholder=\"%s\"",
                                   T(a, AM_LIMIT_PLACEHOLDER));
-    int active = f->active ? strcmp(f->active, "false") != 0 : strcmp(k->is_active, "false") != 0;
+    int active = f->active ? strcmp(f->active, "true") == 0 : relay_key_enabled(k);
 
     page_start(a, T(a, AM_EDIT_TITLE));
     ap_rprintf(r, "<h1>%s</h1>", T(a, AM_EDIT_TITLE));
@@ -1029,8 +1043,8 @@ static int static_asset(admin_ctx *a, const char *name)
     }
     ap_set_content_type(r, type);
     ap_set_content_length(r, fi.size);
-    /* the pages change only with the module: a short cache is safe */
-    apr_table_setn(r->headers_out, "Cache-Control", "max-age=300");
+    /* the pages change only with the module: a short cache is safe (replaces no-store) */
+    apr_table_setn(r->err_headers_out, "Cache-Control", "max-age=300");
     if (!r->header_only) {
         ap_send_fd(f, r, 0, (apr_size_t)fi.size, &sent);
     }
@@ -1098,7 +1112,7 @@ static json_object *key_json(const admin_ctx *a, const relay_key_record *k)
     json_object_object_add(o, "tokenLimit", json_object_new_int64(atoll(k->token_limit)));
     json_object_object_add(o, "concurrencyLimit",
                            json_object_new_int64(atoll(k->concurrency_limit)));
-    json_object_object_add(o, "isActive", json_object_new_boolean(strcmp(k->is_active, "false")));
+    json_object_object_add(o, "isActive", json_object_new_boolean(relay_key_enabled(k)));
     json_object_object_add(o, "status", json_str(relay_key_status(k, a->now_iso)));
     json_object_object_add(o, "currentConcurrency", json_object_new_int64(k->current_concurrency));
     json_object_object_add(o, "createdAt", json_str(k->created_at));
@@ -1144,7 +1158,11 @@ static int json_limit(json_object *v, long *out)
     }
     if (json_object_is_type(v, json_type_double)) {
         double d = json_object_get_double(v);
-        if (d < 0 || d > 2147483647.0 || d != (double)(long)d) {
+        /* range first: casting NaN, an infinity or a huge value to long is undefined */
+        if (!isfinite(d) || d < 0 || d > 2147483647.0) {
+            return -1;
+        }
+        if (d != (double)(long)d) {
             return -1;
         }
         *out = (long)d;
@@ -1359,8 +1377,8 @@ static int api(admin_ctx *a, const char *rest)
     }
     if (*rest == '\0' || strcmp(rest, "/") == 0) {
         apr_array_header_t *keys;
-        json_object *list;
-        int i;
+        json_object *list, *doc;
+        int i, total = 0;
 
         if (m == M_POST) {
             return api_create(a);
@@ -1371,7 +1389,7 @@ static int api(admin_ctx *a, const char *rest)
             return json_fail(r, HTTP_METHOD_NOT_ALLOWED, "Method not allowed here", NULL);
         }
         c = borrow(a, &err);
-        keys = c ? relay_keystore_list(c, r->pool, &err) : NULL;
+        keys = c ? relay_keystore_list(c, RELAY_KEYSTORE_LIST_MAX, &total, r->pool, &err) : NULL;
         if (c) {
             give_back(a, c);
         }
@@ -1385,7 +1403,13 @@ static int api(admin_ctx *a, const char *rest)
         for (i = 0; i < keys->nelts; i++) {
             json_object_array_add(list, key_json(a, APR_ARRAY_IDX(keys, i, relay_key_record *)));
         }
-        return json_ok(r, HTTP_OK, list);
+        /* the newest RELAY_KEYSTORE_LIST_MAX at most: total says how many exist */
+        doc = json_object_new_object();
+        json_object_object_add(doc, "success", json_object_new_boolean(1));
+        json_object_object_add(doc, "data", list);
+        json_object_object_add(doc, "total", json_object_new_int(total));
+        json_object_object_add(doc, "limit", json_object_new_int(RELAY_KEYSTORE_LIST_MAX));
+        return json_send(r, HTTP_OK, doc);
     }
     if (rest[0] == '/') {
         const char *id = rest + 1;
@@ -1437,11 +1461,83 @@ static int api(admin_ctx *a, const char *rest)
     return json_fail(r, HTTP_NOT_FOUND, "No such API endpoint", NULL);
 }
 
+/*
+ * GET api/inflight?ids=ID,ID,...: the live columns of the keys a list page
+ * shows (at most RELAY_KEYSTORE_LIVE_MAX), in one script call. The page polls
+ * this instead of the whole list.
+ */
+static int api_live(admin_ctx *a)
+{
+    request_rec *r = a->r;
+    apr_array_header_t *ids = apr_array_make(r->pool, 16, sizeof(const char *));
+    apr_array_header_t *live;
+    json_object *list;
+    const char *err = NULL;
+    relay_redis_conn *c;
+    char *args, *pair, *state;
+    int i;
+
+    if (r->method_number != M_GET) {
+        r->allowed = AP_METHOD_BIT << M_GET;
+        apr_table_setn(r->headers_out, "Allow", "GET, HEAD");
+        return json_fail(r, HTTP_METHOD_NOT_ALLOWED, "Method not allowed here", NULL);
+    }
+    args = apr_pstrdup(r->pool, r->args ? r->args : "");
+    for (pair = apr_strtok(args, "&", &state); pair; pair = apr_strtok(NULL, "&", &state)) {
+        char *id, *idstate;
+
+        if (strncmp(pair, "ids=", 4) != 0) {
+            continue;
+        }
+        if (ap_unescape_url(pair + 4) != OK) {
+            return json_fail(r, HTTP_BAD_REQUEST, "ids is not a valid URL-encoded value", "ids");
+        }
+        for (id = apr_strtok(pair + 4, ",", &idstate); id; id = apr_strtok(NULL, ",", &idstate)) {
+            if (!relay_uuid_ok(id)) {
+                return json_fail(r, HTTP_BAD_REQUEST,
+                                 "ids must be key ids (UUIDs) separated by commas", "ids");
+            }
+            if (ids->nelts == RELAY_KEYSTORE_LIVE_MAX) {
+                return json_fail(r, HTTP_BAD_REQUEST,
+                                 apr_psprintf(r->pool, "At most %d ids per call",
+                                              RELAY_KEYSTORE_LIVE_MAX),
+                                 "ids");
+            }
+            APR_ARRAY_PUSH(ids, const char *) = id;
+        }
+    }
+    c = borrow(a, &err);
+    live = c ? relay_keystore_live(c, (const char *const *)ids->elts, ids->nelts, r->pool, &err)
+             : NULL;
+    if (c) {
+        give_back(a, c);
+    }
+    if (!live) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin API: cannot read live counts: %s",
+                      err);
+        return json_fail(r, HTTP_SERVICE_UNAVAILABLE, "The key store cannot be reached", NULL);
+    }
+    list = json_object_new_array();
+    for (i = 0; i < live->nelts; i++) {
+        const relay_key_live *l = &APR_ARRAY_IDX(live, i, relay_key_live);
+        json_object *o = json_object_new_object();
+
+        json_object_object_add(o, "id", json_str(l->id));
+        json_object_object_add(o, "currentConcurrency",
+                               json_object_new_int64(l->current_concurrency));
+        json_object_object_add(o, "concurrencyLimit",
+                               json_object_new_int64(atoll(l->concurrency_limit)));
+        json_object_object_add(o, "totalTokens", json_object_new_int64(l->total_tokens));
+        json_object_array_add(list, o);
+    }
+    return json_ok(r, HTTP_OK, list);
+}
+
 /* ---------------------------------------------------------------------- */
 /* The handler                                                            */
 
 /*
- * The admin's path: the <Location> holding SetHandler. Core's section path is
+ * The admin's path: the <Location> holding RelayAdmin or SetHandler. Core's section path is
  * used because our own config exists only in sections with our directives.
  */
 static const char *admin_base(request_rec *r)
@@ -1462,14 +1558,48 @@ static const char *admin_base(request_rec *r)
     return base;
 }
 
+/*
+ * Whether this request is the admin's: it is where RelayAdmin is On or Open
+ * (with or without SetHandler claude-relay-admin). The handler set where
+ * RelayAdmin is Off -- in an .htaccess, say -- gets 404 and a line in the
+ * error log. Returns DECLINED, OK to go on, or the status to answer.
+ */
+static int admin_allowed(request_rec *r)
+{
+    relay_dir_conf *dc = ap_get_module_config(r->per_dir_config, &claude_relay_module);
+    relay_admin_mode mode = relay_admin_mode_of(dc);
+    int named = r->handler && strcmp(r->handler, RELAY_ADMIN_HANDLER) == 0;
+
+    if (mode == RELAY_ADMIN_OFF) {
+        if (!named) {
+            return DECLINED;
+        }
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      RLOG "admin: not served at %s: the admin needs RelayAdmin On in the server "
+                           "configuration (SetHandler " RELAY_ADMIN_HANDLER
+                           " alone, or in an .htaccess, does not serve it)",
+                      ap_escape_logitem(r->pool, r->uri));
+        return HTTP_NOT_FOUND;
+    }
+    if (mode == RELAY_ADMIN_ON && (!r->user || !*r->user)) {
+        security_headers(r);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      RLOG "admin: refused %s: the admin needs Apache authentication in front of "
+                           "it, or RelayAdmin Open",
+                      ap_escape_logitem(r->pool, r->uri));
+        return HTTP_INTERNAL_SERVER_ERROR;
+    }
+    return OK;
+}
+
 int relay_admin_handler(request_rec *r)
 {
     admin_ctx a;
     const char *sub;
     int m = r->method_number, rc;
 
-    if (!r->handler || strcmp(r->handler, RELAY_ADMIN_HANDLER) != 0) {
-        return DECLINED;
+    if ((rc = admin_allowed(r)) != OK) {
+        return rc;
     }
     memset(&a, 0, sizeof(a));
     a.r = r;
@@ -1486,6 +1616,8 @@ int relay_admin_handler(request_rec *r)
                       RLOG "admin: RelayKeyHashSecret is not set for this server");
         return message_page(&a, HTTP_INTERNAL_SERVER_ERROR, "RelayKeyHashSecret is not set.");
     }
+    relay_hmac_sha256(a.sc->secret, strlen(a.sc->secret), CSRF_KEY_LABEL,
+                      strlen(CSRF_KEY_LABEL), a.csrf_key);
     if (strncmp(sub, "/api/keys", 9) == 0 && (sub[9] == '\0' || sub[9] == '/')) {
         if (m != M_GET && m != M_POST && m != M_PUT && m != M_DELETE) {
             r->allowed = (AP_METHOD_BIT << M_GET) | (AP_METHOD_BIT << M_POST) |
@@ -1498,6 +1630,9 @@ int relay_admin_handler(request_rec *r)
             ap_discard_request_body(r);
         }
         return rc;
+    }
+    if (strcmp(sub, "/api/inflight") == 0) {
+        return api_live(&a);
     }
     if (strncmp(sub, "/api/", 5) == 0) {
         return json_fail(r, HTTP_NOT_FOUND, "No such API endpoint", NULL);

@@ -67,6 +67,7 @@ typedef enum {
     AM_MODEL,
     AM_TOKENS,
     AM_NO_USAGE,
+    AM_LIST_CAPPED,
     AM_COUNT
 } admin_msg;
 
@@ -138,6 +139,11 @@ static const char *const admin_text[AM_COUNT][2] = {
     [AM_MODEL] = {"Model", "模型"},
     [AM_TOKENS] = {"Tokens", "Token"},
     [AM_NO_USAGE] = {"No usage yet.", "暂无用量。"},
+    /* a format: the number shown, then the number of keys in Redis */
+    [AM_LIST_CAPPED] = {"Showing the newest %d of %d keys. The others are not listed here yet: "
+                        "use relay-keys list to see them all.",
+                        "显示最新的 %d 个密钥（共 %d 个）。其余密钥暂不在此列出："
+                        "请使用 relay-keys list 查看全部。"},
 };
 
 #endif

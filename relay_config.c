@@ -91,6 +91,7 @@ void *relay_create_dir_conf(apr_pool_t *p, char *dir)
     (void)dir;
     dc->engine = RELAY_UNSET;
     dc->on_redis_error = RELAY_ONERR_UNSET;
+    dc->admin = RELAY_ADMIN_UNSET;
     return dc;
 }
 
@@ -109,6 +110,7 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
     dc->endpoints = add->endpoints ? add->endpoints : base->endpoints;
     /* the location travels with the RelayEngine that named it */
     dc->location = add->engine != RELAY_UNSET ? add->location : base->location;
+    dc->admin = add->admin != RELAY_ADMIN_UNSET ? add->admin : base->admin;
     return dc;
 }
 
@@ -125,6 +127,11 @@ const relay_endpoint *relay_endpoints(const relay_dir_conf *dc, size_t *n)
 const char *relay_admin_assets(const relay_server_conf *sc)
 {
     return sc->admin_assets ? sc->admin_assets : RELAY_ASSETS_DIR;
+}
+
+relay_admin_mode relay_admin_mode_of(const relay_dir_conf *dc)
+{
+    return dc && dc->admin != RELAY_ADMIN_UNSET ? dc->admin : RELAY_ADMIN_OFF;
 }
 
 int relay_lease_seconds(const relay_server_conf *sc)
@@ -567,6 +574,33 @@ static const char *set_allow_endpoints(cmd_parms *cmd, void *dcv, int argc, char
     return NULL;
 }
 
+/*
+ * RelayAdmin Off|On|Open. The directive table allows it in the server
+ * configuration only (never OR_FILEINFO), so an .htaccess that sets the admin
+ * handler can never also switch the admin on.
+ */
+static const char *set_admin(cmd_parms *cmd, void *dcv, const char *arg)
+{
+    relay_dir_conf *dc = dcv;
+
+    if (strcasecmp(arg, "off") == 0) {
+        dc->admin = RELAY_ADMIN_OFF;
+    }
+    else if (strcasecmp(arg, "on") == 0) {
+        dc->admin = RELAY_ADMIN_ON;
+    }
+    else if (strcasecmp(arg, "open") == 0) {
+        dc->admin = RELAY_ADMIN_OPEN;
+    }
+    else {
+        return apr_psprintf(cmd->pool,
+                            "RelayAdmin: '%s' is not Off, On (for users Apache has "
+                            "authenticated) or Open (for anyone)",
+                            arg);
+    }
+    return NULL;
+}
+
 const command_rec relay_cmds[] = {
     AP_INIT_TAKE1("RelayRedisServer", set_redis_server, NULL, RSRC_CONF,
                   "Redis holding keys and leases: host[:port] or unix:/path"),
@@ -609,4 +643,7 @@ const command_rec relay_cmds[] = {
     AP_INIT_TAKE_ARGV("RelayAllowEndpoints", set_allow_endpoints, NULL, ACCESS_CONF,
                       "Endpoints relayed here, as \"METHOD /path\" (a path ending in /* covers "
                       "everything below it); others get 404"),
+    AP_INIT_TAKE1("RelayAdmin", set_admin, NULL, RSRC_CONF | ACCESS_CONF,
+                  "Serve the admin here: Off, On (users Apache has authenticated) or Open "
+                  "(anyone)"),
     {NULL}};

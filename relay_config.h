@@ -33,6 +33,14 @@ typedef enum {
     RELAY_ONERR_ALLOW = 1   /* let the request through, unlimited, with a warning */
 } relay_onerr;
 
+/* Whether a section serves the admin (RelayAdmin). */
+typedef enum {
+    RELAY_ADMIN_UNSET = RELAY_UNSET,
+    RELAY_ADMIN_OFF = 0,  /* never: SetHandler claude-relay-admin gets 404 here */
+    RELAY_ADMIN_ON = 1,   /* to users Apache has authenticated (r->user); 500 without one */
+    RELAY_ADMIN_OPEN = 2  /* to anyone, changes recorded as made by "anonymous" */
+} relay_admin_mode;
+
 /* Server-wide settings: one Redis, one secret, per virtual host. */
 typedef struct {
     relay_redis_target redis;   /* RelayRedisServer/Sentinel/Password/Username/Database/Timeout */
@@ -63,6 +71,7 @@ typedef struct {
     apr_array_header_t *endpoints; /* RelayAllowEndpoints: relay_endpoint; NULL = default */
     const char *location;       /* the <Location> path RelayEngine was set in; NULL when
                                    set in another kind of section (a regex, a directory) */
+    relay_admin_mode admin;     /* RelayAdmin; never from .htaccess */
 } relay_dir_conf;
 
 extern module AP_MODULE_DECLARE_DATA claude_relay_module;
@@ -86,6 +95,8 @@ const char *relay_admin_assets(const relay_server_conf *sc);
 
 /* The endpoints a location relays: its RelayAllowEndpoints, or the default list. */
 const relay_endpoint *relay_endpoints(const relay_dir_conf *dc, size_t *n);
+/* Effective RelayAdmin of a location (Off when unset). */
+relay_admin_mode relay_admin_mode_of(const relay_dir_conf *dc);
 
 /* Effective lease length of a server config. */
 int relay_lease_seconds(const relay_server_conf *sc);

@@ -4,6 +4,7 @@
 #include "relay_keystore.h"
 #include "relay_keys.h"
 
+#include <apr_hash.h>
 #include <apr_strings.h>
 #include <apr_time.h>
 #include <stdlib.h>
@@ -30,6 +31,45 @@ static const char read_lua[] =
     "  if type(live) ~= 'number' then live = 0 end\n"
     "  out[i] = {all(KEYS[i]), live, all(KEYS[2 * n + i]), all(KEYS[3 * n + i]),"
     " all(KEYS[4 * n + i])}\n"
+    "end\n"
+    "return out\n";
+
+/*
+ * Creation times, to pick the newest keys of a long list. KEYS: apikey:{id}
+ * x n. Returns n strings ("" when missing or not a hash).
+ */
+static const char created_lua[] =
+    "local out = {}\n"
+    "for i, key in ipairs(KEYS) do\n"
+    "  local v = redis.pcall('HGET', key, 'createdAt')\n"
+    "  if type(v) ~= 'string' then v = '' end\n"
+    "  out[i] = v\n"
+    "end\n"
+    "return out\n";
+
+/*
+ * Live columns of the list. KEYS: apikey:{id} x n, concurrency:{id} x n,
+ * usage:{id} x n. Returns n entries: {0} for a missing key, else
+ * {1, live leases, concurrencyLimit, totalTokens}.
+ */
+static const char live_lua[] =
+    "local n = #KEYS / 3\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local function str(v)\n"
+    "  if type(v) == 'string' then return v end\n"
+    "  return ''\n"
+    "end\n"
+    "local out = {}\n"
+    "for i = 1, n do\n"
+    "  if redis.call('EXISTS', KEYS[i]) == 0 then\n"
+    "    out[i] = {0}\n"
+    "  else\n"
+    "    local live = redis.pcall('ZCOUNT', KEYS[n + i], string.format('%.0f', now + 1), '+inf')\n"
+    "    if type(live) ~= 'number' then live = 0 end\n"
+    "    out[i] = {1, live, str(redis.pcall('HGET', KEYS[i], 'concurrencyLimit')),"
+    " str(redis.pcall('HGET', KEYS[2 * n + i], 'totalTokens'))}\n"
+    "  end\n"
     "end\n"
     "return out\n";
 
@@ -75,7 +115,8 @@ static const char delete_lua[] =
     "redis.call('DEL', KEYS[1], KEYS[3])\n"
     "return 1\n";
 
-static relay_script read_script, history_script, create_script, update_script, delete_script;
+static relay_script read_script, history_script, create_script, update_script, delete_script,
+    created_script, live_script;
 
 void relay_keystore_init(void)
 {
@@ -85,6 +126,8 @@ void relay_keystore_init(void)
         relay_script_init(&create_script, "key-create", create_lua);
         relay_script_init(&update_script, "key-update", update_lua);
         relay_script_init(&delete_script, "key-delete", delete_lua);
+        relay_script_init(&created_script, "keys-created", created_lua);
+        relay_script_init(&live_script, "keys-live", live_lua);
     }
 }
 
@@ -97,9 +140,14 @@ const char *relay_now_iso(apr_pool_t *p)
     return buf;
 }
 
+int relay_key_enabled(const relay_key_record *k)
+{
+    return strcmp(k->is_active, "true") == 0;
+}
+
 const char *relay_key_status(const relay_key_record *k, const char *now_iso)
 {
-    if (strcmp(k->is_active, "false") == 0) {
+    if (!relay_key_enabled(k)) {
         return "disabled";
     }
     if (k->expires_at[0] && strcmp(k->expires_at, now_iso) < 0) {
@@ -164,7 +212,6 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
     k->created_at = k->updated_at = k->last_used_at = k->expires_at = "";
     k->created_by = k->updated_by = "";
     k->token_limit = k->concurrency_limit = "0";
-    k->is_active = "true";
     for (i = 0; i + 1 < fields->elements; i += 2) {
         const char *f = elem_str(fields->element[i], p);
         const char *v = elem_str(fields->element[i + 1], p);
@@ -238,13 +285,72 @@ static int record_cmp(const void *a, const void *b)
     return c ? c : strcmp(x->name, y->name);
 }
 
-apr_array_header_t *relay_keystore_list(relay_redis_conn *c, apr_pool_t *p, const char **err)
+/* An id with its creation time, to choose the newest keys of a long list. */
+typedef struct {
+    const char *id;
+    const char *created_at;
+} id_created;
+
+/* Newest first, then by id, so a cut through equal times is stable. */
+static int id_created_cmp(const void *a, const void *b)
+{
+    const id_created *x = a, *y = b;
+    int c = strcmp(y->created_at, x->created_at);
+    return c ? c : strcmp(x->id, y->id);
+}
+
+/*
+ * Keep the `max` newest of ids (in place). Reads only createdAt of each key,
+ * 1000 keys per script call. Returns 0, or -1 with *err.
+ */
+static int keep_newest(relay_redis_conn *c, apr_array_header_t *ids, int max, apr_pool_t *p,
+                       const char **err)
+{
+    id_created *all = apr_pcalloc(p, sizeof(*all) * ids->nelts);
+    int i, j;
+
+    for (i = 0; i < ids->nelts; i += 1000) {
+        int n = ids->nelts - i > 1000 ? 1000 : ids->nelts - i;
+        const char **keys = apr_palloc(p, sizeof(*keys) * n);
+        redisReply *rep;
+
+        for (j = 0; j < n; j++) {
+            all[i + j].id = APR_ARRAY_IDX(ids, i + j, const char *);
+            all[i + j].created_at = "";
+            keys[j] = apr_pstrcat(p, "apikey:", all[i + j].id, NULL);
+        }
+        rep = relay_redis_script(c, &created_script, n, keys, 0, NULL, p, err);
+        if (!rep) {
+            return -1;
+        }
+        if (rep->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(rep);
+            *err = "unexpected reply reading creation times";
+            return -1;
+        }
+        for (j = 0; j < n && (size_t)j < rep->elements; j++) {
+            all[i + j].created_at = elem_str(rep->element[j], p);
+        }
+        freeReplyObject(rep);
+    }
+    qsort(all, ids->nelts, sizeof(*all), id_created_cmp);
+    for (i = 0; i < max; i++) {
+        APR_ARRAY_IDX(ids, i, const char *) = all[i].id;
+    }
+    ids->nelts = max;
+    return 0;
+}
+
+apr_array_header_t *relay_keystore_list(relay_redis_conn *c, int max, int *total, apr_pool_t *p,
+                                        const char **err)
 {
     apr_array_header_t *ids = apr_array_make(p, 64, sizeof(const char *));
     apr_array_header_t *all = apr_array_make(p, 64, sizeof(relay_key_record *));
+    apr_hash_t *seen = apr_hash_make(p);
     const char *cursor = "0";
     int i;
 
+    *total = 0;
     do {
         const char *argv[6] = {"SCAN", cursor, "MATCH", "apikey:*", "COUNT", "1000"};
         size_t lens[6];
@@ -268,14 +374,20 @@ apr_array_header_t *relay_keystore_list(relay_redis_conn *c, apr_pool_t *p, cons
         cursor = elem_str(rep->element[0], p);
         for (j = 0; j < rep->element[1]->elements; j++) {
             const char *name = elem_str(rep->element[1]->element[j], p);
-            /* apikey:hash_map and anything that is not a key id is skipped */
-            if (relay_uuid_ok(name + 7)) {
+            /* apikey:hash_map and anything that is not a key id is skipped;
+             * SCAN may name a key twice while Redis rehashes */
+            if (relay_uuid_ok(name + 7) && !apr_hash_get(seen, name + 7, APR_HASH_KEY_STRING)) {
+                apr_hash_set(seen, name + 7, APR_HASH_KEY_STRING, name);
                 APR_ARRAY_PUSH(ids, const char *) = name + 7;
             }
         }
         freeReplyObject(rep);
     } while (strcmp(cursor, "0") != 0);
 
+    *total = ids->nelts;
+    if (max >= 0 && ids->nelts > max && keep_newest(c, ids, max, p, err) != 0) {
+        return NULL;
+    }
     /* read in batches so one script call stays small */
     for (i = 0; i < ids->nelts; i += 200) {
         int n = ids->nelts - i > 200 ? 200 : ids->nelts - i;
@@ -288,6 +400,51 @@ apr_array_header_t *relay_keystore_list(relay_redis_conn *c, apr_pool_t *p, cons
     }
     qsort(all->elts, all->nelts, sizeof(relay_key_record *), record_cmp);
     return all;
+}
+
+apr_array_header_t *relay_keystore_live(relay_redis_conn *c, const char *const *ids, int n,
+                                        apr_pool_t *p, const char **err)
+{
+    apr_array_header_t *out = apr_array_make(p, n > 0 ? n : 1, sizeof(relay_key_live));
+    const char **keys;
+    redisReply *rep;
+    int i;
+
+    if (n == 0) {
+        return out;
+    }
+    keys = apr_palloc(p, sizeof(*keys) * 3 * n);
+    for (i = 0; i < n; i++) {
+        keys[i] = apr_pstrcat(p, "apikey:", ids[i], NULL);
+        keys[n + i] = apr_pstrcat(p, "concurrency:", ids[i], NULL);
+        keys[2 * n + i] = apr_pstrcat(p, "usage:", ids[i], NULL);
+    }
+    rep = relay_redis_script(c, &live_script, 3 * n, keys, 0, NULL, p, err);
+    if (!rep) {
+        return NULL;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(rep);
+        *err = "unexpected reply reading live counts";
+        return NULL;
+    }
+    for (i = 0; i < n && (size_t)i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+        relay_key_live *l;
+
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 4 ||
+            e->element[0]->type != REDIS_REPLY_INTEGER || e->element[0]->integer != 1) {
+            continue;
+        }
+        l = apr_array_push(out);
+        l->id = ids[i];
+        l->current_concurrency =
+            e->element[1]->type == REDIS_REPLY_INTEGER ? (long)e->element[1]->integer : 0;
+        l->concurrency_limit = elem_str(e->element[2], p);
+        l->total_tokens = strtoll(elem_str(e->element[3], p), NULL, 10);
+    }
+    freeReplyObject(rep);
+    return out;
 }
 
 relay_key_record *relay_keystore_get(relay_redis_conn *c, const char *id, apr_pool_t *p,

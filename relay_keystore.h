@@ -28,7 +28,7 @@ typedef struct {
     const char *key_preview;
     const char *token_limit;       /* "0" = unlimited */
     const char *concurrency_limit; /* "0" or "" = unlimited */
-    const char *is_active;         /* "true" / "false" */
+    const char *is_active;         /* "true" = enabled; anything else (or missing) = disabled */
     const char *created_at;
     const char *updated_at;
     const char *last_used_at;
@@ -54,8 +54,33 @@ typedef struct {
 /* Load the scripts' SHA1s (once per process). */
 void relay_keystore_init(void);
 
-/* Every key, sorted by creation time (newest first); *err on failure. */
-apr_array_header_t *relay_keystore_list(relay_redis_conn *c, apr_pool_t *p, const char **err);
+/* The most keys one list reads (the newest); pagination is still to come. */
+#define RELAY_KEYSTORE_LIST_MAX 1000
+
+/* The most keys one live-count call may ask about. */
+#define RELAY_KEYSTORE_LIVE_MAX 200
+
+/*
+ * The newest `max` keys (all of them when max < 0), sorted by creation time
+ * (newest first), with the number of keys in Redis in *total; *err on failure.
+ */
+apr_array_header_t *relay_keystore_list(relay_redis_conn *c, int max, int *total, apr_pool_t *p,
+                                        const char **err);
+
+/* What the list's live columns show of one key. */
+typedef struct {
+    const char *id;
+    long current_concurrency;      /* live leases now */
+    const char *concurrency_limit; /* as stored; "0" or "" = unlimited */
+    long long total_tokens;        /* usage:{id} totalTokens */
+} relay_key_live;
+
+/*
+ * The live counts of n keys (ids already checked as UUIDs), in one script
+ * call; keys that do not exist are left out. NULL with *err on failure.
+ */
+apr_array_header_t *relay_keystore_live(relay_redis_conn *c, const char *const *ids, int n,
+                                        apr_pool_t *p, const char **err);
 
 /* One key, or NULL (with *err NULL when it does not exist). */
 relay_key_record *relay_keystore_get(relay_redis_conn *c, const char *id, apr_pool_t *p,
@@ -99,6 +124,9 @@ int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_p
 
 /* Delete a key, its hash-map entry and its leases: 1 done, 0 unknown, -1 error. */
 int relay_keystore_delete(relay_redis_conn *c, const char *id, apr_pool_t *p, const char **err);
+
+/* Whether a key is enabled: isActive is exactly "true" (claude-relay-service's rule). */
+int relay_key_enabled(const relay_key_record *k);
 
 /* "active", "disabled" or "expired" (now_iso: the current time, ISO-8601). */
 const char *relay_key_status(const relay_key_record *k, const char *now_iso);

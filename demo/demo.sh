@@ -142,6 +142,7 @@ RelayKeyHashSecret file:$dir/secret
 RelayAdminAssets $dir/htdocs
 <Location /relay-admin>
     SetHandler claude-relay-admin
+    RelayAdmin On
     AuthType Basic
     AuthName "Relay admin"
     AuthUserFile $dir/admin.htpasswd

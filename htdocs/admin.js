@@ -24,31 +24,40 @@
     }
   }
 
+  // One round of live counts for the rows on the page: a light call per
+  // chunk of ids (the server takes at most data-live-max per call), never
+  // the whole key list.
   function refresh(table) {
+    if (document.hidden) return; // a tab in the background asks nothing
     var unlimited = table.getAttribute('data-unlimited') || 'unlimited';
-    fetch(table.getAttribute('data-api'), { credentials: 'same-origin', cache: 'no-store' })
-      .then(function (res) { return res.ok ? res.json() : null; })
-      .then(function (body) {
-        if (!body || !body.success) return;
-        body.data.forEach(function (key) {
-          var row = table.querySelector('tr[data-id="' + key.id + '"]');
-          if (!row) return;
-          var cell = row.querySelector('td.inflight');
-          if (cell) {
-            cell.textContent = key.currentConcurrency + ' / ' +
-              (key.concurrencyLimit > 0 ? key.concurrencyLimit : unlimited);
-          }
-          var tokens = row.querySelector('td.usage .tokens');
-          if (tokens && key.usage && key.usage.total) {
-            tokens.textContent = String(key.usage.total.tokens);
-          }
-          var bar = row.querySelector('td.usage progress');
-          if (bar && key.usage && key.usage.total) {
-            bar.value = Math.min(key.usage.total.tokens, Number(bar.max));
-          }
-        });
-      })
-      .catch(function () { /* the next round tries again */ });
+    var max = Number(table.getAttribute('data-live-max')) || 200;
+    var rows = table.querySelectorAll('tbody tr[data-id]');
+    var ids = Array.prototype.map.call(rows, function (row) { return row.getAttribute('data-id'); });
+    for (var i = 0; i < ids.length; i += max) {
+      var url = table.getAttribute('data-live') + '?ids=' +
+        ids.slice(i, i + max).map(encodeURIComponent).join(',');
+      fetch(url, { credentials: 'same-origin', cache: 'no-store' })
+        .then(function (res) { return res.ok ? res.json() : null; })
+        .then(function (body) {
+          if (!body || !body.success) return;
+          body.data.forEach(function (key) { show(table, key, unlimited); });
+        })
+        .catch(function () { /* the next round tries again */ });
+    }
+  }
+
+  function show(table, key, unlimited) {
+    var row = table.querySelector('tr[data-id="' + key.id + '"]');
+    if (!row) return;
+    var cell = row.querySelector('td.inflight');
+    if (cell) {
+      cell.textContent = key.currentConcurrency + ' / ' +
+        (key.concurrencyLimit > 0 ? key.concurrencyLimit : unlimited);
+    }
+    var tokens = row.querySelector('td.usage .tokens');
+    if (tokens) tokens.textContent = String(key.totalTokens);
+    var bar = row.querySelector('td.usage progress');
+    if (bar) bar.value = Math.min(key.totalTokens, Number(bar.max));
   }
 
   document.addEventListener('DOMContentLoaded', function () {

@@ -670,13 +670,14 @@ static const char *rec_str(const key_record *rec, const char *field)
 
 /*
  * active, disabled or expired, from isActive and expiresAt at now_iso. Only
- * "false" disables a key, as in the relay itself.
+ * "true" enables a key (claude-relay-service's rule): "yes", "TRUE", "" or no
+ * isActive at all mean disabled.
  */
 static const char *key_status(const char *is_active, const char *expires, const char *now_iso)
 {
     char norm[RELAY_ISO_LEN + 1];
 
-    if (is_active != NULL && strcmp(is_active, "false") == 0) {
+    if (is_active == NULL || strcmp(is_active, "true") != 0) {
         return "disabled";
     }
     if (expires != NULL && *expires != '\0' && relay_iso8601_normalize(expires, norm) == 0 &&

@@ -49,6 +49,9 @@ async function main() {
     page.on('console', (m) => {
       if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(m.text());
     });
+    // what the page asks for while it refreshes its live column
+    const polled = [];
+    page.on('request', (q) => { if (q.url().includes('/relay-admin/api/')) polled.push(q.url()); });
     // every resource the pages use must load (the browser's own favicon probe aside)
     page.on('response', (r) => {
       if (r.status() >= 400 && !r.url().endsWith('/favicon.ico')) errors.push(`${r.status()} ${r.url()}`);
@@ -97,6 +100,8 @@ async function main() {
       live = true;
     } catch (e) { /* reported below */ }
     check(live, 'the list shows 1 / 2 live while the request is in flight');
+    check(polled.length > 0 && polled.every((u) => /\/relay-admin\/api\/inflight\?ids=[0-9a-f-]+/.test(u)),
+      `the page polls only the light inflight endpoint${polled.length ? '' : ' (no poll seen)'}: ${polled.slice(0, 2).join(' ')}`);
     await page.screenshot({ path: shot, fullPage: true });
     const res = await relayed;
     check(res.status === 200, 'the key relayed the request (200)');

@@ -7,7 +7,7 @@ use Apache::Test qw(-withtestmore);
 use RelayTest;
 
 my $dir = "$ENV{RELAY_TEST_STAGE}/t/browser";
-plan tests => 12, need_module 'claude_relay', 'relay_mock';
+plan tests => 13, need_module 'claude_relay', 'relay_mock';
 
 my $shot = "$ENV{RELAY_TEST_STAGE}/run/admin-list.png";
 local $ENV{BASE_URL} = base_url();
