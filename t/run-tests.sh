@@ -123,9 +123,14 @@ rc=${PIPESTATUS[0]}
 set -e
 if [ "${RELAY_ASAN:-0}" = 1 ]; then
     reports=$(ls "$stage"/run/sanitizer/ 2>/dev/null | wc -l)
-    if [ "$reports" -gt 0 ]; then
-        echo "---- sanitizer reports ($reports) ----"
-        head -n 80 "$stage"/run/sanitizer/*
+    # UBSan may write to httpd's stderr, which is the error log
+    logged=$(cat "$stage"/t/logs/error_log "$stage"/run/*/logs/error_log 2>/dev/null |
+             grep -cE 'runtime error:|ERROR: AddressSanitizer' || true)
+    if [ "$reports" -gt 0 ] || [ "$logged" -gt 0 ]; then
+        echo "---- sanitizer reports ($reports files, $logged in error logs) ----"
+        head -n 80 "$stage"/run/sanitizer/* 2>/dev/null || true
+        cat "$stage"/t/logs/error_log "$stage"/run/*/logs/error_log 2>/dev/null |
+            grep -E -A3 'runtime error:|ERROR: AddressSanitizer' | head -n 40 || true
         rc=1
     else
         echo "sanitizers: no report from httpd"
