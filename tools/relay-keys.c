@@ -30,6 +30,7 @@
 #include "relay_validate.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1476,6 +1477,8 @@ int main(int argc, char **argv)
     int i;
 
     memset(&o, 0, sizeof(o));
+    /* a connection Redis (or a TLS tunnel) closed is a write error, reported, not a signal */
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2) {
         usage(stderr);
         return EXIT_USAGE;
