@@ -2,6 +2,7 @@
 #
 #   make            build the module, the mock upstream and relay-keys into build/
 #   make install    install mod_claude_relay.so into httpd's module folder
+#   make deb        the Debian package build/libapache2-mod-claude-relay_VERSION_ARCH.deb
 #   make test       install missing packages, then run every test
 #   make fuzz       fuzz the usage parser (FUZZ_SECONDS, default 300)
 #   make test-asan  the suite with the module under AddressSanitizer and UBSan
@@ -13,6 +14,9 @@ APXS ?= apxs
 CC ?= gcc
 CFLAGS_TOOLS = -Wall -Wextra -Werror -O2 -g -I. -I/usr/include/hiredis
 BUILD = build
+# the one version number: the module's startup line, relay-keys --version and
+# debian/changelog (t/unit/check_version.sh) follow it
+VERSION := $(shell cat VERSION)
 
 all: $(BUILD)/mod_claude_relay.so $(BUILD)/mod_relay_mock.so $(BUILD)/relay-keys \
      $(BUILD)/test-concurrency
@@ -30,13 +34,16 @@ $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
 	    mod_relay_mock.c -ljson-c >/dev/null
 	cp mock/.libs/mod_relay_mock.so $@
 
+# $(CPPFLAGS) $(CFLAGS) $(LDFLAGS): empty unless given, as debhelper gives
+# Debian's hardening flags when it builds the package
 $(BUILD)/relay-keys: tools/relay-keys.c relay_keys.c relay_keys.h relay_validate.c \
-                     relay_validate.h | $(BUILD)
-	$(CC) $(CFLAGS_TOOLS) -o $@ tools/relay-keys.c relay_keys.c relay_validate.c \
-	    -lhiredis -ljson-c
+                     relay_validate.h VERSION | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -DRELAY_VERSION='"$(VERSION)"' $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) \
+	    -o $@ tools/relay-keys.c relay_keys.c relay_validate.c -lhiredis -ljson-c
 
 $(BUILD)/test-concurrency: tools/test-concurrency.c | $(BUILD)
-	$(CC) $(CFLAGS_TOOLS) -o $@ tools/test-concurrency.c -lcurl -ljson-c
+	$(CC) $(CFLAGS_TOOLS) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ tools/test-concurrency.c \
+	    -lcurl -ljson-c
 
 $(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_keys.c relay_keys.c
@@ -63,6 +70,22 @@ install: $(BUILD)/mod_claude_relay.so
 deps:
 	scripts/install-deps
 
+# The Debian package, built by debhelper in a copy of the sources under
+# build/deb (the tree itself is left as it was) and checked by lintian; the
+# package lands in build/.
+DEB_SOURCES = VERSION Makefile Makefile.apxs README.md $(wildcard *.c *.h) tools conf htdocs \
+              man debian
+deb:
+	scripts/install-deps --deb
+	t/unit/check_version.sh
+	rm -rf $(BUILD)/deb $(BUILD)/libapache2-mod-claude-relay_*.deb
+	mkdir -p $(BUILD)/deb/src
+	tar -cf - $(DEB_SOURCES) | tar -C $(BUILD)/deb/src -xf -
+	cd $(BUILD)/deb/src && dpkg-buildpackage --build=binary --no-sign
+	lintian --fail-on error $(BUILD)/deb/*.changes
+	cp $(BUILD)/deb/libapache2-mod-claude-relay_$(VERSION)_*.deb $(BUILD)/
+	@ls $(BUILD)/libapache2-mod-claude-relay_$(VERSION)_*.deb
+
 # libFuzzer with AddressSanitizer and UBSan on the usage parser:
 #   make fuzz                      (FUZZ_SECONDS=300 by default)
 FUZZ_SECONDS ?= 300
@@ -85,6 +108,7 @@ unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/tes
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh
+	t/unit/check_version.sh $(BUILD)/relay-keys
 
 # prints how long it took, installs included, at the end
 test:
@@ -132,4 +156,4 @@ clean:
 	$(MAKE) -f Makefile.apxs clean
 	rm -rf $(BUILD) $(BUILD)-asan mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
 
-.PHONY: all install deps unit fuzz test test-asan soak demo demo-stop clean
+.PHONY: all install deps deb unit fuzz test test-asan soak demo demo-stop clean

@@ -892,12 +892,29 @@ static int relay_pre_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *pte
     return OK;
 }
 
+#ifndef RELAY_VERSION
+#define RELAY_VERSION "unknown" /* the Makefiles pass the VERSION file's */
+#endif
+
+/* post_config: name the version once per (re)start, not in the preflight pass. */
+static int relay_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
+{
+    (void)pconf;
+    (void)plog;
+    (void)ptemp;
+    if (ap_state_query(AP_SQ_MAIN_STATE) != AP_SQ_MS_CREATE_PRE_CONFIG) {
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, "mod_claude_relay/" RELAY_VERSION " loaded");
+    }
+    return OK;
+}
+
 /* Hooks: the access check, the admin handler, configuration checks, per-child set-up. */
 static void relay_register_hooks(apr_pool_t *p)
 {
     (void)p;
     ap_hook_pre_config(relay_pre_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_check_config(relay_check_config, NULL, NULL, APR_HOOK_MIDDLE);
+    ap_hook_post_config(relay_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_child_init(relay_child_init, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(relay_admin_handler, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_insert_filter(relay_insert_filter, NULL, NULL, APR_HOOK_MIDDLE);

@@ -43,6 +43,9 @@
 #include <json-c/json.h>
 
 #define PROG "relay-keys"
+#ifndef RELAY_VERSION
+#define RELAY_VERSION "unknown" /* the Makefile passes the VERSION file's */
+#endif
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE 2
 
@@ -115,6 +118,7 @@ static void usage(FILE *out)
           "  --db N                  database index for SELECT [RELAY_REDIS_DATABASE]\n"
           "  --secret S              key hash secret [RELAY_KEY_HASH_SECRET]\n"
           "  --secret-file PATH      read the key hash secret from a file\n"
+          "  --version               print the version and exit\n"
           "\n"
           "Commands:\n"
           "  create --name NAME [--description TEXT] [--concurrency-limit N]\n"
@@ -1519,6 +1523,10 @@ int main(int argc, char **argv)
         }
         else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
+            return 0;
+        }
+        else if (strcmp(argv[i], "--version") == 0) {
+            puts(PROG " " RELAY_VERSION);
             return 0;
         }
         else {
