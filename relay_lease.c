@@ -43,6 +43,13 @@
 #define REUSE_MIN_LIMIT 32
 /* how often counted usage without a token limit is written */
 #define USAGE_EVERY_MS 1000
+/* keys remembered as valid per child (relay_lease_recently_valid); the oldest go first */
+#define VALID_MAX 4096
+/* how often keys Redis reported changed are read again, and how many at most per call */
+#define VALID_RECHECK_MS 1000
+#define VALID_RECHECK_MAX 512
+/* after a failed read, the next one waits this long: Redis is likely down */
+#define VALID_RECHECK_BACKOFF_MS 5000
 
 /*
  * One batch: the releases, usage and admissions a child has queued, in one
@@ -60,15 +67,28 @@
  *   apikey:hash_map), lease member.
  *
  * Returns one entry per admission, {code, current, limit, name, legacy, id,
- * token limited, and when admitted expiresAt}: code 1 admitted, 0 unknown, -1 disabled, -2 expired, 2 over
- * the concurrency limit, 3 over the token limit (then current/limit are the
- * tokens used and the token limit). Nothing is taken unless admitted. Only
- * live leases count (scored on Redis's own clock): while the set, expired
- * leases included, is under the limit that is proof enough; at the limit
- * the live ones are counted. Expired leases are swept on one admission in
- * sixteen and by the renewals; a set disappears by itself once its last
- * lease is given back. Usage and lastUsedAt (to the second) are written only
- * to keys that still exist, so a deleted key is not brought back half-empty.
+ * token limited, and when admitted expiresAt}: code 1 admitted, 0 unknown,
+ * -1 disabled (isActive anything but "true", as claude-relay-service has it),
+ * -2 expired, 2 over the concurrency limit, 3 over the token limit (then
+ * current/limit are the tokens used and the token limit), -3 a record of the
+ * key unusable (then the entry ends with the Redis key and Redis's error).
+ * After those, one entry {key id, Redis key, error} per usage record that
+ * could not be written.
+ *
+ * Nothing is taken unless admitted. Only live leases count (scored on
+ * Redis's own clock): while the set, expired leases included, is under the
+ * limit that is proof enough; at the limit the live ones are counted.
+ * Expired leases are swept on one admission in sixteen and by the renewals;
+ * a set disappears by itself once its last lease is given back. Usage and
+ * lastUsedAt (to the second) are written only to keys that still exist, so a
+ * deleted key is not brought back half-empty.
+ *
+ * A record of the wrong type (SET apikey:{id} x), or a counter that is not a
+ * number, fails only the work of its own key: Redis does not undo a script's
+ * writes when it stops half way, so one bad record must not stop the script,
+ * or the other keys' admissions would be refused and the batch's usage lost.
+ * Every command that can meet such a record is a redis.pcall, and each
+ * admission runs inside a Lua pcall.
  */
 static const char batch_lua[] =
     "local t = redis.call('TIME')\n"
@@ -76,6 +96,19 @@ static const char batch_lua[] =
     "local stamp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local expiry = stamp + tonumber(ARGV[1])\n"
     "local iso = ARGV[2]\n"
+    /*
+     * a command on a record that may be bad: an error is raised, with the
+     * record in `bad` (Redis's pcall turns an error table into its text)
+     */
+    "local bad = ''\n"
+    "local function call(cmd, key, ...)\n"
+    "  local r = redis.pcall(cmd, key, ...)\n"
+    "  if type(r) == 'table' and r.err then\n"
+    "    bad = key\n"
+    "    error(r.err, 0)\n"
+    "  end\n"
+    "  return r\n"
+    "end\n"
     "local i = 4\n"
     "for g = 1, tonumber(ARGV[3]) do\n"
     "  local m = tonumber(ARGV[i + 1])\n"
@@ -95,6 +128,14 @@ static const char batch_lua[] =
     "  redis.pcall('ZADD', 'concurrency:' .. ARGV[i], unpack(za))\n"
     "  i = i + 2 + m\n"
     "end\n"
+    /* usage records that could not be written, each record named once */
+    "local problems, named = {}, {}\n"
+    "local function problem(id, key, err)\n"
+    "  if not named[key] then\n"
+    "    named[key] = true\n"
+    "    problems[#problems + 1] = {id, key, err}\n"
+    "  end\n"
+    "end\n"
     "local ngroups = tonumber(ARGV[i])\n"
     "i = i + 1\n"
     "if ngroups > 0 then\n"
@@ -106,10 +147,14 @@ static const char batch_lua[] =
     "    local id, u = ARGV[i], tonumber(ARGV[i + 1])\n"
     "    i = i + 2\n"
     "    local key = 'apikey:' .. id\n"
-    "    local k = redis.call('HMGET', key, 'id', 'lastUsedAt')\n"
+    "    local k = redis.pcall('HMGET', key, 'id', 'lastUsedAt')\n"
+    "    if k.err then\n"
+    "      problem(id, key, k.err)\n"
+    "      k = {}\n"
+    "    end\n"
     "    if k[1] then\n"
     "      if not k[2] or string.sub(k[2], 1, 19) ~= string.sub(iso, 1, 19) then\n"
-    "        redis.call('HSET', key, 'lastUsedAt', iso)\n"
+    "        redis.pcall('HSET', key, 'lastUsedAt', iso)\n"
     "      end\n"
     "      for r = 1, u do\n"
     "        local day, month, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]\n"
@@ -120,15 +165,22 @@ static const char batch_lua[] =
     "        local hashes = {'usage:' .. id, 'usage:daily:' .. id .. ':' .. day,"
     " 'usage:monthly:' .. id .. ':' .. month}\n"
     "        if model ~= '' then\n"
-    "          redis.call('SADD', 'usage:' .. id .. ':models', model)\n"
+    "          local mkey = 'usage:' .. id .. ':models'\n"
+    "          local s = redis.pcall('SADD', mkey, model)\n"
+    "          if type(s) == 'table' and s.err then problem(id, mkey, s.err) end\n"
     "          hashes[4] = 'usage:' .. id .. ':model:daily:' .. model .. ':' .. day\n"
     "        end\n"
-    /* zero deltas are skipped: a request without tokens costs one call per hash */
+    /*
+     * zero deltas are skipped: a request without tokens costs one call per
+     * hash; a bad hash or field loses only its own count
+     */
     "        for h = 1, #hashes do\n"
     "          local base = h == 1 and 0 or 7\n"
     "          for f = 1, 7 do\n"
-    "            if deltas[f] ~= 0 then redis.call('HINCRBY', hashes[h], names[base + f],"
-    " deltas[f]) end\n"
+    "            if deltas[f] ~= 0 then\n"
+    "              local r = redis.pcall('HINCRBY', hashes[h], names[base + f], deltas[f])\n"
+    "              if type(r) == 'table' and r.err then problem(id, hashes[h], r.err) end\n"
+    "            end\n"
     "          end\n"
     "        end\n"
     "        i = i + 8\n"
@@ -138,63 +190,74 @@ static const char batch_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
+    /* the id an admission found, for its error entry */
+    "local found = ''\n"
+    "local function admit(a, hash, id, member)\n"
+    "  if id == '' then id = call('HGET', 'apikey:hash_map', hash) or '' end\n"
+    "  found = id\n"
+    "  local k = {}\n"
+    "  if id ~= '' then\n"
+    "    k = call('HMGET', 'apikey:' .. id, 'apiKey', 'isActive', 'expiresAt',"
+    " 'concurrencyLimit', 'name', 'tokenLimit')\n"
+    "  end\n"
+    "  local name = k[5] or ''\n"
+    "  local tlimit = math.floor(tonumber(k[6]) or 0)\n"
+    "  if k[1] ~= hash then return {0, 0, 0, '', 0, '', 0} end\n"
+    "  if k[2] ~= 'true' then return {-1, 0, 0, name, 0, id, 0} end\n"
+    "  if k[3] and k[3] ~= '' and k[3] < iso then return {-2, 0, 0, name, 0, id, 0} end\n"
+    "  local used = 0\n"
+    "  if tlimit > 0 then\n"
+    "    local ukey = 'usage:' .. id\n"
+    "    local v = call('HGET', ukey, 'totalTokens')\n"
+    /* a count that cannot be read must not read as none used */
+    "    if v and not tonumber(v) then\n"
+    "      bad = ukey\n"
+    "      error('its field totalTokens is not a number', 0)\n"
+    "    end\n"
+    "    used = math.floor(tonumber(v) or 0)\n"
+    "  end\n"
+    "  if tlimit > 0 and used >= tlimit then return {3, used, tlimit, name, 0, id, 1} end\n"
+    "  local limit = math.floor(tonumber(k[4]) or 0)\n"
+    "  if limit < 0 then limit = 0 end\n"
+    "  local ckey = 'concurrency:' .. id\n"
+    "  local legacy, c = 0, 0\n"
+    "  if limit > 0 then\n"
+    "    c = redis.pcall('ZCARD', ckey)\n"
+    "    if type(c) == 'number' and c >= limit then\n"
+    "      c = call('ZCOUNT', ckey, '(' .. stamp, '+inf')\n"
+    "    end\n"
+    "  end\n"
+    "  if (tonumber(t[2]) + a) % 16 == 0 then\n"
+    "    c = redis.pcall('ZREMRANGEBYSCORE', ckey, '-inf', stamp)\n"
+    "    if limit > 0 and type(c) == 'number' then c = call('ZCARD', ckey) end\n"
+    "  end\n"
+    "  if type(c) == 'table' and c.err then\n"
+    /* a plain counter left by an older relay: replaced by a set of leases */
+    "    call('DEL', ckey)\n"
+    "    legacy, c = 1, 0\n"
+    "  end\n"
+    "  if limit == 0 then c = 0 end\n"
+    "  if limit > 0 and c >= limit then return {2, c, limit, name, legacy, id, 0} end\n"
+    "  local z = redis.pcall('ZADD', ckey, expiry, member)\n"
+    "  if type(z) == 'table' and z.err then\n"
+    "    call('DEL', ckey)\n"
+    "    call('ZADD', ckey, expiry, member)\n"
+    "    legacy = 1\n"
+    "  end\n"
+    "  return {1, c + 1, limit, name, legacy, id, tlimit > 0 and 1 or 0, k[3] or ''}\n"
+    "end\n"
     "local res = {}\n"
     "local n = tonumber(ARGV[i])\n"
     "i = i + 1\n"
     "for a = 1, n do\n"
     "  local hash, id, member = ARGV[i], ARGV[i + 1], ARGV[i + 2]\n"
     "  i = i + 3\n"
-    "  if id == '' then id = redis.call('HGET', 'apikey:hash_map', hash) or '' end\n"
-    "  local k = {}\n"
-    "  if id ~= '' then\n"
-    "    k = redis.call('HMGET', 'apikey:' .. id, 'apiKey', 'isActive', 'expiresAt',"
-    " 'concurrencyLimit', 'name', 'tokenLimit')\n"
-    "  end\n"
-    "  local name = k[5] or ''\n"
-    "  local tlimit = math.floor(tonumber(k[6]) or 0)\n"
-    "  if k[1] ~= hash then res[a] = {0, 0, 0, '', 0, '', 0}\n"
-    "  elseif k[2] == 'false' then res[a] = {-1, 0, 0, name, 0, id, 0}\n"
-    "  elseif k[3] and k[3] ~= '' and k[3] < iso then res[a] = {-2, 0, 0, name, 0, id, 0}\n"
-    "  else\n"
-    "    local used = 0\n"
-    "    if tlimit > 0 then\n"
-    "      used = math.floor(tonumber(redis.pcall('HGET', 'usage:' .. id, 'totalTokens')) or 0)\n"
-    "    end\n"
-    "    if tlimit > 0 and used >= tlimit then res[a] = {3, used, tlimit, name, 0, id, 1}\n"
-    "    else\n"
-    "      local limit = math.floor(tonumber(k[4]) or 0)\n"
-    "      if limit < 0 then limit = 0 end\n"
-    "      local ckey = 'concurrency:' .. id\n"
-    "      local legacy, c = 0, 0\n"
-    "      if limit > 0 then\n"
-    "        c = redis.pcall('ZCARD', ckey)\n"
-    "        if type(c) == 'number' and c >= limit then\n"
-    "          c = redis.call('ZCOUNT', ckey, '(' .. stamp, '+inf')\n"
-    "        end\n"
-    "      end\n"
-    "      if (tonumber(t[2]) + a) % 16 == 0 then\n"
-    "        c = redis.pcall('ZREMRANGEBYSCORE', ckey, '-inf', stamp)\n"
-    "        if limit > 0 and type(c) == 'number' then c = redis.call('ZCARD', ckey) end\n"
-    "      end\n"
-    "      if type(c) == 'table' and c.err then\n"
-    /* a plain counter left by an older relay: replaced by a set of leases */
-    "        redis.call('DEL', ckey)\n"
-    "        legacy, c = 1, 0\n"
-    "      end\n"
-    "      if limit == 0 then c = 0 end\n"
-    "      if limit > 0 and c >= limit then res[a] = {2, c, limit, name, legacy, id, 0}\n"
-    "      else\n"
-    "        local z = redis.pcall('ZADD', ckey, expiry, member)\n"
-    "        if type(z) == 'table' and z.err then\n"
-    "          redis.call('DEL', ckey)\n"
-    "          redis.call('ZADD', ckey, expiry, member)\n"
-    "          legacy = 1\n"
-    "        end\n"
-    "        res[a] = {1, c + 1, limit, name, legacy, id, tlimit > 0 and 1 or 0, k[3] or ''}\n"
-    "      end\n"
-    "    end\n"
-    "  end\n"
+    "  found, bad = id, ''\n"
+    "  local ok, r = pcall(admit, a, hash, id, member)\n"
+    "  if ok then res[a] = r\n"
+    "  else res[a] = {-3, 0, 0, '', 0, found, 0, bad, tostring(r)} end\n"
     "end\n"
+    "for p = 1, #problems do res[n + p] = problems[p] end\n"
     "return res\n";
 
 /*
@@ -224,7 +287,27 @@ static const char renew_lua[] =
     "end\n"
     "return missing\n";
 
-static relay_script batch_script, renew_script;
+/*
+ * Recheck: whether keys Redis reported changed are still valid and active,
+ * read only (a read does not report the key changed again).
+ * ARGV[1] now, ISO-8601; then pairs: key hash, key id.
+ * Returns per pair {1, expiresAt} when the key is usable, else {0, ''}.
+ */
+static const char check_lua[] =
+    "local res, iso = {}, ARGV[1]\n"
+    "for i = 2, #ARGV - 1, 2 do\n"
+    "  local k = redis.pcall('HMGET', 'apikey:' .. ARGV[i + 1], 'apiKey', 'isActive',"
+    " 'expiresAt')\n"
+    "  if not k.err and k[1] == ARGV[i] and k[2] == 'true' and"
+    " not (k[3] and k[3] ~= '' and k[3] < iso) then\n"
+    "    res[#res + 1] = {1, k[3] or ''}\n"
+    "  else\n"
+    "    res[#res + 1] = {0, ''}\n"
+    "  end\n"
+    "end\n"
+    "return res\n";
+
+static relay_script batch_script, renew_script, check_script;
 static apr_uint32_t scripts_ready;
 
 APR_RING_HEAD(lease_ring, relay_lease);
@@ -280,6 +363,23 @@ struct lease_op {
 typedef struct known_key known_key;
 APR_RING_HEAD(known_ring, known_key);
 
+/*
+ * A key Redis last reported valid and active, remembered for
+ * relay_lease_recently_valid: one malloc'ed block, its expiresAt apart.
+ */
+typedef struct valid_key valid_key;
+APR_RING_HEAD(valid_ring, valid_key);
+
+struct valid_key {
+    APR_RING_ENTRY(valid_key) link;    /* in st->valid_order, oldest admission first */
+    char *hash;                        /* key hash */
+    char *id;                          /* key id */
+    char *expires;                     /* expiresAt, "" for never (malloc'ed: it changes) */
+    apr_time_t admitted;               /* when this child last admitted it */
+    int changed;                       /* Redis reported the key changed since it was read */
+    unsigned long changed_at;          /* st->epoch after the last such report */
+};
+
 struct relay_lease_store {
     relay_redis_pool *redis;           /* where leases live */
     int lease_ms;                      /* lease length */
@@ -315,6 +415,12 @@ struct relay_lease_store {
     apr_hash_t *known_by_id;           /* key id -> known_key */
     struct known_ring idle_keys;       /* cached keys with kept slots */
     int idle_count;                    /* kept slots in all */
+    /* keys Redis last reported valid and active (see relay_lease_recently_valid) */
+    apr_pool_t *valid_pool;            /* holds the two hashes below (entries are malloc'ed) */
+    apr_hash_t *valid;                 /* key hash -> valid_key */
+    apr_hash_t *valid_by_id;           /* key id -> valid_key */
+    struct valid_ring valid_order;     /* the same, oldest admission first */
+    int valid_changed;                 /* entries reported changed and not read again yet */
     apr_thread_cond_t *tracker_wake;   /* wakes the tracker to stop */
     apr_thread_t *tracker;             /* the tracking thread, or NULL */
     apr_thread_cond_t *wake;           /* wakes the keeper: releases queued, or stop */
@@ -413,7 +519,10 @@ static void idle_give_back(relay_lease_store *st, known_key *f, int n)
             queue_release(st, op);
         }
     }
-    memmove(f->idle, f->idle + n, sizeof(*f->idle) * (size_t)(f->nidle - n));
+    /* f->idle is NULL for a key that never kept a slot: no memmove of nothing */
+    if (n > 0 && f->nidle > n) {
+        memmove(f->idle, f->idle + n, sizeof(*f->idle) * (size_t)(f->nidle - n));
+    }
     f->nidle -= n;
     st->idle_count -= n;
     if (!f->nidle && n) {
@@ -485,6 +594,150 @@ static void known_put(relay_lease_store *st, const char *hash, const char *id,
     apr_hash_set(st->known_by_id, f->id, APR_HASH_KEY_STRING, f);
 }
 
+/* Forget a key remembered as valid (lock held). */
+static void valid_drop(relay_lease_store *st, valid_key *v)
+{
+    apr_hash_set(st->valid, v->hash, APR_HASH_KEY_STRING, NULL);
+    apr_hash_set(st->valid_by_id, v->id, APR_HASH_KEY_STRING, NULL);
+    APR_RING_REMOVE(v, link);
+    if (v->changed) {
+        st->valid_changed--;
+    }
+    free(v->expires);
+    free(v);
+}
+
+/* Forget a hash Redis reported unusable: unknown, disabled, expired, bad (lock held). */
+static void valid_forget(relay_lease_store *st, const char *hash)
+{
+    valid_key *v = apr_hash_get(st->valid, hash, APR_HASH_KEY_STRING);
+
+    if (v) {
+        valid_drop(st, v);
+    }
+}
+
+/* Give an entry a new expiresAt; returns 0 (entry dropped) when out of memory (lock held). */
+static int valid_set_expires(relay_lease_store *st, valid_key *v, const char *expires)
+{
+    char *e;
+
+    if (v->expires && strcmp(v->expires, expires) == 0) {
+        return 1;
+    }
+    if (!(e = strdup(expires))) {
+        valid_drop(st, v);
+        return 0;
+    }
+    free(v->expires);
+    v->expires = e;
+    return 1;
+}
+
+/*
+ * This child admitted a key Redis read as valid and active (lock held).
+ * epoch: st->epoch when the batch that read it was sent. A change Redis
+ * reported after that may be newer than what it read: then an entry stays
+ * marked changed, and a key not remembered yet is not added (its change
+ * could not be told apart from another key's).
+ */
+static void valid_admitted(relay_lease_store *st, const char *hash, const char *id,
+                           const char *expires, unsigned long epoch)
+{
+    valid_key *v = apr_hash_get(st->valid, hash, APR_HASH_KEY_STRING), *other;
+    size_t hl = strlen(hash) + 1, il = strlen(id) + 1;
+
+    if (v && strcmp(v->id, id) != 0) {
+        /* the hash now names another key: start afresh */
+        valid_drop(st, v);
+        v = NULL;
+    }
+    if (v) {
+        if (v->changed) {
+            if (v->changed_at > epoch) {
+                return;
+            }
+            v->changed = 0;
+            st->valid_changed--;
+        }
+        if (valid_set_expires(st, v, expires)) {
+            v->admitted = apr_time_now();
+            APR_RING_REMOVE(v, link);
+            APR_RING_INSERT_TAIL(&st->valid_order, v, valid_key, link);
+        }
+        return;
+    }
+    if (st->epoch != epoch) {
+        return;
+    }
+    if ((other = apr_hash_get(st->valid_by_id, id, APR_HASH_KEY_STRING))) {
+        /* the key's hash was replaced: the old one is no longer valid */
+        valid_drop(st, other);
+    }
+    if (apr_hash_count(st->valid) >= VALID_MAX) {
+        valid_drop(st, APR_RING_FIRST(&st->valid_order));
+    }
+    if (!(v = malloc(sizeof(*v) + hl + il))) {
+        return;
+    }
+    memset(v, 0, sizeof(*v));
+    if (!(v->expires = strdup(expires))) {
+        free(v);
+        return;
+    }
+    v->hash = memcpy((char *)(v + 1), hash, hl);
+    v->id = memcpy(v->hash + hl, id, il);
+    v->admitted = apr_time_now();
+    APR_RING_INSERT_TAIL(&st->valid_order, v, valid_key, link);
+    apr_hash_set(st->valid, v->hash, APR_HASH_KEY_STRING, v);
+    apr_hash_set(st->valid_by_id, v->id, APR_HASH_KEY_STRING, v);
+}
+
+/* Redis reported a remembered key changed: not valid until read again (lock held). */
+static void valid_mark(relay_lease_store *st, valid_key *v)
+{
+    if (!v->changed) {
+        v->changed = 1;
+        st->valid_changed++;
+    }
+    v->changed_at = st->epoch;
+}
+
+/* Every remembered key may have changed: a flush, or changes we could not hear (lock held). */
+static void valid_mark_all(relay_lease_store *st)
+{
+    valid_key *v;
+
+    for (v = APR_RING_FIRST(&st->valid_order);
+         v != APR_RING_SENTINEL(&st->valid_order, valid_key, link); v = APR_RING_NEXT(v, link)) {
+        valid_mark(st, v);
+    }
+}
+
+/* Drop the keys last admitted longer ago than anyone may ask about (lock held). */
+static void valid_expire(relay_lease_store *st, apr_time_t now)
+{
+    while (!APR_RING_EMPTY(&st->valid_order, valid_key, link)) {
+        valid_key *v = APR_RING_FIRST(&st->valid_order);
+
+        if (v->admitted + apr_time_from_msec(RELAY_LEASE_VALID_KEEP_MS) >= now) {
+            break;
+        }
+        valid_drop(st, v);
+    }
+}
+
+/* Free every remembered key when the child's pool goes. */
+static apr_status_t valid_free_all(void *data)
+{
+    relay_lease_store *st = data;
+
+    while (!APR_RING_EMPTY(&st->valid_order, valid_key, link)) {
+        valid_drop(st, APR_RING_FIRST(&st->valid_order));
+    }
+    return APR_SUCCESS;
+}
+
 /* Forget a key if cached, giving back its kept slots (lock held). */
 static void known_forget(relay_lease_store *st, const char *hash)
 {
@@ -505,6 +758,7 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     if (!apr_atomic_read32(&scripts_ready)) {
         relay_script_init(&batch_script, "admit/release", batch_lua);
         relay_script_init(&renew_script, "renew", renew_lua);
+        relay_script_init(&check_script, "recheck", check_lua);
         apr_atomic_set32(&scripts_ready, 1);
     }
     st->redis = pool;
@@ -525,16 +779,22 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
     APR_RING_INIT(&st->ring, relay_lease, link);
     APR_RING_INIT(&st->queue, lease_op, link);
     APR_RING_INIT(&st->idle_keys, known_key, link);
+    APR_RING_INIT(&st->valid_order, valid_key, link);
     if ((rv = own_pool(&st->cache_pool, pchild)) != APR_SUCCESS ||
         (rv = own_pool(&st->batch_pool, pchild)) != APR_SUCCESS ||
         (rv = own_pool(&st->usage_pool, pchild)) != APR_SUCCESS ||
-        (rv = own_pool(&st->known_pool, pchild)) != APR_SUCCESS) {
+        (rv = own_pool(&st->known_pool, pchild)) != APR_SUCCESS ||
+        (rv = own_pool(&st->valid_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
     st->usage = apr_hash_make(st->usage_pool);
     st->id_cache = apr_hash_make(st->cache_pool);
     st->known = apr_hash_make(st->known_pool);
     st->known_by_id = apr_hash_make(st->known_pool);
+    st->valid = apr_hash_make(st->valid_pool);
+    st->valid_by_id = apr_hash_make(st->valid_pool);
+    /* registered after valid_pool, so it runs before that pool goes */
+    apr_pool_cleanup_register(pchild, st, valid_free_all, apr_pool_cleanup_null);
     st->target = relay_redis_pool_target(pool);
     *out = st;
     return APR_SUCCESS;
@@ -601,6 +861,70 @@ static long long reply_int(const redisReply *rep, size_t i)
         return strtoll(e->str, NULL, 10);
     }
     return 0;
+}
+
+/*
+ * A string element of an array reply, fit for a log line: printable ASCII
+ * is kept, any other byte written as \xHH, and long text cut (a record in
+ * Redis may hold anything).
+ */
+static const char *reply_text(const redisReply *rep, size_t i, apr_pool_t *p)
+{
+    const redisReply *e;
+    char *out, *o;
+    size_t j, n;
+
+    if (rep->type != REDIS_REPLY_ARRAY || i >= rep->elements ||
+        rep->element[i]->type != REDIS_REPLY_STRING) {
+        return "";
+    }
+    e = rep->element[i];
+    n = e->len > 120 ? 120 : e->len;
+    out = o = apr_palloc(p, n * 4 + 4);
+    for (j = 0; j < n; j++) {
+        unsigned char c = (unsigned char)e->str[j];
+
+        if (c >= 0x20 && c < 0x7f && c != '\\') {
+            *o++ = (char)c;
+        }
+        else {
+            o += apr_snprintf(o, 5, "\\x%02x", c);
+        }
+    }
+    if (n < e->len) {
+        memcpy(o, "...", 3);
+        o += 3;
+    }
+    *o = '\0';
+    return out;
+}
+
+/*
+ * An admission the script refused because a record of its key is bad (code
+ * -3): the key's id and the sentence for the log, from the requester's pool.
+ */
+static void bad_record(lease_op *op, const redisReply *e)
+{
+    const char *who, *bad;
+
+    op->found_id = e->element[5]->type == REDIS_REPLY_STRING && e->element[5]->len
+                       ? apr_pstrndup(op->p, e->element[5]->str, e->element[5]->len)
+                       : NULL;
+    who = op->found_id ? reply_text(e, 5, op->p)
+                       : apr_psprintf(op->p, "with hash prefix %.8s", op->hash);
+    bad = reply_text(e, 7, op->p);
+    if (bad[0]) {
+        op->error = apr_psprintf(op->p,
+                                 "key %s: the Redis key %s has the wrong type or content (%s); "
+                                 "only this key is refused until that record is fixed or deleted",
+                                 who, bad, reply_text(e, 8, op->p));
+    }
+    else {
+        op->error = apr_psprintf(op->p,
+                                 "key %s: the admission script failed on it (%s); only this key "
+                                 "is refused",
+                                 who, reply_text(e, 8, op->p));
+    }
 }
 
 /* Usage of one key and model, summed over requests. */
@@ -792,7 +1116,7 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
                                      (const char *const *)args->elts, p, &err);
             relay_redis_release(st->redis, c);
         }
-        if (rep && (rep->type != REDIS_REPLY_ARRAY || rep->elements != (size_t)nadmit)) {
+        if (rep && (rep->type != REDIS_REPLY_ARRAY || rep->elements < (size_t)nadmit)) {
             err = "unexpected reply from the admit/release script";
             freeReplyObject(rep);
             rep = NULL;
@@ -803,6 +1127,19 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
                                     "request(s) now (%s); the slots expire by themselves within "
                                     "their lease, that usage is not counted",
                                  nrelease, nusage, err ? err : "unknown error"));
+        }
+        /* after the admissions: usage records a bad record kept from being written */
+        for (a = nadmit; rep && a < rep->elements; a++) {
+            const redisReply *e = rep->element[a];
+
+            if (st->log && e->type == REDIS_REPLY_ARRAY && e->elements >= 3) {
+                st->log(st->log_baton, LEASE_LOG_WARNING,
+                        apr_psprintf(p, "usage of key %s not counted in %s: that Redis key has "
+                                        "the wrong type or content (%s); the rest of the batch "
+                                        "was written",
+                                     reply_text(e, 0, p), reply_text(e, 1, p),
+                                     reply_text(e, 2, p)));
+            }
         }
     }
 
@@ -828,6 +1165,11 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
                 continue;
             }
             op->code = (long)reply_int(e, 0);
+            if (op->code == -3) {
+                /* one of this key's records is bad: only this admission is refused */
+                bad_record(op, e);
+                continue;
+            }
             op->current = reply_int(e, 1);
             op->limit = reply_int(e, 2);
             op->name = e->element[3]->type == REDIS_REPLY_STRING
@@ -1066,6 +1408,8 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         else if (f && (!f->expires[0] || strcmp(f->expires, now_iso(p)) >= 0) &&
                  (!f->limit || f->nidle)) {
             if (admit_known(st, f, op->member, p, res, lease_out)) {
+                /* unchanged since Redis read it valid: as good as its word now */
+                valid_admitted(st, hash, f->id, f->expires, st->epoch);
                 apr_thread_mutex_unlock(st->lock);
                 return res->code;
             }
@@ -1125,6 +1469,9 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
          * Nothing changed since Redis said so: cache a key without any limit,
          * or one whose slots may be kept; a key busier than that keeps none.
          */
+        if (op->found_id) {
+            valid_admitted(st, hash, op->found_id, op->expires ? op->expires : "", op->epoch);
+        }
         if ((lease->keep || (!lease->limited && !lease->token_limited)) && st->tracking &&
             st->epoch == op->epoch) {
             known_put(st, hash, op->found_id, op->expires ? op->expires : "", op->limit);
@@ -1153,6 +1500,12 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
     case -2:
         res->code = RELAY_ADMIT_EXPIRED;
         break;
+    case -3:
+        /* a record of this key is bad (the sentence names it); other keys go on */
+        res->code = RELAY_ADMIT_ERROR;
+        res->error = op->error;
+        res->record_bad = 1;
+        break;
     default:
         /* the key was deleted (or never matched): forget what we cached */
         if (op->id) {
@@ -1161,6 +1514,16 @@ relay_admit_code relay_lease_admit(relay_lease_store *st, const char *hash, apr_
         res->id = NULL;
         res->code = RELAY_ADMIT_NOT_FOUND;
         break;
+    }
+    if (res->code != RELAY_ADMIT_OK && res->code != RELAY_ADMIT_LIMITED) {
+        /*
+         * Redis just said this hash is not usable; and one over its token
+         * limit would go uncounted in an outage: neither is vouched for
+         */
+        apr_thread_mutex_lock(st->lock);
+        known_forget(st, hash);
+        valid_forget(st, hash);
+        apr_thread_mutex_unlock(st->lock);
     }
     return res->code;
 }
@@ -1298,6 +1661,97 @@ int relay_lease_live_count(relay_lease_store *st)
     return n;
 }
 
+int relay_lease_recently_valid(relay_lease_store *st, const char *hash, apr_int64_t max_age_ms,
+                               apr_pool_t *p, const char **id)
+{
+    const char *now = now_iso(p);
+    apr_time_t t = apr_time_now();
+    valid_key *v;
+    int ok = 0;
+
+    if (id) {
+        *id = NULL;
+    }
+    if (!hash || max_age_ms <= 0) {
+        return 0;
+    }
+    if (max_age_ms > RELAY_LEASE_VALID_KEEP_MS) {
+        max_age_ms = RELAY_LEASE_VALID_KEEP_MS;
+    }
+    apr_thread_mutex_lock(st->lock);
+    v = apr_hash_get(st->valid, hash, APR_HASH_KEY_STRING);
+    if (v && !v->changed && t - v->admitted <= apr_time_from_msec(max_age_ms) &&
+        (!v->expires[0] || strcmp(v->expires, now) >= 0)) {
+        ok = 1;
+        if (id) {
+            *id = apr_pstrdup(p, v->id);
+        }
+    }
+    apr_thread_mutex_unlock(st->lock);
+    return ok;
+}
+
+/*
+ * Read again the remembered keys Redis reported changed, newest admission
+ * first (lock held; released during the call). Returns 0 when Redis did not
+ * answer.
+ */
+static int valid_recheck(relay_lease_store *st, apr_pool_t *p)
+{
+    unsigned long epoch = st->epoch;
+    const char **args, *err = NULL;
+    relay_redis_conn *c;
+    redisReply *rep = NULL;
+    valid_key *v;
+    int n = 0, i;
+
+    valid_expire(st, apr_time_now());
+    args = apr_palloc(p, sizeof(*args) * (1 + 2 * VALID_RECHECK_MAX));
+    args[0] = now_iso(p);
+    for (v = APR_RING_LAST(&st->valid_order);
+         v != APR_RING_SENTINEL(&st->valid_order, valid_key, link) && n < VALID_RECHECK_MAX;
+         v = APR_RING_PREV(v, link)) {
+        if (v->changed) {
+            args[1 + 2 * n] = apr_pstrdup(p, v->hash);
+            args[2 + 2 * n] = apr_pstrdup(p, v->id);
+            n++;
+        }
+    }
+    if (!n) {
+        return 1;
+    }
+    apr_thread_mutex_unlock(st->lock);
+    if ((c = relay_redis_acquire(st->redis, p, &err))) {
+        rep = relay_redis_script(c, &check_script, 0, NULL, 1 + 2 * n, args, p, &err);
+        relay_redis_release(st->redis, c);
+    }
+    apr_thread_mutex_lock(st->lock);
+    if (!rep) {
+        return 0;
+    }
+    for (i = 0; rep->type == REDIS_REPLY_ARRAY && i < n && (size_t)i < rep->elements; i++) {
+        const redisReply *e = rep->element[i];
+
+        v = apr_hash_get(st->valid, args[1 + 2 * i], APR_HASH_KEY_STRING);
+        /* a change reported after the read may be newer than what was read */
+        if (!v || !v->changed || v->changed_at > epoch || strcmp(v->id, args[2 + 2 * i]) != 0) {
+            continue;
+        }
+        if (reply_int(e, 0) == 1 && e->elements >= 2 &&
+            e->element[1]->type == REDIS_REPLY_STRING) {
+            if (valid_set_expires(st, v, e->element[1]->str)) {
+                v->changed = 0;
+                st->valid_changed--;
+            }
+        }
+        else {
+            valid_drop(st, v);
+        }
+    }
+    freeReplyObject(rep);
+    return 1;
+}
+
 /*
  * Renew a snapshot of live leases in batches; returns the first error or
  * NULL. The members Redis no longer had are set to NULL in members[].
@@ -1423,7 +1877,10 @@ static void idle_lost(relay_lease_store *st, const char *id, const char *member)
 
     for (i = 0; f && i < f->nidle; i++) {
         if (strcmp(f->idle[i].member, member) == 0) {
-            memmove(f->idle + i, f->idle + i + 1, sizeof(*f->idle) * (size_t)(f->nidle - i - 1));
+            if (f->nidle - i - 1 > 0) {
+                memmove(f->idle + i, f->idle + i + 1,
+                        sizeof(*f->idle) * (size_t)(f->nidle - i - 1));
+            }
             st->idle_count--;
             if (!--f->nidle) {
                 APR_RING_REMOVE(f, link);
@@ -1626,11 +2083,13 @@ static void tracker_message(relay_lease_store *st, const redisReply *m, int *pon
     if (keys->type != REDIS_REPLY_ARRAY) {
         /* FLUSHDB, FLUSHALL: everything changed */
         known_clear(st);
+        valid_mark_all(st);
         return;
     }
     for (i = 0; i < keys->elements; i++) {
         const redisReply *k = keys->element[i];
         known_key *f;
+        valid_key *v;
 
         if (k->type != REDIS_REPLY_STRING || k->len <= 7 || strncmp(k->str, "apikey:", 7) != 0) {
             continue;
@@ -1639,6 +2098,11 @@ static void tracker_message(relay_lease_store *st, const redisReply *m, int *pon
         if (f) {
             known_drop(st, f);
             hurry = 1;
+        }
+        v = apr_hash_get(st->valid_by_id, k->str + 7, (apr_ssize_t)k->len - 7);
+        if (v) {
+            /* lastUsedAt writes land here too: read again soon, not forgotten */
+            valid_mark(st, v);
         }
     }
     if (hurry) {
@@ -1701,10 +2165,11 @@ fail:
 static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
 {
     relay_lease_store *st = data;
-    apr_pool_t *p;
+    apr_pool_t *p, *rp;
+    apr_time_t next_recheck = 0;
     int warned = 0;
 
-    if (apr_pool_create(&p, NULL) != APR_SUCCESS) {
+    if (apr_pool_create(&p, NULL) != APR_SUCCESS || apr_pool_create(&rp, NULL) != APR_SUCCESS) {
         apr_thread_exit(thd, APR_ENOMEM);
         return NULL;
     }
@@ -1741,6 +2206,8 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
         }
         apr_thread_mutex_lock(st->lock);
         known_clear(st);
+        /* changes made while nobody listened were not heard: read them again */
+        valid_mark_all(st);
         st->tracker_reset = 0;
         st->tracker_fd = ctx->fd;
         st->tracking = 1;
@@ -1754,6 +2221,16 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
 
             apr_thread_mutex_lock(st->lock);
             stop = st->stopping || st->tracker_reset;
+            if (!stop && st->valid_changed && apr_time_now() >= next_recheck) {
+                /*
+                 * Keys reported changed are read again here, not by the
+                 * keeper, whose releases must not wait behind the call.
+                 */
+                apr_pool_clear(rp);
+                next_recheck = apr_time_now() +
+                               apr_time_from_msec(valid_recheck(st, rp) ? VALID_RECHECK_MS
+                                                                        : VALID_RECHECK_BACKOFF_MS);
+            }
             apr_thread_mutex_unlock(st->lock);
             if (stop) {
                 break;
@@ -1817,6 +2294,7 @@ static void *APR_THREAD_FUNC tracker_main(apr_thread_t *thd, void *data)
         apr_thread_mutex_unlock(st->lock);
         redisFree(ctx);
     }
+    apr_pool_destroy(rp);
     apr_pool_destroy(p);
     apr_thread_exit(thd, APR_SUCCESS);
     return NULL;

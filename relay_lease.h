@@ -23,11 +23,12 @@ typedef struct relay_lease relay_lease;
 typedef enum {
     RELAY_ADMIT_OK = 1,        /* lease taken */
     RELAY_ADMIT_NOT_FOUND,     /* no key with that hash */
-    RELAY_ADMIT_DISABLED,      /* isActive is "false" */
+    RELAY_ADMIT_DISABLED,      /* isActive is anything but "true" */
     RELAY_ADMIT_EXPIRED,       /* expiresAt is in the past */
     RELAY_ADMIT_LIMITED,       /* concurrency limit reached; nothing taken */
     RELAY_ADMIT_TOKENS,        /* token limit reached; nothing taken */
-    RELAY_ADMIT_ERROR          /* Redis unreachable or failing */
+    RELAY_ADMIT_ERROR          /* Redis unreachable or failing, or a record of this key
+                                  unusable (error names the key and the Redis key) */
 } relay_admit_code;
 
 typedef struct {
@@ -41,7 +42,10 @@ typedef struct {
                                   reported changed since it was read: one without any
                                   limit, or one with a limit on a kept slot (see
                                   relay_lease_release); current is then 0 */
-    const char *error;         /* sentence, for RELAY_ADMIT_ERROR */
+    const char *error;         /* sentence, for RELAY_ADMIT_ERROR; safe to log as is */
+    int record_bad;            /* RELAY_ADMIT_ERROR because a record of this key is unusable
+                                  (Redis answered): no outage, so RelayOnRedisError allow
+                                  should not let it through */
 } relay_admit_result;
 
 /* Called by the keeper thread to report trouble; level is an APLOG_* value. */
@@ -72,6 +76,14 @@ apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_log_fn log
  * without a call: one without any limit, or one with a slot this child kept
  * (see relay_lease_release). On RELAY_ADMIT_OK *lease is the lease,
  * allocated from p; give it back with relay_lease_release.
+ *
+ * A record of the wrong type (apikey:{id}, apikey:hash_map, or usage:{id} of
+ * a key with a token limit; or a totalTokens there that is not a number)
+ * refuses only the admissions that need it: RELAY_ADMIT_ERROR, with
+ * res->error naming the key id (or the hash prefix when the id is not known)
+ * and the Redis key. The other admissions, releases and usage of the batch
+ * go through; usage that a bad usage record keeps out is logged through the
+ * keeper's log function, naming the key id and the Redis key.
  */
 relay_admit_code relay_lease_admit(relay_lease_store *store, const char *hash, apr_pool_t *p,
                                    relay_admit_result *res, relay_lease **lease);
@@ -111,5 +123,44 @@ relay_redis_pool *relay_lease_store_redis(relay_lease_store *store);
 
 /* How many leases this child holds now. */
 int relay_lease_live_count(relay_lease_store *store);
+
+/* relay_lease_recently_valid remembers an admission at most this long. */
+#define RELAY_LEASE_VALID_KEEP_MS (15 * 60 * 1000)
+
+/*
+ * Whether this child admitted a key with this hash, found valid and active by Redis,
+ * within the last max_age_ms; *id is its id (from p).
+ *
+ * For RelayOnRedisError allow: during an outage, only keys known good pass.
+ * Each child remembers, per hash, its last admission that Redis read valid
+ * and active (admitted by the script, or from the child's tracked cache of
+ * the key), for at most RELAY_LEASE_VALID_KEEP_MS (a larger max_age_ms
+ * counts as that) and 4096 hashes (the oldest admission is dropped first).
+ * A hash not remembered yet is not added by an admission during which the
+ * tracking connection reported any change (it might have been this key's):
+ * the next admission adds it. Answers 0 (and *id NULL) when:
+ *  - this child has not remembered an admission of the hash (see above), or
+ *    it was longer ago than max_age_ms (max_age_ms <= 0: always 0);
+ *  - Redis last answered for this hash: not found, disabled, expired, over
+ *    its token limit (its requests would go uncounted), or a record of the
+ *    key unusable (RELAY_ADMIT_ERROR naming it); the hash is forgotten at
+ *    once. An unanswered call (the outage itself) changes nothing;
+ *  - the remembered expiresAt has passed;
+ *  - the tracking connection reported apikey:{id} changed (or a flush, or it
+ *    reconnected after missing changes) and Redis has not read the key valid
+ *    since: the entry is marked, not forgotten, because the relay's own
+ *    lastUsedAt writes change the key about once a second. The tracking
+ *    thread reads marked keys again, 512 at most, newest first (one
+ *    read-only call a second at most while some are marked and the tracking
+ *    connection is up; 5 s after a failed one): still valid and active
+ *    clears the mark, anything else forgets the hash. A change reported
+ *    after the read began keeps the mark.
+ * Without a tracking connection (a Redis before 6, or an ACL without
+ * CLIENT/SUBSCRIBE) a change is seen only by the next admission of the key
+ * through Redis: max_age_ms then bounds how stale the answer may be.
+ * A concurrency or token limit is not checked here. Thread-safe.
+ */
+int relay_lease_recently_valid(relay_lease_store *store, const char *hash,
+                               apr_int64_t max_age_ms, apr_pool_t *p, const char **id);
 
 #endif
