@@ -607,6 +607,13 @@ static int relay_check_access(request_rec *r)
             NULL, NULL);
     case RELAY_ADMIT_ERROR:
     default:
+        if (res.record_bad) {
+            /* Redis answered: only this key is unusable, whatever RelayOnRedisError says */
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                          RLOG "refusing (503): a Redis record of this key is unusable: %s",
+                          res.error ? res.error : "unknown error");
+            return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
+        }
         if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
             return admit_without_redis(r, sc, hash, &res);
         }
