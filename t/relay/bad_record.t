@@ -21,26 +21,6 @@ my ($day) = redis('TIME') =~ /^(\d+)/;
 my @g = gmtime($day);
 my $date = sprintf('%04d-%02d-%02d', $g[5] + 1900, $g[4] + 1, $g[3]);
 
-# What MONITOR shows while $code runs (and half a second after).
-sub monitor_during {
-    my $code = shift;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ENV{RELAY_TEST_REDIS_PORT},
-                                  Proto => 'tcp') or die "redis: $!";
-    print $s "MONITOR\r\n";
-    my $ok = <$s>;
-    die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
-    $code->();
-    my ($buf, $sel, $end) = ('', IO::Select->new($s), time + 0.5);
-    while ((my $left = $end - time) > 0) {
-        next unless $sel->can_read($left);
-        my $n = sysread($s, my $chunk, 1 << 20);
-        last unless $n;
-        $buf .= $chunk;
-    }
-    close $s;
-    return $buf;
-}
-
 # n parallel requests of each key at once; their results per key
 sub together {
     my ($n, @keys) = @_;
