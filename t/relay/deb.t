@@ -255,7 +255,7 @@ RelayKeyHashSecret file:$secret
     ProxyPass http://127.0.0.1:$mock/
 </Location>
 <Location /relay-admin>
-    SetHandler claude-relay-admin
+    RelayAdmin On
     AuthType Basic
     AuthName "Relay admin"
     AuthUserFile $dir/admin.htpasswd
