@@ -69,6 +69,8 @@ typedef struct {
     filter_state filter;        /* what the usage filter does with the answer */
     relay_usage usage;          /* its parser: fixed size, no allocation */
     relay_refusal *refusal;     /* a refusal still to be answered (Satisfy Any), or NULL */
+    apr_off_t expected;         /* the answer's Content-Length, or -1 */
+    apr_off_t passed;           /* bytes of the answer passed on so far */
 } relay_request;
 
 /* The request a client sent: the root of redirects and sub-requests. */
@@ -190,9 +192,24 @@ static void set_tokens_note(relay_request *rr)
                                (apr_int64_t)rr->usage.output_tokens));
 }
 
+/* What the request consumed, as far as the usage filter read the answer. */
+static void usage_counts(relay_request *rr, relay_usage_counts *counts)
+{
+    memset(counts, 0, sizeof(*counts));
+    if (rr->filter == FILTER_COUNTING) {
+        relay_usage_finish(&rr->usage);
+        counts->input = rr->usage.input_tokens;
+        counts->output = rr->usage.output_tokens;
+        counts->cache_create = rr->usage.cache_creation_input_tokens;
+        counts->cache_read = rr->usage.cache_read_input_tokens;
+        counts->model = rr->usage.model[0] ? rr->usage.model : NULL;
+    }
+}
+
 /*
  * Request-pool cleanup: give the lease back and count the request with what
- * the upstream reported, whatever ended it (also a client hanging up).
+ * the upstream reported, whatever ended it (also a client hanging up). An
+ * answer that reached its end has given it back already (usage_filter).
  */
 static apr_status_t release_lease(void *data)
 {
@@ -203,15 +220,7 @@ static apr_status_t release_lease(void *data)
     if (!rr->lease) {
         return APR_SUCCESS;
     }
-    memset(&counts, 0, sizeof(counts));
-    if (rr->filter == FILTER_COUNTING) {
-        relay_usage_finish(&rr->usage);
-        counts.input = rr->usage.input_tokens;
-        counts.output = rr->usage.output_tokens;
-        counts.cache_create = rr->usage.cache_creation_input_tokens;
-        counts.cache_read = rr->usage.cache_read_input_tokens;
-        counts.model = rr->usage.model[0] ? rr->usage.model : NULL;
-    }
+    usage_counts(rr, &counts);
     /* queued, not sent: the lease store copies what it needs */
     if (relay_lease_release(rr->store, rr->lease, &counts, &err) != APR_SUCCESS) {
         ap_log_error(APLOG_MARK, APLOG_WARNING, 0, rr->server,
@@ -221,6 +230,31 @@ static apr_status_t release_lease(void *data)
     }
     rr->lease = NULL;
     return APR_SUCCESS;
+}
+
+/*
+ * The answer's last byte is about to pass: give the slot back now, and wait
+ * until Redis has it when a limit counts it, so the client, once it has the
+ * whole answer, finds the slot free for its next request.
+ */
+static void release_at_end(relay_request *rr, request_rec *r)
+{
+    relay_usage_counts counts;
+    const char *err = NULL;
+
+    if (!rr->lease) {
+        return;
+    }
+    usage_counts(rr, &counts);
+    if (rr->filter == FILTER_COUNTING) {
+        set_tokens_note(rr);
+    }
+    if (relay_lease_release_sent(rr->store, rr->lease, &counts, r->pool, &err) != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      RLOG "could not give back the slot of key %s at the answer's end (%s)",
+                      rr->key_id, err ? err : "unknown error");
+    }
+    rr->lease = NULL;
 }
 
 /* Bodies of the relay's own error answers. */
@@ -255,14 +289,18 @@ static apr_status_t replace_with_502(ap_filter_t *f, apr_bucket_brigade *bb)
 }
 
 /*
- * Output filter: read the token usage from the answer as it passes. Every
- * brigade goes on at once, untouched; only the parser's fixed state is kept.
+ * Output filter: read the token usage from the answer as it passes, and give
+ * the slot back just before the answer's end goes on to the client: before
+ * the brigade that completes a Content-Length body, or before the EOS that
+ * makes the last chunk or an HTTP/2 END_STREAM. Every brigade goes on at
+ * once, untouched; only the parser's fixed state is kept.
  */
 static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
 {
     relay_request *rr = f->ctx;
     request_rec *r = f->r;
     apr_bucket *b;
+    int end = 0;
 
     if (rr->filter == FILTER_REPLACED) {
         /* the upstream's answer goes nowhere: the client has the 502 */
@@ -272,6 +310,7 @@ static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
     if (rr->filter == FILTER_WAITING) {
         const char *type = r->content_type ? r->content_type : "";
         const char *enc = apr_table_get(r->headers_out, "Content-Encoding");
+        const char *cl = apr_table_get(r->headers_out, "Content-Length");
 
         if (enc && strcasecmp(enc, "identity") != 0) {
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
@@ -279,36 +318,56 @@ static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
                                "for identity; answering 502, since its tokens cannot be counted",
                           rr->key_id, ap_escape_logitem(r->pool, enc));
             rr->filter = FILTER_REPLACED;
+            release_at_end(rr, r);
             return replace_with_502(f, bb);
+        }
+        rr->expected = -1;
+        if (cl && !r->header_only) {
+            char *endp;
+            apr_off_t n;
+            if (apr_strtoff(&n, cl, &endp, 10) == APR_SUCCESS && *endp == '\0' && n >= 0) {
+                rr->expected = n;
+            }
         }
         if (strncasecmp(type, "text/event-stream", 17) == 0) {
             relay_usage_init(&rr->usage, RELAY_USAGE_SSE);
+            rr->filter = FILTER_COUNTING;
         }
         else if (strncasecmp(type, "application/json", 16) == 0) {
             relay_usage_init(&rr->usage, RELAY_USAGE_JSON);
+            rr->filter = FILTER_COUNTING;
         }
         else {
+            /* not read, but its end still gives the slot back */
             rr->filter = FILTER_IDLE;
-            ap_remove_output_filter(f);
-            return ap_pass_brigade(f->next, bb);
         }
-        rr->filter = FILTER_COUNTING;
     }
     for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
         const char *data;
         apr_size_t len;
 
         if (APR_BUCKET_IS_EOS(b)) {
-            relay_usage_finish(&rr->usage);
-            set_tokens_note(rr);
+            end = 1;
             break;
         }
         if (APR_BUCKET_IS_METADATA(b)) {
             continue;
         }
-        if (apr_bucket_read(b, &data, &len, APR_BLOCK_READ) == APR_SUCCESS && len > 0) {
-            relay_usage_feed(&rr->usage, data, len);
+        if (rr->filter == FILTER_COUNTING) {
+            if (apr_bucket_read(b, &data, &len, APR_BLOCK_READ) == APR_SUCCESS && len > 0) {
+                relay_usage_feed(&rr->usage, data, len);
+                rr->passed += (apr_off_t)len;
+            }
         }
+        else if (b->length != (apr_size_t)-1) {
+            rr->passed += (apr_off_t)b->length;
+        }
+    }
+    if (rr->lease && (end || (rr->expected >= 0 && rr->passed >= rr->expected))) {
+        release_at_end(rr, r);
+    }
+    if (!rr->lease && rr->filter == FILTER_IDLE) {
+        ap_remove_output_filter(f);
     }
     return ap_pass_brigade(f->next, bb);
 }

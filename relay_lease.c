@@ -380,6 +380,14 @@ struct lease_op {
     unsigned long epoch;               /* admission: st->epoch when sent */
     const char *expires;               /* admission: the key's expiresAt */
     int token_limited;                 /* its usage goes with it, not later */
+    struct release_waiter *waiter;     /* a release whose caller waits until it is sent */
+};
+
+/* The caller of relay_lease_release_sent, waiting for its release to reach Redis. */
+struct release_waiter {
+    apr_thread_cond_t *cond;           /* signalled when sent (or failed) */
+    int done;                          /* the batch carrying it has run */
+    int failed;                        /* Redis did not take it */
 };
 
 typedef struct known_key known_key;
@@ -1169,6 +1177,11 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
     for (op = APR_RING_FIRST(batch); op != APR_RING_SENTINEL(batch, lease_op, link); op = next) {
         next = APR_RING_NEXT(op, link);
         if (!op->admit) {
+            if (op->waiter) {
+                /* lead() tells its caller, with the lock held */
+                op->waiter->failed = !rep;
+                continue;
+            }
             APR_RING_REMOVE(op, link);
             free(op);
             continue;
@@ -1285,6 +1298,12 @@ static void lead(relay_lease_store *st, int keeper, int drain)
         while (!APR_RING_EMPTY(&batch, lease_op, link)) {
             op = APR_RING_FIRST(&batch);
             APR_RING_REMOVE(op, link);
+            if (op->waiter) {
+                op->waiter->done = 1;
+                apr_thread_cond_signal(op->waiter->cond);
+                free(op);
+                continue;
+            }
             op->done = 1;
             apr_thread_cond_signal(op->cond);
         }
@@ -1612,16 +1631,21 @@ static void queue_release(relay_lease_store *st, lease_op *op)
     }
 }
 
-apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
-                                 const relay_usage_counts *usage, const char **err)
+/*
+ * Give a lease back (lock held). With a waiter, a release that a limit
+ * counts goes out now and the waiter is told when it is in Redis; without
+ * one the release is scheduled as relay_lease_release says. Returns the
+ * queued op that carries a waiter, or NULL when there is nothing to wait for.
+ */
+static lease_op *give_back(relay_lease_store *st, relay_lease *lease,
+                           const relay_usage_counts *usage, struct release_waiter *waiter,
+                           const char **err)
 {
     lease_op *op;
     int sent = 1;
 
-    apr_thread_mutex_lock(st->lock);
     if (lease->released) {
-        apr_thread_mutex_unlock(st->lock);
-        return APR_SUCCESS;
+        return NULL;
     }
     lease->released = 1;
     APR_RING_REMOVE(lease, link);
@@ -1643,9 +1667,8 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
     /* one block: the request and its pool are gone when this is sent */
     op = release_op(lease->id, sent ? lease->member : NULL, usage);
     if (!op) {
-        apr_thread_mutex_unlock(st->lock);
         *err = "out of memory";
-        return APR_ENOMEM;
+        return NULL;
     }
     /*
      * A token limit needs its usage now, and a concurrency limit its slot,
@@ -1655,11 +1678,76 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
     op->token_limited = lease->token_limited;
     op->urgent = (lease->limited && !lease->roomy && sent) || lease->token_limited;
     op->soon = lease->limited && sent && !op->urgent;
+    if (waiter && ((lease->limited && sent) || lease->token_limited)) {
+        /* a limit counts it: in Redis before the caller goes on */
+        op->urgent = 1;
+        op->soon = 0;
+        op->waiter = waiter;
+    }
     if (!op->token_limited) {
         st->usage_pending = 1;
     }
+    if (op->waiter) {
+        /* its caller sends it (relay_lease_release_sent), or rides on a batch under way */
+        APR_RING_INSERT_TAIL(&st->queue, op, lease_op, link);
+        return op;
+    }
     queue_release(st, op);
+    return NULL;
+}
+
+apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
+                                 const relay_usage_counts *usage, const char **err)
+{
+    const char *why = NULL;
+
+    apr_thread_mutex_lock(st->lock);
+    give_back(st, lease, usage, NULL, &why);
     apr_thread_mutex_unlock(st->lock);
+    if (why) {
+        *err = why;
+        return APR_ENOMEM;
+    }
+    return APR_SUCCESS;
+}
+
+apr_status_t relay_lease_release_sent(relay_lease_store *st, relay_lease *lease,
+                                      const relay_usage_counts *usage, apr_pool_t *p,
+                                      const char **err)
+{
+    struct release_waiter w;
+    const char *why = NULL;
+    apr_status_t rv;
+
+    memset(&w, 0, sizeof(w));
+    if ((rv = apr_thread_cond_create(&w.cond, p)) != APR_SUCCESS) {
+        /* cannot wait: give it back the ordinary way */
+        return relay_lease_release(st, lease, usage, err);
+    }
+    apr_thread_mutex_lock(st->lock);
+    if (!give_back(st, lease, usage, &w, &why)) {
+        apr_thread_mutex_unlock(st->lock);
+        apr_thread_cond_destroy(w.cond);
+        if (why) {
+            *err = why;
+            return APR_ENOMEM;
+        }
+        return APR_SUCCESS;
+    }
+    /* lead a batch if nobody does; else the leader's next batch carries it */
+    if (!st->leading) {
+        st->leading = 1;
+        lead(st, 0, 0);
+    }
+    while (!w.done) {
+        apr_thread_cond_wait(w.cond, st->lock);
+    }
+    apr_thread_mutex_unlock(st->lock);
+    apr_thread_cond_destroy(w.cond);
+    if (w.failed) {
+        *err = "Redis did not answer; the slot expires by itself within its lease";
+        return APR_EGENERAL;
+    }
     return APR_SUCCESS;
 }
 

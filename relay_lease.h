@@ -115,6 +115,18 @@ typedef struct {
 apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease,
                                  const relay_usage_counts *usage, const char **err);
 
+/*
+ * Like relay_lease_release, but a release that a concurrency or token limit
+ * counts is in Redis when this returns (a kept slot stays kept): called as
+ * the answer's end passes, before the client can see it, so a client that
+ * waits for its answer is never refused by its own finished request. Keys
+ * without any limit are released as by relay_lease_release. Waits at most
+ * one batch; p gives the condition variable.
+ */
+apr_status_t relay_lease_release_sent(relay_lease_store *store, relay_lease *lease,
+                                      const relay_usage_counts *usage, apr_pool_t *p,
+                                      const char **err);
+
 /* The lease's member in concurrency:{id} (for log lines and tests). */
 const char *relay_lease_member(const relay_lease *lease);
 
