@@ -6,9 +6,11 @@
  * Redis and takes a per-key concurrency lease in one atomic script. The
  * client's credentials are removed at once; the upstream credential is put
  * in by the fixups hook, only into a request that mod_proxy is about to
- * carry. A cleanup on the request pool gives the lease back however the
- * request ends; a keeper thread per child renews the leases of long
- * requests; a killed child's leases expire by themselves.
+ * carry. The usage filter counts the answer's tokens and gives the lease
+ * back as the answer's end passes, before the client has it; a cleanup on
+ * the request pool gives it back on every other path (hang-ups, errors); a
+ * keeper thread per child renews the leases of long requests; a killed
+ * child's leases expire by themselves.
  */
 #include "relay_admin.h"
 #include "relay_config.h"
