@@ -34,12 +34,17 @@ $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
 	    mod_relay_mock.c -ljson-c >/dev/null
 	cp mock/.libs/mod_relay_mock.so $@
 
+# relay-keys is a front end over the module's own key store and Redis client
+# (relay_keystore.c, relay_redis.c), linked with APR and APR-util as httpd is.
 # $(CPPFLAGS) $(CFLAGS) $(LDFLAGS): empty unless given, as debhelper gives
 # Debian's hardening flags when it builds the package
-$(BUILD)/relay-keys: tools/relay-keys.c relay_keys.c relay_keys.h relay_validate.c \
-                     relay_validate.h VERSION | $(BUILD)
-	$(CC) $(CFLAGS_TOOLS) -DRELAY_VERSION='"$(VERSION)"' $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) \
-	    -o $@ tools/relay-keys.c relay_keys.c relay_validate.c -lhiredis -ljson-c
+APR_CFLAGS := $(shell apr-1-config --cppflags --includes)
+APR_LIBS := $(shell apu-1-config --link-ld) $(shell apr-1-config --link-ld)
+KEYSTORE_SRC = relay_keystore.c relay_redis.c relay_keys.c relay_validate.c
+KEYSTORE_HDR = relay_keystore.h relay_redis.h relay_keys.h relay_validate.h relay_schema.h
+$(BUILD)/relay-keys: tools/relay-keys.c $(KEYSTORE_SRC) $(KEYSTORE_HDR) VERSION | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) $(APR_CFLAGS) -DRELAY_VERSION='"$(VERSION)"' $(CPPFLAGS) $(CFLAGS) \
+	    $(LDFLAGS) -o $@ tools/relay-keys.c $(KEYSTORE_SRC) $(APR_LIBS) -lhiredis -ljson-c
 
 $(BUILD)/test-concurrency: tools/test-concurrency.c | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ tools/test-concurrency.c \

@@ -17,6 +17,7 @@
 #include "relay_config.h"
 #include "relay_keys.h"
 #include "relay_keystore.h"
+#include "relay_schema.h"
 #include "relay_validate.h"
 
 #include <apr_strings.h>
@@ -527,7 +528,7 @@ static void edit_form(admin_ctx *a, const relay_key_record *k, const key_form *f
     request_rec *r = a->r;
     const char *ph = apr_psprintf(r->pool, "inputmode=\"numeric\" placeholder=\"%s\"",
                                   T(a, AM_LIMIT_PLACEHOLDER));
-    int active = f->active ? strcmp(f->active, "true") == 0 : relay_key_enabled(k);
+    int active = f->active ? strcmp(f->active, RELAY_ACTIVE_TRUE) == 0 : relay_key_enabled(k);
 
     page_start(a, T(a, AM_EDIT_TITLE));
     ap_rprintf(r, "<h1>%s</h1>", T(a, AM_EDIT_TITLE));
@@ -727,10 +728,11 @@ static int new_key(admin_ctx *a)
     relay_key_new nk;
     relay_invalid v;
     char expires[RELAY_ISO_LEN + 1];
-    unsigned char rnd[48];
+    unsigned char rnd[RELAY_KEYSTORE_RANDOM_BYTES];
     const char *plain = NULL, *err = NULL;
     relay_redis_conn *c;
-    relay_key_record *k;
+    relay_key_record *k = NULL;
+    relay_ks_result done = RELAY_KS_ERROR;
     int rc, answered;
 
     memset(&f, 0, sizeof(f));
@@ -781,13 +783,15 @@ static int new_key(admin_ctx *a)
         return message_page(a, HTTP_INTERNAL_SERVER_ERROR, T(a, AM_UNAVAILABLE));
     }
     c = borrow(a, &err);
-    k = c ? relay_keystore_create(c, &nk, a->sc->secret, rnd, &plain, r->pool, &err) : NULL;
     if (c) {
+        done = relay_keystore_create(c, &nk, a->sc->secret, rnd, &k, &plain, r->pool, &err);
         give_back(a, c);
     }
-    if (!k) {
+    if (done != RELAY_KS_DONE) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin: cannot create a key: %s", err);
-        return message_page(a, HTTP_SERVICE_UNAVAILABLE, T(a, AM_UNAVAILABLE));
+        return done == RELAY_KS_EXISTS ? message_page(a, HTTP_CONFLICT, T(a, AM_ERR_EXISTS))
+                                       : message_page(a, HTTP_SERVICE_UNAVAILABLE,
+                                                      T(a, AM_UNAVAILABLE));
     }
     ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r,
                   RLOG "admin audit: %s created key %s (%s), concurrency limit %ld, token limit %ld",
@@ -907,7 +911,7 @@ static int edit_key(admin_ctx *a, const char *id)
     f.concurrency_limit = apr_table_get(form, "concurrencyLimit");
     f.token_limit = f.token_limit ? f.token_limit : "";
     f.concurrency_limit = f.concurrency_limit ? f.concurrency_limit : "";
-    f.active = apr_table_get(form, "isActive") ? "true" : "false";
+    f.active = apr_table_get(form, "isActive") ? RELAY_ACTIVE_TRUE : RELAY_ACTIVE_FALSE;
     f.err_token = invalid_text(a, relay_check_limit(f.token_limit, &tl), AM_ERR_NUMBER);
     f.err_concurrency = invalid_text(a, relay_check_limit(f.concurrency_limit, &cl), AM_ERR_NUMBER);
     f.has_errors = f.err_token || f.err_concurrency;
@@ -917,11 +921,11 @@ static int edit_key(admin_ctx *a, const char *id)
         return OK;
     }
     pairs = apr_array_make(r->pool, 6, sizeof(const char *));
-    APR_ARRAY_PUSH(pairs, const char *) = "tokenLimit";
+    APR_ARRAY_PUSH(pairs, const char *) = RELAY_F_TOKEN_LIMIT;
     APR_ARRAY_PUSH(pairs, const char *) = apr_ltoa(r->pool, tl);
-    APR_ARRAY_PUSH(pairs, const char *) = "concurrencyLimit";
+    APR_ARRAY_PUSH(pairs, const char *) = RELAY_F_CONCURRENCY_LIMIT;
     APR_ARRAY_PUSH(pairs, const char *) = apr_ltoa(r->pool, cl);
-    APR_ARRAY_PUSH(pairs, const char *) = "isActive";
+    APR_ARRAY_PUSH(pairs, const char *) = RELAY_F_IS_ACTIVE;
     APR_ARRAY_PUSH(pairs, const char *) = f.active;
     rc = save_fields(a, id, pairs, "edited", &missing);
     if (rc != OK) {
@@ -950,7 +954,7 @@ static int toggle_key(admin_ctx *a, const char *id)
         return message_page(a, HTTP_BAD_REQUEST, T(a, AM_ERR_FORM));
     }
     pairs = apr_array_make(a->r->pool, 2, sizeof(const char *));
-    APR_ARRAY_PUSH(pairs, const char *) = "isActive";
+    APR_ARRAY_PUSH(pairs, const char *) = RELAY_F_IS_ACTIVE;
     APR_ARRAY_PUSH(pairs, const char *) = active;
     rc = save_fields(a, id, pairs, strcmp(active, "true") == 0 ? "enabled" : "disabled", &missing);
     if (rc != OK) {
@@ -1200,9 +1204,10 @@ static int api_create(admin_ctx *a)
     relay_key_new nk;
     relay_invalid iv;
     char expires[RELAY_ISO_LEN + 1];
-    unsigned char rnd[48];
+    unsigned char rnd[RELAY_KEYSTORE_RANDOM_BYTES];
     relay_redis_conn *c;
-    relay_key_record *k;
+    relay_key_record *k = NULL;
+    relay_ks_result done = RELAY_KS_ERROR;
     json_object *data;
     int rc;
 
@@ -1278,13 +1283,19 @@ static int api_create(admin_ctx *a)
         return json_fail(r, HTTP_INTERNAL_SERVER_ERROR, "No random bytes available", NULL);
     }
     c = borrow(a, &err);
-    k = c ? relay_keystore_create(c, &nk, a->sc->secret, rnd, &plain, r->pool, &err) : NULL;
     if (c) {
+        done = relay_keystore_create(c, &nk, a->sc->secret, rnd, &k, &plain, r->pool, &err);
         give_back(a, c);
     }
-    if (!k) {
+    if (done != RELAY_KS_DONE) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin API: cannot create a key: %s", err);
-        return json_fail(r, HTTP_SERVICE_UNAVAILABLE, "The key store cannot be reached", NULL);
+        return done == RELAY_KS_EXISTS
+                   ? json_fail(r, HTTP_CONFLICT,
+                               "A key with this id or key hash exists already; nothing was "
+                               "changed. Try again.",
+                               NULL)
+                   : json_fail(r, HTTP_SERVICE_UNAVAILABLE, "The key store cannot be reached",
+                               NULL);
     }
     ap_log_rerror(APLOG_MARK, APLOG_NOTICE, 0, r,
                   RLOG "admin audit: %s created key %s (%s) through the API, concurrency limit "
@@ -1320,7 +1331,8 @@ static int api_update(admin_ctx *a, const char *id)
                                               field),
                                  field);
             }
-            APR_ARRAY_PUSH(pairs, const char *) = field;
+            APR_ARRAY_PUSH(pairs, const char *) =
+                strcmp(field, "tokenLimit") ? RELAY_F_CONCURRENCY_LIMIT : RELAY_F_TOKEN_LIMIT;
             APR_ARRAY_PUSH(pairs, const char *) = apr_ltoa(r->pool, n);
         }
         else if (!strcmp(field, "isActive")) {
@@ -1328,8 +1340,9 @@ static int api_update(admin_ctx *a, const char *id)
                 return json_fail(r, HTTP_BAD_REQUEST, "isActive must be true or false",
                                  "isActive");
             }
-            APR_ARRAY_PUSH(pairs, const char *) = field;
-            APR_ARRAY_PUSH(pairs, const char *) = json_object_get_boolean(val) ? "true" : "false";
+            APR_ARRAY_PUSH(pairs, const char *) = RELAY_F_IS_ACTIVE;
+            APR_ARRAY_PUSH(pairs, const char *) =
+                json_object_get_boolean(val) ? RELAY_ACTIVE_TRUE : RELAY_ACTIVE_FALSE;
         }
         else {
             return json_fail(r, HTTP_BAD_REQUEST,

@@ -58,6 +58,7 @@ typedef enum {
     AM_NOT_FOUND,
     AM_FORBIDDEN,
     AM_UNAVAILABLE,
+    AM_ERR_EXISTS,
     AM_SIGNED_IN_AS,
     AM_IN_FLIGHT_HINT,
     AM_REQUESTS,
@@ -130,6 +131,9 @@ static const char *const admin_text[AM_COUNT][2] = {
                      "未做任何更改。"},
     [AM_UNAVAILABLE] = {"The key store (Redis) cannot be reached right now.",
                        "目前无法连接密钥存储 (Redis)。"},
+    [AM_ERR_EXISTS] = {"A key with this id or key hash exists already; nothing was changed. "
+                      "Please try again.",
+                      "已存在相同 ID 或哈希的密钥，未做任何更改。请重试。"},
     [AM_SIGNED_IN_AS] = {"Signed in as", "当前用户"},
     [AM_IN_FLIGHT_HINT] = {"in flight / limit", "进行中 / 上限"},
     [AM_REQUESTS] = {"requests", "次请求"},

@@ -1,8 +1,10 @@
 /*
- * relay_keystore.h - reading and changing key records in Redis, for the
- * admin pages and the JSON API. Each operation is one atomic script call.
+ * relay_keystore.h - the one key store: reading and changing key records in
+ * Redis, for the admin pages, the JSON API and the relay-keys tool alike.
+ * Each change is one atomic script call; a list reads 200 keys per call.
  *
- * Uses APR and hiredis only (no httpd header).
+ * Uses APR, APR-util and hiredis only (no httpd header), so relay-keys links
+ * it with relay_redis.c outside httpd.
  */
 #ifndef RELAY_KEYSTORE_H
 #define RELAY_KEYSTORE_H
@@ -35,7 +37,9 @@ typedef struct {
     const char *expires_at;        /* "" = never */
     const char *created_by;
     const char *updated_by;
-    long current_concurrency;      /* live leases now */
+    /* every stored field but apiKey, as read: name, value, name, value, ... */
+    const apr_array_header_t *fields;
+    long current_concurrency;      /* live leases (an older relay's plain counter: its value) */
     relay_usage_period total;      /* usage:{id} */
     relay_usage_period today;      /* usage:daily:{id}:{today, UTC} */
     relay_usage_period month;      /* usage:monthly:{id}:{this month, UTC} */
@@ -51,6 +55,14 @@ typedef struct {
     const char *created_by;
 } relay_key_new;
 
+/* What a call that changes the store came to. */
+typedef enum {
+    RELAY_KS_ERROR = -1,    /* Redis failed, or bad arguments; *err says why */
+    RELAY_KS_NOT_FOUND = 0, /* no key with this id; nothing written */
+    RELAY_KS_DONE = 1,
+    RELAY_KS_EXISTS = 2 /* create: the id or the key hash is taken; nothing written */
+} relay_ks_result;
+
 /* Load the scripts' SHA1s (once per process). */
 void relay_keystore_init(void);
 
@@ -63,6 +75,7 @@ void relay_keystore_init(void);
 /*
  * The newest `max` keys (all of them when max < 0), sorted by creation time
  * (newest first), with the number of keys in Redis in *total; *err on failure.
+ * Costs the SCAN pages and one script call per 200 keys, whatever they hold.
  */
 apr_array_header_t *relay_keystore_list(relay_redis_conn *c, int max, int *total, apr_pool_t *p,
                                         const char **err);
@@ -86,21 +99,30 @@ apr_array_header_t *relay_keystore_live(relay_redis_conn *c, const char *const *
 relay_key_record *relay_keystore_get(relay_redis_conn *c, const char *id, apr_pool_t *p,
                                      const char **err);
 
+/* Random bytes a new key is made of: the key, then the id. */
+#define RELAY_KEYSTORE_RANDOM_BYTES 48
+
 /*
  * Create a key from random bytes the caller supplies (32 for the key, 16
- * for the id). *plain receives the key, to show once. Returns the record.
+ * for the id), refusing it (RELAY_KS_EXISTS, nothing written) when the id or
+ * the key's hash is stored already. On RELAY_KS_DONE *out is the record as
+ * written and *plain the key, to show once.
  */
-relay_key_record *relay_keystore_create(relay_redis_conn *c, const relay_key_new *nk,
-                                        const char *secret, const unsigned char rnd[48],
-                                        const char **plain, apr_pool_t *p, const char **err);
+relay_ks_result relay_keystore_create(relay_redis_conn *c, const relay_key_new *nk,
+                                      const char *secret,
+                                      const unsigned char rnd[RELAY_KEYSTORE_RANDOM_BYTES],
+                                      relay_key_record **out, const char **plain, apr_pool_t *p,
+                                      const char **err);
 
 /*
  * Set some fields of an existing key (pairs: field, value, ...), plus
- * updatedAt and updatedBy. Returns 1 when done, 0 when the key does not exist,
- * -1 on error.
+ * updatedAt and updatedBy = by. Only name, description, tokenLimit,
+ * concurrencyLimit, isActive and expiresAt may change, each to a value of its
+ * stored form; anything else is RELAY_KS_ERROR and writes nothing.
  */
-int relay_keystore_update(relay_redis_conn *c, const char *id, const apr_array_header_t *pairs,
-                          const char *by, apr_pool_t *p, const char **err);
+relay_ks_result relay_keystore_update(relay_redis_conn *c, const char *id,
+                                      const apr_array_header_t *pairs, const char *by,
+                                      apr_pool_t *p, const char **err);
 
 /* One day of a key's usage history. */
 typedef struct {
@@ -122,16 +144,24 @@ int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_p
                            apr_array_header_t **days, apr_array_header_t **models,
                            const char **err);
 
-/* Delete a key, its hash-map entry and its leases: 1 done, 0 unknown, -1 error. */
-int relay_keystore_delete(relay_redis_conn *c, const char *id, apr_pool_t *p, const char **err);
+/* Delete a key, its hash-map entry and its leases. */
+relay_ks_result relay_keystore_delete(relay_redis_conn *c, const char *id, apr_pool_t *p,
+                                      const char **err);
 
 /* Whether a key is enabled: isActive is exactly "true" (claude-relay-service's rule). */
 int relay_key_enabled(const relay_key_record *k);
 
+/*
+ * Whether an expiresAt value has passed at now_iso (relay_now_iso's form):
+ * set and sorting before now as bytes, the comparison the admission script
+ * makes, so what a front end shows is what a request meets.
+ */
+int relay_key_expired(const char *expires_at, const char *now_iso);
+
 /* "active", "disabled" or "expired" (now_iso: the current time, ISO-8601). */
 const char *relay_key_status(const relay_key_record *k, const char *now_iso);
 
-/* The current time in the stored ISO-8601 form. */
+/* The current time in the stored ISO-8601 form (this machine's clock, UTC). */
 const char *relay_now_iso(apr_pool_t *p);
 
 #endif

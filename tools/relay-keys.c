@@ -2,42 +2,40 @@
  * relay-keys - command-line manager for mod_claude_relay's relay keys.
  *
  * Creates, lists, shows, edits, disables/enables and deletes the relay keys
- * that mod_claude_relay authenticates, in the Redis schema shared with
- * claude-relay-service:
- *
- *   apikey:{id}        hash of strings (id, name, description, apiKey = the
- *                      SHA-256 of key + secret, keyPreview, tokenLimit,
- *                      concurrencyLimit, isActive, createdAt, updatedAt,
- *                      lastUsedAt, expiresAt, createdBy)
- *   apikey:hash_map    hash: stored key hash -> id
- *   concurrency:{id}   sorted set of leases (score = expiry in ms); only read
- *                      here, and removed with the key
+ * that mod_claude_relay authenticates. It is a thin front end: every read
+ * and change goes through relay_keystore.c over relay_redis.c, the key store
+ * and the Redis client the module's admin uses, so both write the same
+ * records (relay_schema.h names them), refuse the same collisions and call a
+ * key active, disabled or expired by the same rule. Redis is reached at
+ * host:port, through a unix socket, or through Sentinel.
  *
  * The plaintext key is printed once, at creation, and never stored.
- * Every Redis command is sent in argv form; user input is never pasted into
- * a command string.
- *
- * Build:
- *   gcc -Wall -Wextra -Werror -O2 -I. -I/usr/include/hiredis \
- *       tools/relay-keys.c relay_keys.c relay_validate.c -lhiredis -ljson-c -o relay-keys
- *
  * What users type for a key is checked by relay_validate.c, the same checks
  * as the admin pages, so both accept and refuse the same input.
+ *
+ * Build (the Makefile's relay-keys target):
+ *   gcc -Wall -Wextra -Werror -O2 -I. -I/usr/include/hiredis $(apr-1-config --cppflags
+ *       --includes) tools/relay-keys.c relay_keystore.c relay_redis.c relay_keys.c
+ *       relay_validate.c -laprutil-1 -lapr-1 -lhiredis -ljson-c -o relay-keys
  */
 #define _DEFAULT_SOURCE
 
 #include "relay_keys.h"
+#include "relay_keystore.h"
+#include "relay_redis.h"
+#include "relay_schema.h"
 #include "relay_validate.h"
 
-#include <errno.h>
+#include <apr_general.h>
+#include <apr_network_io.h>
+#include <apr_pools.h>
+#include <apr_strings.h>
+
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <sys/time.h>
-#include <time.h>
 
 #include <hiredis/hiredis.h>
 #include <json-c/json.h>
@@ -52,54 +50,38 @@
 #define DEFAULT_BY "relay-keys"
 #define DEFAULT_REDIS "127.0.0.1:6379"
 #define DEFAULT_PORT 6379
-#define CONNECT_TIMEOUT_SEC 1
-#define COMMAND_TIMEOUT_SEC 5
-#define MAX_ARGS 40
-#define HASH_MAP_KEY "apikey:hash_map"
+/* connect and command timeout: a list reads 200 keys per script call */
+#define TIMEOUT_MS 5000
+/* as RelayRedisSentinel allows */
+#define MAX_SENTINELS 32
 
 /* Global options: where Redis is and how to log in, and the hash secret. */
 typedef struct {
-    const char *redis;         /* address as given (parsed on connect) */
-    const char *redis_source;  /* "option --redis" or "RELAY_REDIS" for messages */
-    const char *password;      /* AUTH password or NULL */
-    const char *user;          /* ACL user or NULL */
-    const char *db;            /* SELECT index as given, or NULL */
-    const char *db_source;     /* "option --db" or "RELAY_REDIS_DATABASE" */
-    const char *secret;        /* --secret or environment */
-    const char *secret_file;   /* --secret-file */
+    const char *redis;             /* address as given (parsed on connect) */
+    const char *redis_source;      /* "option --redis" or "RELAY_REDIS" for messages */
+    const char *sentinel;          /* sentinel list as given, or NULL */
+    const char *sentinel_source;   /* "option --sentinel" or "RELAY_REDIS_SENTINEL" */
+    const char *master;            /* master name the sentinels know, or NULL */
+    const char *master_source;     /* "option --master" or "RELAY_REDIS_MASTER" */
+    const char *password;          /* AUTH password or NULL */
+    const char *user;              /* ACL user or NULL */
+    const char *sentinel_password; /* AUTH password of the sentinels, or NULL */
+    const char *sentinel_user;     /* ACL user on the sentinels, or NULL */
+    const char *db;                /* SELECT index as given, or NULL */
+    const char *db_source;         /* "option --db" or "RELAY_REDIS_DATABASE" */
+    const char *secret;            /* --secret or environment */
+    const char *secret_file;       /* --secret-file */
 } options;
 
-/* A parsed Redis address. */
-typedef struct {
-    char addr[300];            /* for messages: "host:port" or "unix:/path" */
-    char host[256];            /* TCP host, when unix_path is empty */
-    int port;
-    char unix_path[256];       /* unix socket path, or "" */
-} redis_addr;
-
-/* One Redis command in argv form. */
-typedef struct {
-    int argc;
-    const char *argv[MAX_ARGS];
-    size_t len[MAX_ARGS];
-} argbuf;
-
-/* One key loaded for list/show. */
-typedef struct {
-    char id[RELAY_UUID_LEN + 1];
-    redisReply *hash;          /* HGETALL reply: field, value, field, value... */
-    long long concurrency;     /* leases alive now */
-    const char *status;        /* "active", "disabled" or "expired" */
-} key_record;
-
-static redisContext *g_redis;
+static apr_pool_t *g_pool;      /* everything the tool allocates lives here */
+static relay_redis_conn g_conn; /* the one connection, opened by connect_redis */
 
 /* Close the Redis connection at exit. */
 static void close_redis(void)
 {
-    if (g_redis != NULL) {
-        redisFree(g_redis);
-        g_redis = NULL;
+    if (g_conn.ctx != NULL) {
+        redisFree(g_conn.ctx);
+        g_conn.ctx = NULL;
     }
 }
 
@@ -113,8 +95,16 @@ static void usage(FILE *out)
           "Global options (environment fallback in brackets):\n"
           "  --redis HOST[:PORT] | --redis unix:/path\n"
           "                          Redis address [RELAY_REDIS, default " DEFAULT_REDIS "]\n"
+          "  --sentinel HOST:PORT[,HOST:PORT...]\n"
+          "                          find the master through these sentinels instead\n"
+          "                          [RELAY_REDIS_SENTINEL]\n"
+          "  --master NAME           the master's name on the sentinels [RELAY_REDIS_MASTER]\n"
           "  --password P            AUTH password [RELAY_REDIS_PASSWORD]\n"
           "  --user U                ACL user name for AUTH [RELAY_REDIS_USERNAME]\n"
+          "  --sentinel-password P   AUTH password of the sentinels\n"
+          "                          [RELAY_REDIS_SENTINEL_PASSWORD]\n"
+          "  --sentinel-user U       ACL user name on the sentinels\n"
+          "                          [RELAY_REDIS_SENTINEL_USERNAME]\n"
           "  --db N                  database index for SELECT [RELAY_REDIS_DATABASE]\n"
           "  --secret S              key hash secret [RELAY_KEY_HASH_SECRET]\n"
           "  --secret-file PATH      read the key hash secret from a file\n"
@@ -128,13 +118,15 @@ static void usage(FILE *out)
           "  show ID [--json]        show one key\n"
           "  edit ID [--concurrency-limit N] [--token-limit N] [--expires DATE|none]\n"
           "          [--by USER]     change only the given fields\n"
-          "  disable ID | enable ID  switch a key off or on\n"
+          "  disable ID | enable ID [--by USER]\n"
+          "                          switch a key off or on\n"
           "  delete ID               delete a key and its concurrency leases\n"
           "  hash KEY                print the stored hash of KEY (KEY \"-\" reads stdin)\n"
           "  help                    show this text\n"
           "\n"
           "Limits are whole numbers from 0 to 2147483647; 0 means unlimited.\n"
           "DATE is YYYY-MM-DD (end of that day, UTC) or YYYY-MM-DDTHH:MM[:SS[.mmm]]Z.\n"
+          "--by (default \"" DEFAULT_BY "\") is recorded as createdBy or updatedBy.\n"
           "Exit status: 0 ok, 1 failure (not found, Redis error), 2 usage error.\n",
           out);
 }
@@ -176,15 +168,6 @@ static void *xmalloc(size_t n)
     if (p == NULL) {
         fail("out of memory");
     }
-    return p;
-}
-
-/* strdup that exits on failure. */
-static char *xstrdup(const char *s)
-{
-    size_t n = strlen(s) + 1;
-    char *p = xmalloc(n);
-    memcpy(p, s, n);
     return p;
 }
 
@@ -230,21 +213,31 @@ static int parse_port(const char *s)
     return (int)v;
 }
 
-/* Parse a Redis address "HOST[:PORT]", "[V6]:PORT" or "unix:/path" into o. */
-static void parse_redis_addr(redis_addr *o, const char *s, const char *source)
+/* Parse a database index for SELECT; exits 2 when it is not a number. */
+static long parse_db(const char *s, const char *source)
+{
+    long db;
+
+    if (*s == '\0' || relay_parse_limit(s, &db) != 0) {
+        usage_error("%s: \"%s\" is not a database number.", source, s);
+    }
+    return db;
+}
+
+/* Parse a Redis address "HOST[:PORT]", "[V6]:PORT" or "unix:/path" into t. */
+static void parse_redis_addr(relay_redis_target *t, const char *s, const char *source)
 {
     const char *colon;
     size_t hostlen;
     int port = DEFAULT_PORT;
 
-    o->host[0] = '\0';
-    o->unix_path[0] = '\0';
+    t->host = NULL;
+    t->unix_path = NULL;
     if (strncmp(s, "unix:", 5) == 0) {
-        if (s[5] == '\0' || strlen(s + 5) >= sizeof(o->unix_path)) {
+        if (s[5] == '\0') {
             usage_error("%s: \"%s\" does not name a usable unix socket path.", source, s);
         }
-        snprintf(o->unix_path, sizeof(o->unix_path), "%s", s + 5);
-        snprintf(o->addr, sizeof(o->addr), "unix:%s", o->unix_path);
+        t->unix_path = s + 5;
         return;
     }
     if (s[0] == '[') {
@@ -275,44 +268,92 @@ static void parse_redis_addr(redis_addr *o, const char *s, const char *source)
             hostlen = strlen(s);
         }
     }
-    if (hostlen == 0 || hostlen >= sizeof(o->host)) {
+    if (hostlen == 0 || hostlen > 255) {
         usage_error("%s: \"%s\" does not name a host.", source, s);
     }
-    memcpy(o->host, s, hostlen);
-    o->host[hostlen] = '\0';
-    o->port = port;
-    if (strchr(o->host, ':') != NULL) {
-        snprintf(o->addr, sizeof(o->addr), "[%s]:%d", o->host, port);
+    t->host = apr_pstrmemdup(g_pool, s, hostlen);
+    t->port = port;
+}
+
+/*
+ * Parse a sentinel list "HOST:PORT[,HOST:PORT...]" into t, with the rule
+ * RelayRedisSentinel applies to its list; exits 2 naming source otherwise.
+ */
+static void parse_sentinels(relay_redis_target *t, const char *s, const char *source)
+{
+    relay_redis_addr *addrs = apr_pcalloc(g_pool, sizeof(*addrs) * MAX_SENTINELS);
+    char *list = apr_pstrdup(g_pool, s), *item, *last = NULL;
+    int n = 0;
+
+    if (*list == '\0' || *list == ',' || list[strlen(list) - 1] == ',' || strstr(list, ",,")) {
+        usage_error("%s: the sentinel list \"%s\" is empty or has an empty entry.", source, s);
+    }
+    for (item = apr_strtok(list, ",", &last); item; item = apr_strtok(NULL, ",", &last)) {
+        char *host = NULL, *scope = NULL;
+        apr_port_t port = 0;
+
+        if (apr_parse_addr_port(&host, &scope, &port, item, g_pool) != APR_SUCCESS || !host ||
+            scope || port == 0) {
+            usage_error("%s: \"%s\" in the sentinel list is not HOST:PORT.", source, item);
+        }
+        if (n == MAX_SENTINELS) {
+            usage_error("%s: at most %d sentinels.", source, MAX_SENTINELS);
+        }
+        addrs[n].host = host;
+        addrs[n].port = port;
+        n++;
+    }
+    t->sentinels = addrs;
+    t->nsentinels = n;
+}
+
+/*
+ * Where Redis is, from the options (checked by main): the sentinels when
+ * given, else the address. Exits 2 on a bad value.
+ */
+static void build_target(const options *o, relay_redis_target *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->timeout_ms = TIMEOUT_MS;
+    t->username = o->user;
+    t->password = o->password;
+    if (o->db != NULL) {
+        t->database = (int)parse_db(o->db, o->db_source);
+    }
+    if (o->sentinel != NULL) {
+        parse_sentinels(t, o->sentinel, o->sentinel_source);
+        if (o->master == NULL) {
+            usage_error("%s needs the master's name: pass --master NAME or set "
+                        "RELAY_REDIS_MASTER.",
+                        o->sentinel_source);
+        }
+        if (*o->master == '\0' || strpbrk(o->master, " \t\r\n") != NULL) {
+            usage_error("%s: the master name \"%s\" must be one word.", o->master_source,
+                        o->master);
+        }
+        t->master_name = o->master;
+        t->sentinel_username = o->sentinel_user;
+        t->sentinel_password = o->sentinel_password;
     }
     else {
-        snprintf(o->addr, sizeof(o->addr), "%s:%d", o->host, port);
+        parse_redis_addr(t, o->redis, o->redis_source);
     }
 }
 
-/* Parse a database index for SELECT; exits 2 when it is not a number. */
-static long parse_db(const char *s, const char *source)
+/* Open the connection (AUTH, SELECT; through the sentinels when given); exits 1 on failure. */
+static relay_redis_conn *connect_redis(const options *o)
 {
-    long db;
+    static relay_redis_target target;
+    const char *err = NULL;
 
-    if (*s == '\0' || relay_parse_limit(s, &db) != 0) {
-        usage_error("%s: \"%s\" is not a database number.", source, s);
+    build_target(o, &target);
+    g_conn.ctx = relay_redis_connect(&target, g_pool, &err);
+    if (g_conn.ctx == NULL) {
+        fail("%s", err ? err : "cannot connect to Redis");
     }
-    return db;
-}
-
-/* The current time in milliseconds since the epoch (local clock). */
-static long long local_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Format a time in milliseconds as the canonical ISO-8601 string. */
-static void iso_from_ms(long long ms, char out[RELAY_ISO_LEN + 1])
-{
-    relay_iso8601((time_t)(ms / 1000), (int)(ms % 1000), out);
+    g_conn.target = &target;
+    atexit(close_redis);
+    return &g_conn;
 }
 
 /*
@@ -355,36 +396,17 @@ static long limit_opt(const char *opt, const char *s)
 /* An --expires value: "none" or "never" gives "", a date must lie in the future. */
 static void expires_opt(const char *s, char out[RELAY_ISO_LEN + 1])
 {
-    char now[RELAY_ISO_LEN + 1];
-
     if (strcmp(s, "none") == 0 || strcmp(s, "never") == 0) {
         out[0] = '\0';
         return;
     }
-    iso_from_ms(local_now_ms(), now);
-    check_opt("--expires", s, relay_check_expiry(s, now, out), 0);
+    check_opt("--expires", s, relay_check_expiry(s, relay_now_iso(g_pool), out), 0);
 }
 
 /* A --by value: the same rule as a key name (required, 100 characters, no controls). */
 static void check_by(const char *by)
 {
     check_opt("--by", by, relay_check_name(by), RELAY_NAME_MAX_CHARS);
-}
-
-/* Fill buf with n random bytes from getrandom(2). */
-static void random_bytes(unsigned char *buf, size_t n)
-{
-    while (n > 0) {
-        ssize_t got = getrandom(buf, n, 0);
-        if (got < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            fail("getrandom failed: %s", strerror(errno));
-        }
-        buf += got;
-        n -= (size_t)got;
-    }
 }
 
 static char *g_secret_buf;
@@ -456,278 +478,6 @@ static const char *get_secret(const options *o, const char *command)
     free(why);
     free(label);
     return s;
-}
-
-/* Append one argument to a command. */
-static void arg_add(argbuf *a, const char *s)
-{
-    if (a->argc >= MAX_ARGS) {
-        fail("internal error: too many command arguments");
-    }
-    a->argv[a->argc] = s;
-    a->len[a->argc] = strlen(s);
-    a->argc++;
-}
-
-/* Append a field/value pair. */
-static void arg_pair(argbuf *a, const char *field, const char *value)
-{
-    arg_add(a, field);
-    arg_add(a, value);
-}
-
-/* Send a command; exits 1 on I/O failure; the reply may be an error reply. */
-static redisReply *redis_raw(argbuf *a)
-{
-    redisReply *r = redisCommandArgv(g_redis, a->argc, a->argv, a->len);
-
-    if (r == NULL) {
-        fail("Redis %s failed: %s", a->argv[0],
-             g_redis->errstr[0] ? g_redis->errstr : "no reply");
-    }
-    return r;
-}
-
-/* Exit 1 printing a Redis error reply. */
-static void redis_error_exit(const char *cmd, redisReply *r) __attribute__((noreturn));
-static void redis_error_exit(const char *cmd, redisReply *r)
-{
-    fprintf(stderr, PROG ": Redis error from %s: %.*s\n", cmd, (int)r->len, r->str);
-    freeReplyObject(r);
-    exit(EXIT_RUNTIME);
-}
-
-/* Send a command; an error reply is fatal too. */
-static redisReply *redis_cmd(argbuf *a)
-{
-    redisReply *r = redis_raw(a);
-
-    if (r->type == REDIS_REPLY_ERROR) {
-        redis_error_exit(a->argv[0], r);
-    }
-    return r;
-}
-
-/* Connect, set timeouts, AUTH and SELECT; exits 1 on failure. */
-static void connect_redis(const options *o)
-{
-    struct timeval ctv = {CONNECT_TIMEOUT_SEC, 0};
-    struct timeval ctimeout = {COMMAND_TIMEOUT_SEC, 0};
-    char dbtext[32];
-    redis_addr ad;
-    long db = 0;
-    argbuf a;
-
-    memset(&ad, 0, sizeof(ad));
-    parse_redis_addr(&ad, o->redis, o->redis_source);
-    if (o->db != NULL) {
-        db = parse_db(o->db, o->db_source);
-    }
-    if (ad.unix_path[0] != '\0') {
-        g_redis = redisConnectUnixWithTimeout(ad.unix_path, ctv);
-    }
-    else {
-        g_redis = redisConnectWithTimeout(ad.host, ad.port, ctv);
-    }
-    if (g_redis == NULL) {
-        fail("cannot connect to Redis at %s: out of memory", ad.addr);
-    }
-    if (g_redis->err) {
-        fail("cannot connect to Redis at %s: %s", ad.addr, g_redis->errstr);
-    }
-    atexit(close_redis);
-    if (redisSetTimeout(g_redis, ctimeout) != REDIS_OK) {
-        fail("cannot set the Redis timeout for %s: %s", ad.addr, g_redis->errstr);
-    }
-    if (o->password != NULL) {
-        redisReply *r;
-
-        a.argc = 0;
-        arg_add(&a, "AUTH");
-        if (o->user != NULL) {
-            arg_add(&a, o->user);
-        }
-        arg_add(&a, o->password);
-        r = redis_raw(&a);
-        if (r->type == REDIS_REPLY_ERROR) {
-            fprintf(stderr, PROG ": Redis at %s refused AUTH: %.*s\n", ad.addr, (int)r->len,
-                    r->str);
-            freeReplyObject(r);
-            exit(EXIT_RUNTIME);
-        }
-        freeReplyObject(r);
-    }
-    if (o->db != NULL) {
-        snprintf(dbtext, sizeof(dbtext), "%ld", db);
-        a.argc = 0;
-        arg_add(&a, "SELECT");
-        arg_add(&a, dbtext);
-        freeReplyObject(redis_cmd(&a));
-    }
-}
-
-/* The Redis server's clock (TIME) in milliseconds; iso receives it in ISO-8601. */
-static long long redis_now(char iso[RELAY_ISO_LEN + 1])
-{
-    argbuf a = {0};
-    redisReply *r;
-    long long ms;
-
-    arg_add(&a, "TIME");
-    r = redis_cmd(&a);
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
-        freeReplyObject(r);
-        fail("unexpected reply to Redis TIME");
-    }
-    ms = strtoll(r->element[0]->str, NULL, 10) * 1000 +
-         strtoll(r->element[1]->str, NULL, 10) / 1000;
-    freeReplyObject(r);
-    iso_from_ms(ms, iso);
-    return ms;
-}
-
-/* Parse a whole string as a signed integer; returns -1 when it is not one. */
-static int parse_ll(const char *s, long long *out)
-{
-    char *end;
-
-    if (*s == '\0') {
-        return -1;
-    }
-    errno = 0;
-    *out = strtoll(s, &end, 10);
-    return errno != 0 || *end != '\0' ? -1 : 0;
-}
-
-/*
- * Leases of a key alive at now_ms. An old plain-string counter is read as its
- * integer value; any other type counts as 0.
- */
-static long long current_concurrency(const char *id, long long now_ms)
-{
-    char key[64], min[32];
-    argbuf a = {0};
-    redisReply *r;
-    long long n = 0;
-
-    snprintf(key, sizeof(key), "concurrency:%s", id);
-    snprintf(min, sizeof(min), "(%lld", now_ms);
-    arg_add(&a, "ZCOUNT");
-    arg_add(&a, key);
-    arg_add(&a, min);
-    arg_add(&a, "+inf");
-    r = redis_raw(&a);
-    if (r->type == REDIS_REPLY_INTEGER) {
-        n = r->integer;
-    }
-    else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "WRONGTYPE", 9) == 0) {
-        freeReplyObject(r);
-        a.argc = 0;
-        arg_add(&a, "GET");
-        arg_add(&a, key);
-        r = redis_raw(&a);
-        if (r->type == REDIS_REPLY_STRING && parse_ll(r->str, &n) == 0 && n >= 0) {
-            /* n holds the old counter */
-        }
-        else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "WRONGTYPE", 9) != 0) {
-            redis_error_exit("GET", r);
-        }
-        else {
-            n = 0;
-        }
-    }
-    else if (r->type == REDIS_REPLY_ERROR) {
-        redis_error_exit("ZCOUNT", r);
-    }
-    freeReplyObject(r);
-    return n;
-}
-
-/* A field of a loaded key, or NULL when the hash lacks it. */
-static const char *rec_get(const key_record *rec, const char *field)
-{
-    size_t i;
-
-    for (i = 0; i + 1 < rec->hash->elements; i += 2) {
-        redisReply *f = rec->hash->element[i];
-        redisReply *v = rec->hash->element[i + 1];
-        if (f->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
-            strcmp(f->str, field) == 0) {
-            return v->str;
-        }
-    }
-    return NULL;
-}
-
-/* A field of a loaded key, or fallback when it is missing or empty. */
-static const char *rec_or(const key_record *rec, const char *field, const char *fallback)
-{
-    const char *v = rec_get(rec, field);
-    return v != NULL && *v != '\0' ? v : fallback;
-}
-
-/* A field of a loaded key, or "" when missing. */
-static const char *rec_str(const key_record *rec, const char *field)
-{
-    return rec_or(rec, field, "");
-}
-
-/*
- * active, disabled or expired, from isActive and expiresAt at now_iso. Only
- * "true" enables a key (claude-relay-service's rule): "yes", "TRUE", "" or no
- * isActive at all mean disabled.
- */
-static const char *key_status(const char *is_active, const char *expires, const char *now_iso)
-{
-    char norm[RELAY_ISO_LEN + 1];
-
-    if (is_active == NULL || strcmp(is_active, "true") != 0) {
-        return "disabled";
-    }
-    if (expires != NULL && *expires != '\0' && relay_iso8601_normalize(expires, norm) == 0 &&
-        strcmp(norm, now_iso) < 0) {
-        return "expired";
-    }
-    return "active";
-}
-
-/*
- * Load apikey:{id} into rec. Returns 0 when found, -1 when missing, -2 when
- * the key has the wrong type and skip_wrongtype is set (else exits 1).
- */
-static int load_record(const char *id, key_record *rec, long long now_ms, const char *now_iso,
-                       int skip_wrongtype)
-{
-    char key[64];
-    argbuf a = {0};
-    redisReply *r;
-
-    snprintf(key, sizeof(key), "apikey:%s", id);
-    arg_add(&a, "HGETALL");
-    arg_add(&a, key);
-    r = redis_raw(&a);
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (skip_wrongtype && strncmp(r->str, "WRONGTYPE", 9) == 0) {
-            fprintf(stderr, PROG ": warning: %s is not a hash; skipped\n", key);
-            freeReplyObject(r);
-            return -2;
-        }
-        redis_error_exit("HGETALL", r);
-    }
-    if (r->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(r);
-        fail("unexpected reply to HGETALL %s", key);
-    }
-    if (r->elements == 0) {
-        freeReplyObject(r);
-        return -1;
-    }
-    snprintf(rec->id, sizeof(rec->id), "%s", id);
-    rec->hash = r;
-    rec->concurrency = current_concurrency(id, now_ms);
-    rec->status = key_status(rec_get(rec, "isActive"), rec_get(rec, "expiresAt"), now_iso);
-    return 0;
 }
 
 /*
@@ -812,43 +562,59 @@ static void limit_text(const char *stored, char *out, size_t outlen)
     }
 }
 
+/* A stored field of a key as read, or NULL when its hash lacks it (apiKey is never there). */
+static const char *rec_get(const relay_key_record *k, const char *field)
+{
+    int i;
+
+    for (i = 0; i + 1 < k->fields->nelts; i += 2) {
+        if (strcmp(APR_ARRAY_IDX(k->fields, i, const char *), field) == 0) {
+            return APR_ARRAY_IDX(k->fields, i + 1, const char *);
+        }
+    }
+    return NULL;
+}
+
+/* A stored field, or fallback when it is missing or empty. */
+static const char *rec_or(const relay_key_record *k, const char *field, const char *fallback)
+{
+    const char *v = rec_get(k, field);
+    return v != NULL && *v != '\0' ? v : fallback;
+}
+
 /* "current/limit" for the concurrency column. */
-static void concurrency_text(const key_record *rec, char *out, size_t outlen)
+static void concurrency_text(const relay_key_record *k, char *out, size_t outlen)
 {
     char lim[64];
 
-    limit_text(rec_get(rec, "concurrencyLimit"), lim, sizeof(lim));
-    snprintf(out, outlen, "%lld/%s", rec->concurrency, lim);
+    limit_text(rec_get(k, RELAY_F_CONCURRENCY_LIMIT), lim, sizeof(lim));
+    snprintf(out, outlen, "%ld/%s", k->current_concurrency, lim);
 }
 
-/* A JSON object for a key: its hash fields except apiKey, plus live data. */
-static json_object *record_json(const key_record *rec)
+/* A JSON object for a key: its stored fields (never apiKey), plus live data. */
+static json_object *record_json(const relay_key_record *k, const char *now_iso)
 {
     json_object *o = json_object_new_object();
-    size_t i;
+    int i;
 
-    if (rec_get(rec, "id") == NULL) {
-        json_object_object_add(o, "id", json_object_new_string(rec->id));
+    if (rec_get(k, RELAY_F_ID) == NULL) {
+        json_object_object_add(o, RELAY_F_ID, json_object_new_string(k->id));
     }
-    for (i = 0; i + 1 < rec->hash->elements; i += 2) {
-        redisReply *f = rec->hash->element[i];
-        redisReply *v = rec->hash->element[i + 1];
+    for (i = 0; i + 1 < k->fields->nelts; i += 2) {
+        const char *f = APR_ARRAY_IDX(k->fields, i, const char *);
+        const char *v = APR_ARRAY_IDX(k->fields, i + 1, const char *);
         long lim;
 
-        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
-            strcmp(f->str, "apiKey") == 0) {
-            continue;
-        }
-        if ((strcmp(f->str, "tokenLimit") == 0 || strcmp(f->str, "concurrencyLimit") == 0) &&
-            relay_parse_limit(v->str, &lim) == 0) {
-            json_object_object_add(o, f->str, json_object_new_int64(lim));
+        if ((strcmp(f, RELAY_F_TOKEN_LIMIT) == 0 || strcmp(f, RELAY_F_CONCURRENCY_LIMIT) == 0) &&
+            relay_parse_limit(v, &lim) == 0) {
+            json_object_object_add(o, f, json_object_new_int64(lim));
         }
         else {
-            json_object_object_add(o, f->str, json_object_new_string_len(v->str, (int)v->len));
+            json_object_object_add(o, f, json_object_new_string(v));
         }
     }
-    json_object_object_add(o, "currentConcurrency", json_object_new_int64(rec->concurrency));
-    json_object_object_add(o, "status", json_object_new_string(rec->status));
+    json_object_object_add(o, "currentConcurrency", json_object_new_int64(k->current_concurrency));
+    json_object_object_add(o, "status", json_object_new_string(relay_key_status(k, now_iso)));
     return o;
 }
 
@@ -858,80 +624,6 @@ static void print_json(json_object *o)
     puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
                                                JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
-}
-
-/* Order records by createdAt, then id. */
-static int record_cmp(const void *a, const void *b)
-{
-    const key_record *x = a, *y = b;
-    int c = strcmp(rec_str(x, "createdAt"), rec_str(y, "createdAt"));
-    return c != 0 ? c : strcmp(x->id, y->id);
-}
-
-/* Order C strings (for qsort). */
-static int str_cmp(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Collect all apikey:* key names with SCAN; returns a sorted, de-duplicated array. */
-static char **scan_key_names(size_t *count)
-{
-    char cursor[32] = "0";
-    char **names = NULL;
-    size_t n = 0, cap = 0, i, j;
-
-    do {
-        argbuf a = {0};
-        redisReply *r, *keys;
-
-        arg_add(&a, "SCAN");
-        arg_add(&a, cursor);
-        arg_add(&a, "MATCH");
-        arg_add(&a, "apikey:*");
-        arg_add(&a, "COUNT");
-        arg_add(&a, "500");
-        r = redis_cmd(&a);
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING ||
-            r->element[1]->type != REDIS_REPLY_ARRAY || r->element[0]->len >= sizeof(cursor)) {
-            freeReplyObject(r);
-            fail("unexpected reply to Redis SCAN");
-        }
-        snprintf(cursor, sizeof(cursor), "%s", r->element[0]->str);
-        keys = r->element[1];
-        for (i = 0; i < keys->elements; i++) {
-            if (keys->element[i]->type != REDIS_REPLY_STRING) {
-                continue;
-            }
-            if (n == cap) {
-                char **grown;
-                cap = cap ? cap * 2 : 64;
-                grown = realloc(names, cap * sizeof(*names));
-                if (grown == NULL) {
-                    fail("out of memory");
-                }
-                names = grown;
-            }
-            names[n++] = xstrdup(keys->element[i]->str);
-        }
-        freeReplyObject(r);
-    } while (strcmp(cursor, "0") != 0);
-
-    if (n > 0) {
-        qsort(names, n, sizeof(*names), str_cmp);
-    }
-    /* SCAN may return a key more than once */
-    for (i = 0, j = 0; i < n; i++) {
-        if (j > 0 && strcmp(names[j - 1], names[i]) == 0) {
-            free(names[i]);
-        }
-        else {
-            names[j++] = names[i];
-        }
-    }
-    *count = j;
-    return names;
 }
 
 /* Exit 2 unless id is a UUID. */
@@ -954,20 +646,49 @@ static const char *one_id(const char *cmd, int argc, char **argv)
     return argv[0];
 }
 
+/*
+ * The arguments of list (id NULL) or show (one ID into *id): returns whether
+ * --json was given; exits 2 on anything else.
+ */
+static int json_args(const char *cmd, int argc, char **argv, const char **id)
+{
+    int json = 0, i;
+
+    for (i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        }
+        else if (id != NULL && *id == NULL && argv[i][0] != '-') {
+            *id = argv[i];
+        }
+        else {
+            usage_error("%s: unexpected argument \"%s\".", cmd, argv[i]);
+        }
+    }
+    return json;
+}
+
+/* Exit 1 with the key store's sentence for a failed call. */
+static void store_failed(const char *doing, const char *err) __attribute__((noreturn));
+static void store_failed(const char *doing, const char *err)
+{
+    fail("%s failed: %s", doing, err ? err : "unknown error");
+}
+
 /* `create`: make a new key and print it once. */
 static int cmd_create(const options *o, int argc, char **argv)
 {
     const char *name = NULL, *description = "", *by = DEFAULT_BY, *val, *secret;
+    const char *plain = NULL, *err = NULL;
     long conc = 0, tokens = 0;
-    char expires[RELAY_ISO_LEN + 1] = "", now[RELAY_ISO_LEN + 1];
-    char conc_s[24], tokens_s[24], id_key[64];
-    unsigned char rnd[RELAY_KEY_RANDOM_BYTES + 16];
-    char key[RELAY_KEY_LEN + 1], id[RELAY_UUID_LEN + 1], hash[RELAY_SHA256_HEX_LEN + 1];
-    char preview[32];
+    char expires[RELAY_ISO_LEN + 1] = "";
+    unsigned char rnd[RELAY_KEYSTORE_RANDOM_BYTES];
+    relay_key_new nk;
+    relay_key_record *k = NULL;
+    relay_redis_conn *c;
+    relay_ks_result done;
+    apr_status_t rv;
     int json = 0, i;
-    argbuf a = {0};
-    redisReply *r;
-    size_t k;
 
     for (i = 0; i < argc; i++) {
         if (take_opt(argc, argv, &i, "--name", &val)) {
@@ -1004,141 +725,61 @@ static int cmd_create(const options *o, int argc, char **argv)
     check_by(by);
     secret = get_secret(o, "create");
 
-    random_bytes(rnd, sizeof(rnd));
-    relay_key_from_random(rnd, key);
-    relay_uuid_from_random(rnd + RELAY_KEY_RANDOM_BYTES, id);
+    /* the admin's source of randomness too */
+    rv = apr_generate_random_bytes(rnd, sizeof(rnd));
+    if (rv != APR_SUCCESS) {
+        char why[120];
+        fail("no random bytes available: %s", apr_strerror(rv, why, sizeof(why)));
+    }
+    memset(&nk, 0, sizeof(nk));
+    nk.name = name;
+    nk.description = description;
+    nk.token_limit = tokens;
+    nk.concurrency_limit = conc;
+    nk.expires_at = expires;
+    nk.created_by = by;
+    c = connect_redis(o);
+    done = relay_keystore_create(c, &nk, secret, rnd, &k, &plain, g_pool, &err);
     explicit_bzero(rnd, sizeof(rnd));
-    relay_key_hash(key, strlen(key), secret, hash);
-    relay_key_preview(key, preview, sizeof(preview));
-    iso_from_ms(local_now_ms(), now);
-    snprintf(conc_s, sizeof(conc_s), "%ld", conc);
-    snprintf(tokens_s, sizeof(tokens_s), "%ld", tokens);
-    snprintf(id_key, sizeof(id_key), "apikey:%s", id);
-
-    connect_redis(o);
-
-    /*
-     * The key hash and its hash_map entry in one MULTI/EXEC. MULTI is checked
-     * on its own first: if it failed, the HSETs would run outside a transaction.
-     */
-    a.argc = 0;
-    arg_add(&a, "MULTI");
-    freeReplyObject(redis_cmd(&a));
-    a.argc = 0;
-    arg_add(&a, "HSET");
-    arg_add(&a, id_key);
-    arg_pair(&a, "id", id);
-    arg_pair(&a, "name", name);
-    arg_pair(&a, "description", description);
-    arg_pair(&a, "apiKey", hash);
-    arg_pair(&a, "keyPreview", preview);
-    arg_pair(&a, "tokenLimit", tokens_s);
-    arg_pair(&a, "concurrencyLimit", conc_s);
-    arg_pair(&a, "isActive", "true");
-    arg_pair(&a, "createdAt", now);
-    arg_pair(&a, "updatedAt", now);
-    arg_pair(&a, "lastUsedAt", "");
-    arg_pair(&a, "expiresAt", expires);
-    arg_pair(&a, "createdBy", by);
-    redisAppendCommandArgv(g_redis, a.argc, a.argv, a.len);
-    a.argc = 0;
-    arg_add(&a, "HSET");
-    arg_add(&a, HASH_MAP_KEY);
-    arg_pair(&a, hash, id);
-    redisAppendCommandArgv(g_redis, a.argc, a.argv, a.len);
-    a.argc = 0;
-    arg_add(&a, "EXEC");
-    redisAppendCommandArgv(g_redis, a.argc, a.argv, a.len);
-
-    for (i = 0; i < 3; i++) {
-        static const char *const what[3] = {"HSET", "HSET", "EXEC"};
-        void *reply = NULL;
-
-        if (redisGetReply(g_redis, &reply) != REDIS_OK || reply == NULL) {
-            fail("Redis %s failed: %s", what[i],
-                 g_redis->errstr[0] ? g_redis->errstr : "no reply");
-        }
-        r = reply;
-        if (r->type == REDIS_REPLY_ERROR) {
-            if (i < 2) {
-                /* let EXEC discard the transaction before failing */
-                fprintf(stderr, PROG ": Redis error from %s: %.*s\n", what[i], (int)r->len,
-                        r->str);
-                freeReplyObject(r);
-                continue;
-            }
-            redis_error_exit("EXEC", r);
-        }
-        if (i == 2) {
-            if (r->type != REDIS_REPLY_ARRAY) {
-                freeReplyObject(r);
-                fail("the transaction creating the key was aborted");
-            }
-            for (k = 0; k < r->elements; k++) {
-                if (r->element[k]->type == REDIS_REPLY_ERROR) {
-                    fprintf(stderr, PROG ": Redis error inside EXEC: %s\n",
-                            r->element[k]->str);
-                    freeReplyObject(r);
-                    exit(EXIT_RUNTIME);
-                }
-            }
-        }
-        freeReplyObject(r);
+    if (done == RELAY_KS_EXISTS) {
+        fail("cannot create the key: %s. Run create again.", err);
+    }
+    if (done != RELAY_KS_DONE) {
+        store_failed("creating the key", err);
     }
 
     if (json) {
         json_object *j = json_object_new_object();
-        json_object_object_add(j, "id", json_object_new_string(id));
-        json_object_object_add(j, "name", json_object_new_string(name));
-        json_object_object_add(j, "apiKey", json_object_new_string(key));
-        json_object_object_add(j, "keyPreview", json_object_new_string(preview));
-        json_object_object_add(j, "concurrencyLimit", json_object_new_int64(conc));
-        json_object_object_add(j, "tokenLimit", json_object_new_int64(tokens));
-        json_object_object_add(j, "expiresAt", json_object_new_string(expires));
+        json_object_object_add(j, RELAY_F_ID, json_object_new_string(k->id));
+        json_object_object_add(j, RELAY_F_NAME, json_object_new_string(k->name));
+        /* the key itself, named as claude-relay-service's API names it (not the stored hash) */
+        json_object_object_add(j, "apiKey", json_object_new_string(plain));
+        json_object_object_add(j, RELAY_F_KEY_PREVIEW, json_object_new_string(k->key_preview));
+        json_object_object_add(j, RELAY_F_CONCURRENCY_LIMIT, json_object_new_int64(conc));
+        json_object_object_add(j, RELAY_F_TOKEN_LIMIT, json_object_new_int64(tokens));
+        json_object_object_add(j, RELAY_F_EXPIRES_AT, json_object_new_string(k->expires_at));
         print_json(j);
     }
     else {
-        printf("Created key \"%s\" (id %s)\n", name, id);
-        printf("%s\n", key);
+        printf("Created key \"%s\" (id %s)\n", name, k->id);
+        printf("%s\n", plain);
         printf("Store it now: it will not be shown again.\n");
     }
     fflush(stdout);
-    explicit_bzero(key, sizeof(key));
+    explicit_bzero((char *)plain, strlen(plain));
     return 0;
 }
 
-/*
- * The arguments of list (id NULL) or show (one ID into *id): returns whether
- * --json was given; exits 2 on anything else.
- */
-static int json_args(const char *cmd, int argc, char **argv, const char **id)
-{
-    int json = 0, i;
-
-    for (i = 0; i < argc; i++) {
-        if (strcmp(argv[i], "--json") == 0) {
-            json = 1;
-        }
-        else if (id != NULL && *id == NULL && argv[i][0] != '-') {
-            *id = argv[i];
-        }
-        else {
-            usage_error("%s: unexpected argument \"%s\".", cmd, argv[i]);
-        }
-    }
-    return json;
-}
-
 /* Print the plain-text table of keys. */
-static void print_table(key_record *recs, size_t n)
+static void print_table(relay_key_record *const *recs, int n, const char *now_iso)
 {
     static const char *const head[6] = {"ID", "NAME", "STATUS", "CONCURRENCY", "TOKEN LIMIT",
                                         "CREATED"};
     size_t w[6] = {36, 4, 6, 11, 11, 7};
     char buf[6][512];
     size_t len[6];
-    size_t i, c;
-    int pass;
+    size_t c;
+    int i, pass;
 
     /* first pass measures the columns, second prints */
     for (pass = 0; pass < 2; pass++) {
@@ -1149,14 +790,16 @@ static void print_table(key_record *recs, size_t n)
             putchar('\n');
         }
         for (i = 0; i < n; i++) {
-            len[0] = display_text(recs[i].id, 36, buf[0], sizeof(buf[0]));
-            len[1] = display_text(rec_str(&recs[i], "name"), 32, buf[1], sizeof(buf[1]));
-            len[2] = display_text(recs[i].status, 10, buf[2], sizeof(buf[2]));
-            concurrency_text(&recs[i], buf[3], sizeof(buf[3]));
+            const relay_key_record *k = recs[i];
+
+            len[0] = display_text(k->id, 36, buf[0], sizeof(buf[0]));
+            len[1] = display_text(k->name, 32, buf[1], sizeof(buf[1]));
+            len[2] = display_text(relay_key_status(k, now_iso), 10, buf[2], sizeof(buf[2]));
+            concurrency_text(k, buf[3], sizeof(buf[3]));
             len[3] = strlen(buf[3]);
-            limit_text(rec_get(&recs[i], "tokenLimit"), buf[4], sizeof(buf[4]));
+            limit_text(rec_get(k, RELAY_F_TOKEN_LIMIT), buf[4], sizeof(buf[4]));
             len[4] = strlen(buf[4]);
-            len[5] = display_text(rec_or(&recs[i], "createdAt", "-"), 30, buf[5], sizeof(buf[5]));
+            len[5] = display_text(rec_or(k, RELAY_F_CREATED_AT, "-"), 30, buf[5], sizeof(buf[5]));
             for (c = 0; c < 6; c++) {
                 if (pass == 0) {
                     if (len[c] > w[c]) {
@@ -1174,55 +817,44 @@ static void print_table(key_record *recs, size_t n)
     }
 }
 
+/* Oldest first (createdAt), then by id: the order list has always printed. */
+static int oldest_first(const void *a, const void *b)
+{
+    const relay_key_record *x = *(relay_key_record *const *)a;
+    const relay_key_record *y = *(relay_key_record *const *)b;
+    int c = strcmp(x->created_at, y->created_at);
+    return c != 0 ? c : strcmp(x->id, y->id);
+}
+
 /* `list`: every key with its status and live concurrency. */
 static int cmd_list(const options *o, int argc, char **argv)
 {
     int json = json_args("list", argc, argv, NULL);
-    char **names;
-    size_t n, k, nrec = 0;
-    key_record *recs;
-    long long now_ms;
-    char now_iso[RELAY_ISO_LEN + 1];
+    const char *err = NULL, *now_iso;
+    apr_array_header_t *keys;
+    relay_key_record **recs;
+    int total = 0, i;
 
-    connect_redis(o);
-    now_ms = redis_now(now_iso);
-    names = scan_key_names(&n);
-    recs = xmalloc(n * sizeof(*recs));
-    for (k = 0; k < n; k++) {
-        const char *id = names[k] + strlen("apikey:");
-
-        /* apikey:hash_map and anything that is not apikey:{uuid} */
-        if (strcmp(names[k], HASH_MAP_KEY) == 0 || !relay_uuid_ok(id)) {
-            continue;
-        }
-        if (load_record(id, &recs[nrec], now_ms, now_iso, 1) == 0) {
-            nrec++;
-        }
+    keys = relay_keystore_list(connect_redis(o), -1, &total, g_pool, &err);
+    if (keys == NULL) {
+        store_failed("listing the keys", err);
     }
-    if (nrec > 0) {
-        qsort(recs, nrec, sizeof(*recs), record_cmp);
-    }
+    now_iso = relay_now_iso(g_pool);
+    recs = (relay_key_record **)keys->elts;
+    qsort(recs, keys->nelts, sizeof(*recs), oldest_first);
     if (json) {
         json_object *arr = json_object_new_array();
-        for (k = 0; k < nrec; k++) {
-            json_object_array_add(arr, record_json(&recs[k]));
+        for (i = 0; i < keys->nelts; i++) {
+            json_object_array_add(arr, record_json(recs[i], now_iso));
         }
         print_json(arr);
     }
-    else if (nrec == 0) {
+    else if (keys->nelts == 0) {
         printf("No relay keys.\n");
     }
     else {
-        print_table(recs, nrec);
+        print_table(recs, keys->nelts, now_iso);
     }
-    for (k = 0; k < nrec; k++) {
-        freeReplyObject(recs[k].hash);
-    }
-    for (k = 0; k < n; k++) {
-        free(names[k]);
-    }
-    free(names);
-    free(recs);
     return 0;
 }
 
@@ -1238,111 +870,87 @@ static void show_line(const char *label, const char *value, size_t maxchars)
 /* `show ID`: one key in detail. */
 static int cmd_show(const options *o, int argc, char **argv)
 {
-    const char *id = NULL;
+    const char *id = NULL, *err = NULL, *now_iso;
     int json = json_args("show", argc, argv, &id);
-    key_record rec;
-    long long now_ms;
-    char now_iso[RELAY_ISO_LEN + 1], buf[128];
+    relay_key_record *k;
+    char buf[128];
 
     if (id == NULL) {
         usage_error("show needs a key id.");
     }
     check_id(id);
-    connect_redis(o);
-    now_ms = redis_now(now_iso);
-    if (load_record(id, &rec, now_ms, now_iso, 0) != 0) {
+    k = relay_keystore_get(connect_redis(o), id, g_pool, &err);
+    if (k == NULL && err != NULL) {
+        store_failed("reading the key", err);
+    }
+    if (k == NULL) {
         fail("no key with id %s.", id);
     }
+    now_iso = relay_now_iso(g_pool);
     if (json) {
-        print_json(record_json(&rec));
+        print_json(record_json(k, now_iso));
+        return 0;
     }
-    else {
-        show_line("ID:", rec.id, 36);
-        show_line("Name:", rec_str(&rec, "name"), 200);
-        show_line("Description:", rec_str(&rec, "description"), 1000);
-        show_line("Status:", rec.status, 20);
-        show_line("Preview:", rec_str(&rec, "keyPreview"), 40);
-        concurrency_text(&rec, buf, sizeof(buf));
-        show_line("Concurrency:", buf, 60);
-        limit_text(rec_get(&rec, "tokenLimit"), buf, sizeof(buf));
-        show_line("Token limit:", buf, 60);
-        show_line("Expires:", rec_or(&rec, "expiresAt", "never"), 60);
-        show_line("Created:", rec_str(&rec, "createdAt"), 60);
-        show_line("Created by:", rec_str(&rec, "createdBy"), 200);
-        show_line("Updated:", rec_str(&rec, "updatedAt"), 60);
-        if (rec_get(&rec, "updatedBy") != NULL) {
-            show_line("Updated by:", rec_str(&rec, "updatedBy"), 200);
-        }
-        show_line("Last used:", rec_or(&rec, "lastUsedAt", "never"), 60);
+    show_line("ID:", k->id, 36);
+    show_line("Name:", k->name, 200);
+    show_line("Description:", k->description, 1000);
+    show_line("Status:", relay_key_status(k, now_iso), 20);
+    show_line("Preview:", k->key_preview, 40);
+    concurrency_text(k, buf, sizeof(buf));
+    show_line("Concurrency:", buf, 60);
+    limit_text(rec_get(k, RELAY_F_TOKEN_LIMIT), buf, sizeof(buf));
+    show_line("Token limit:", buf, 60);
+    show_line("Expires:", rec_or(k, RELAY_F_EXPIRES_AT, "never"), 60);
+    show_line("Created:", k->created_at, 60);
+    show_line("Created by:", k->created_by, 200);
+    show_line("Updated:", k->updated_at, 60);
+    if (rec_get(k, RELAY_F_UPDATED_BY) != NULL) {
+        show_line("Updated by:", k->updated_by, 200);
     }
-    freeReplyObject(rec.hash);
+    show_line("Last used:", rec_or(k, RELAY_F_LAST_USED_AT, "never"), 60);
     return 0;
 }
 
-/*
- * Send an EVAL (a) of a script that returns 1 when it changed key id and 0
- * when that key does not exist. Exits 1 on 0 or an unexpected reply; doing
- * ("updating", "deleting") is for the message.
- */
-static void eval_on_key(argbuf *a, const char *id, const char *doing)
+/* Set field/value pairs of key id, recording by; exits 1 when the key does not exist. */
+static void update_key(const options *o, const char *id, apr_array_header_t *pairs,
+                       const char *by)
 {
-    redisReply *r = redis_cmd(a);
-    int integer = r->type == REDIS_REPLY_INTEGER;
-    long long n = integer ? r->integer : 0;
+    const char *err = NULL;
+    relay_ks_result done = relay_keystore_update(connect_redis(o), id, pairs, by, g_pool, &err);
 
-    freeReplyObject(r);
-    if (!integer) {
-        fail("unexpected reply while %s apikey:%s", doing, id);
-    }
-    if (n == 0) {
+    if (done == RELAY_KS_NOT_FOUND) {
         fail("no key with id %s.", id);
+    }
+    if (done != RELAY_KS_DONE) {
+        store_failed("updating the key", err);
     }
 }
 
-/*
- * HSET the given field/value pairs on apikey:{id} only if the key exists,
- * atomically (so a key deleted meanwhile is not recreated half-empty).
- * Exits 1 when the key does not exist.
- */
-static void hset_existing(const char *id, argbuf *pairs)
+/* Append a field/value pair. */
+static void pair_add(apr_array_header_t *pairs, const char *field, const char *value)
 {
-    static const char script[] =
-        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-        "redis.call('HSET', KEYS[1], unpack(ARGV))\n"
-        "return 1\n";
-    char key[64];
-    argbuf a = {0};
-    int i;
-
-    snprintf(key, sizeof(key), "apikey:%s", id);
-    arg_add(&a, "EVAL");
-    arg_add(&a, script);
-    arg_add(&a, "1");
-    arg_add(&a, key);
-    for (i = 0; i < pairs->argc; i++) {
-        arg_add(&a, pairs->argv[i]);
-    }
-    eval_on_key(&a, id, "updating");
+    APR_ARRAY_PUSH(pairs, const char *) = field;
+    APR_ARRAY_PUSH(pairs, const char *) = value;
 }
 
 /* `edit ID`: change only the given fields. */
 static int cmd_edit(const options *o, int argc, char **argv)
 {
-    const char *id = NULL, *by = NULL, *val;
+    const char *id = NULL, *by = DEFAULT_BY, *val;
     const char *conc_opt = NULL, *tokens_opt = NULL;
     int have_expires = 0, i;
-    char expires[RELAY_ISO_LEN + 1] = "", now[RELAY_ISO_LEN + 1];
-    char conc_s[24], tokens_s[24];
-    argbuf pairs = {0};
+    char expires[RELAY_ISO_LEN + 1] = "";
+    long conc = 0, tokens = 0;
+    apr_array_header_t *pairs = apr_array_make(g_pool, 8, sizeof(const char *));
 
     for (i = 0; i < argc; i++) {
         if (take_opt(argc, argv, &i, "--concurrency-limit", &val)) {
             conc_opt = val;
-            snprintf(conc_s, sizeof(conc_s), "%ld", limit_opt("--concurrency-limit", val));
+            conc = limit_opt("--concurrency-limit", val);
         }
         else if (take_opt(argc, argv, &i, "--token-limit", &val)) {
             tokens_opt = val;
-            snprintf(tokens_s, sizeof(tokens_s), "%ld", limit_opt("--token-limit", val));
+            tokens = limit_opt("--token-limit", val);
         }
         else if (take_opt(argc, argv, &i, "--expires", &val)) {
             expires_opt(val, expires);
@@ -1365,26 +973,18 @@ static int cmd_edit(const options *o, int argc, char **argv)
     if (conc_opt == NULL && tokens_opt == NULL && !have_expires) {
         usage_error("edit needs at least one of --concurrency-limit, --token-limit, --expires.");
     }
-    if (by != NULL) {
-        check_by(by);
-    }
+    check_by(by);
 
     if (conc_opt != NULL) {
-        arg_pair(&pairs, "concurrencyLimit", conc_s);
+        pair_add(pairs, RELAY_F_CONCURRENCY_LIMIT, apr_ltoa(g_pool, conc));
     }
     if (tokens_opt != NULL) {
-        arg_pair(&pairs, "tokenLimit", tokens_s);
+        pair_add(pairs, RELAY_F_TOKEN_LIMIT, apr_ltoa(g_pool, tokens));
     }
     if (have_expires) {
-        arg_pair(&pairs, "expiresAt", expires);
+        pair_add(pairs, RELAY_F_EXPIRES_AT, expires);
     }
-    iso_from_ms(local_now_ms(), now);
-    arg_pair(&pairs, "updatedAt", now);
-    if (by != NULL) {
-        arg_pair(&pairs, "updatedBy", by);
-    }
-    connect_redis(o);
-    hset_existing(id, &pairs);
+    update_key(o, id, pairs, by);
     printf("Updated key %s.\n", id);
     return 0;
 }
@@ -1392,15 +992,28 @@ static int cmd_edit(const options *o, int argc, char **argv)
 /* `disable ID` / `enable ID`: set isActive. */
 static int cmd_set_active(const options *o, int argc, char **argv, int active)
 {
-    const char *id = one_id(active ? "enable" : "disable", argc, argv);
-    char now[RELAY_ISO_LEN + 1];
-    argbuf pairs = {0};
+    const char *cmd = active ? "enable" : "disable", *id = NULL, *by = DEFAULT_BY, *val;
+    apr_array_header_t *pairs = apr_array_make(g_pool, 2, sizeof(const char *));
+    int i;
 
-    iso_from_ms(local_now_ms(), now);
-    arg_pair(&pairs, "isActive", active ? "true" : "false");
-    arg_pair(&pairs, "updatedAt", now);
-    connect_redis(o);
-    hset_existing(id, &pairs);
+    for (i = 0; i < argc; i++) {
+        if (take_opt(argc, argv, &i, "--by", &val)) {
+            by = val;
+        }
+        else if (argv[i][0] != '-' && id == NULL) {
+            id = argv[i];
+        }
+        else {
+            usage_error("%s needs exactly one key id (and optionally --by USER).", cmd);
+        }
+    }
+    if (id == NULL) {
+        usage_error("%s needs exactly one key id.", cmd);
+    }
+    check_id(id);
+    check_by(by);
+    pair_add(pairs, RELAY_F_IS_ACTIVE, active ? RELAY_ACTIVE_TRUE : RELAY_ACTIVE_FALSE);
+    update_key(o, id, pairs, by);
     printf("%s key %s.\n", active ? "Enabled" : "Disabled", id);
     return 0;
 }
@@ -1408,34 +1021,15 @@ static int cmd_set_active(const options *o, int argc, char **argv, int active)
 /* `delete ID`: remove the key, its hash_map entry and its leases atomically. */
 static int cmd_delete(const options *o, int argc, char **argv)
 {
-    /*
-     * Reads apiKey and deletes in one script. The hash_map entry is removed
-     * only when it still points at this id.
-     */
-    static const char script[] =
-        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-        "local h = redis.call('HGET', KEYS[1], 'apiKey')\n"
-        "redis.call('DEL', KEYS[1])\n"
-        "if h and h ~= '' and redis.call('HGET', KEYS[2], h) == ARGV[1] then\n"
-        "  redis.call('HDEL', KEYS[2], h)\n"
-        "end\n"
-        "redis.call('DEL', KEYS[3])\n"
-        "return 1\n";
-    const char *id = one_id("delete", argc, argv);
-    char key[64], conc_key[64];
-    argbuf a = {0};
+    const char *id = one_id("delete", argc, argv), *err = NULL;
+    relay_ks_result done = relay_keystore_delete(connect_redis(o), id, g_pool, &err);
 
-    snprintf(key, sizeof(key), "apikey:%s", id);
-    snprintf(conc_key, sizeof(conc_key), "concurrency:%s", id);
-    connect_redis(o);
-    arg_add(&a, "EVAL");
-    arg_add(&a, script);
-    arg_add(&a, "3");
-    arg_add(&a, key);
-    arg_add(&a, HASH_MAP_KEY);
-    arg_add(&a, conc_key);
-    arg_add(&a, id);
-    eval_on_key(&a, id, "deleting");
+    if (done == RELAY_KS_NOT_FOUND) {
+        fail("no key with id %s.", id);
+    }
+    if (done != RELAY_KS_DONE) {
+        store_failed("deleting the key", err);
+    }
     printf("Deleted key %s.\n", id);
     return 0;
 }
@@ -1478,11 +1072,17 @@ int main(int argc, char **argv)
 {
     options o;
     const char *val, *cmd, *secret_opt = NULL;
-    int i;
+    int i, redis_opt = 0, sentinel_opt = 0, master_opt = 0, sentinel_auth_opt = 0;
 
     memset(&o, 0, sizeof(o));
     /* a connection Redis (or a TLS tunnel) closed is a write error, reported, not a signal */
     signal(SIGPIPE, SIG_IGN);
+    if (apr_initialize() != APR_SUCCESS || apr_pool_create(&g_pool, NULL) != APR_SUCCESS) {
+        fputs(PROG ": cannot initialise APR\n", stderr);
+        return EXIT_RUNTIME;
+    }
+    atexit(apr_terminate);
+    relay_keystore_init();
     if (argc < 2) {
         usage(stderr);
         return EXIT_USAGE;
@@ -1491,11 +1091,14 @@ int main(int argc, char **argv)
     /* environment first; options override */
     o.redis = env_nonempty("RELAY_REDIS");
     o.redis_source = "RELAY_REDIS";
-    if (o.redis == NULL) {
-        o.redis = DEFAULT_REDIS;
-    }
+    o.sentinel = env_nonempty("RELAY_REDIS_SENTINEL");
+    o.sentinel_source = "RELAY_REDIS_SENTINEL";
+    o.master = env_nonempty("RELAY_REDIS_MASTER");
+    o.master_source = "RELAY_REDIS_MASTER";
     o.password = env_nonempty("RELAY_REDIS_PASSWORD");
     o.user = env_nonempty("RELAY_REDIS_USERNAME");
+    o.sentinel_password = env_nonempty("RELAY_REDIS_SENTINEL_PASSWORD");
+    o.sentinel_user = env_nonempty("RELAY_REDIS_SENTINEL_USERNAME");
     o.db = env_nonempty("RELAY_REDIS_DATABASE");
     o.db_source = "RELAY_REDIS_DATABASE";
     o.secret = env_nonempty("RELAY_KEY_HASH_SECRET");
@@ -1504,6 +1107,25 @@ int main(int argc, char **argv)
         if (take_opt(argc, argv, &i, "--redis", &val)) {
             o.redis = val;
             o.redis_source = "option --redis";
+            redis_opt = 1;
+        }
+        else if (take_opt(argc, argv, &i, "--sentinel-password", &val)) {
+            o.sentinel_password = val;
+            sentinel_auth_opt = 1;
+        }
+        else if (take_opt(argc, argv, &i, "--sentinel-user", &val)) {
+            o.sentinel_user = val;
+            sentinel_auth_opt = 1;
+        }
+        else if (take_opt(argc, argv, &i, "--sentinel", &val)) {
+            o.sentinel = val;
+            o.sentinel_source = "option --sentinel";
+            sentinel_opt = 1;
+        }
+        else if (take_opt(argc, argv, &i, "--master", &val)) {
+            o.master = val;
+            o.master_source = "option --master";
+            master_opt = 1;
         }
         else if (take_opt(argc, argv, &i, "--password", &val)) {
             o.password = val;
@@ -1533,8 +1155,33 @@ int main(int argc, char **argv)
             usage_error("unknown option \"%s\".", argv[i]);
         }
     }
+    /* one way to Redis: an option beats the environment; two of a kind are ambiguous */
+    if (redis_opt && sentinel_opt) {
+        usage_error("give only one of --redis and --sentinel.");
+    }
+    if (redis_opt) {
+        o.sentinel = NULL;
+    }
+    else if (sentinel_opt) {
+        o.redis = NULL;
+    }
+    else if (o.redis != NULL && o.sentinel != NULL) {
+        usage_error("RELAY_REDIS and RELAY_REDIS_SENTINEL are both set; unset one, or choose "
+                    "with --redis or --sentinel.");
+    }
+    if (o.redis == NULL) {
+        o.redis = DEFAULT_REDIS;
+    }
+    if (o.sentinel == NULL && (master_opt || sentinel_auth_opt)) {
+        usage_error("options --master, --sentinel-password and --sentinel-user need --sentinel "
+                    "(or RELAY_REDIS_SENTINEL).");
+    }
     if (o.user != NULL && o.password == NULL) {
         usage_error("option --user needs --password (or RELAY_REDIS_PASSWORD).");
+    }
+    if (o.sentinel != NULL && o.sentinel_user != NULL && o.sentinel_password == NULL) {
+        usage_error("option --sentinel-user needs --sentinel-password "
+                    "(or RELAY_REDIS_SENTINEL_PASSWORD).");
     }
     if (secret_opt != NULL && o.secret_file != NULL) {
         usage_error("give only one of --secret and --secret-file.");

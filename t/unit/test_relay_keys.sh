@@ -32,7 +32,8 @@ done
 
 # the tool must see only what each test passes it
 unset RELAY_REDIS RELAY_REDIS_PASSWORD RELAY_REDIS_USERNAME RELAY_REDIS_DATABASE \
-      RELAY_KEY_HASH_SECRET
+      RELAY_KEY_HASH_SECRET RELAY_REDIS_SENTINEL RELAY_REDIS_MASTER \
+      RELAY_REDIS_SENTINEL_PASSWORD RELAY_REDIS_SENTINEL_USERNAME
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/relay-keys-test.XXXXXX") || exit 2
 SOCK=$TMP/redis.sock
@@ -370,6 +371,8 @@ check_rc "edit limits and expiry exits 0" 0
 check_eq "edit sets concurrencyLimit" "$(rcli HGET "apikey:$ID1" concurrencyLimit)" "0"
 check_eq "edit normalizes expiresAt" "$(rcli HGET "apikey:$ID1" expiresAt)" \
     "2998-01-02T03:04:00.000Z"
+check_eq "edit without --by records relay-keys as updatedBy" \
+    "$(rcli HGET "apikey:$ID1" updatedBy)" "relay-keys"
 run edit "$ID1" --expires none
 check_eq "edit --expires none clears it" "$(rcli HGET "apikey:$ID1" expiresAt)" ""
 # the same rules as the admin pages: "" is 0, spaces before a date and a blank expiry are fine
@@ -388,15 +391,21 @@ report "list shows unlimited concurrency" $? "$OUT"
 run disable "$ID2"
 check_rc "disable exits 0" 0
 check_eq "disable sets isActive false" "$(rcli HGET "apikey:$ID2" isActive)" "false"
+check_eq "disable without --by records relay-keys as updatedBy" \
+    "$(rcli HGET "apikey:$ID2" updatedBy)" "relay-keys"
 run list
 printf '%s\n' "$OUT" | grep -F "$ID2" | contains disabled
 report "list shows disabled" $? "$OUT"
 run list --json
 printf '%s' "$OUT" | contains '"status":"disabled"'
 report "list --json shows disabled" $?
-run enable "$ID2"
-check_rc "enable exits 0" 0
+run enable "$ID2" --by "ops team"
+check_rc "enable --by exits 0" 0
 check_eq "enable sets isActive true" "$(rcli HGET "apikey:$ID2" isActive)" "true"
+check_eq "enable --by sets updatedBy" "$(rcli HGET "apikey:$ID2" updatedBy)" "ops team"
+run disable "$ID2" --by ""
+check_rc "disable --by \"\" exits 2" 2
+check_eq "a refused --by changes nothing" "$(rcli HGET "apikey:$ID2" isActive)" "true"
 
 # expired: expiresAt in the past (written directly, the tool refuses it)
 rcli HSET "apikey:$ID3" expiresAt 2001-01-01T00:00:00.000Z >/dev/null
@@ -548,6 +557,51 @@ run --db nope list
 check_rc "bad --db exits 2" 2
 run --bogus list
 check_rc "unknown global option exits 2" 2
+
+# Sentinel options: one way to Redis, and a master name with the sentinels
+# usage_fails DESCRIPTION TEXT-IN-MESSAGE ARGS...: exit 2 naming TEXT, nothing on stdout.
+usage_fails() {
+    local desc=$1 text=$2
+    shift 2
+    OUT=$("$TOOL" "$@" 2>"$TMP/stderr")
+    RC=$?
+    ERR=$(cat "$TMP/stderr")
+    check_rc "$desc exits 2" 2
+    [ -z "$OUT" ] && printf '%s\n' "$ERR" | contains "$text"
+    report "$desc: the message says why" $? "$ERR"
+}
+usage_fails "--redis with --sentinel" "give only one of --redis and --sentinel" \
+    --redis "unix:$SOCK" --sentinel 127.0.0.1:26379 --master m list
+usage_fails "--sentinel without --master" "pass --master NAME or set RELAY_REDIS_MASTER" \
+    --sentinel 127.0.0.1:26379 list
+usage_fails "--master without --sentinel" "need --sentinel" --master m list
+usage_fails "--sentinel-password without --sentinel" "need --sentinel" \
+    --sentinel-password pw list
+usage_fails "--sentinel-user without --sentinel-password" "--sentinel-user needs" \
+    --sentinel 127.0.0.1:26379 --master m --sentinel-user u list
+usage_fails "a sentinel without a port" "\"127.0.0.1\" in the sentinel list is not HOST:PORT" \
+    --sentinel 127.0.0.1 --master m list
+usage_fails "an empty entry in the sentinel list" "empty or has an empty entry" \
+    --sentinel 127.0.0.1:1,,127.0.0.1:2 --master m list
+usage_fails "a master name of two words" "must be one word" \
+    --sentinel 127.0.0.1:26379 --master "my master" list
+OUT=$(RELAY_REDIS="unix:$SOCK" RELAY_REDIS_SENTINEL=127.0.0.1:26379 RELAY_REDIS_MASTER=m \
+    "$TOOL" list 2>"$TMP/stderr")
+RC=$?
+ERR=$(cat "$TMP/stderr")
+check_rc "RELAY_REDIS and RELAY_REDIS_SENTINEL both set exits 2" 2
+OUT=$(RELAY_REDIS_SENTINEL=127.0.0.1:26379 RELAY_REDIS_MASTER=m "$TOOL" --redis "unix:$SOCK" \
+    list --json 2>"$TMP/stderr")
+RC=$?
+ERR=$(cat "$TMP/stderr")
+check_rc "--redis overrides RELAY_REDIS_SENTINEL" 0
+# a sentinel nobody listens on (a port this test's unix-only Redis never opens)
+OUT=$("$TOOL" --sentinel 127.0.0.1:1 --master m list 2>"$TMP/stderr")
+RC=$?
+ERR=$(cat "$TMP/stderr")
+check_rc "an unreachable sentinel exits 1" 1
+printf '%s\n' "$ERR" | contains "no sentinel of 127.0.0.1:1 led to a usable master 'm'"
+report "the message names the sentinel and the master" $? "$ERR"
 run frobnicate
 check_rc "unknown command exits 2" 2
 
