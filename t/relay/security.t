@@ -11,7 +11,7 @@ use IO::Socket::INET ();
 use Digest::SHA qw(sha256_hex);
 use Time::HiRes qw(time sleep);
 
-plan tests => 47, need_module 'claude_relay', 'relay_mock';
+plan tests => 50, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 my $up = $ENV{RELAY_TEST_UPSTREAM_KEY};
@@ -99,6 +99,13 @@ is($r->code, 404, 'a .. path that lands on /v1/files: 404');
 $r = http_get('/api/v1/files%2fx', 'x-api-key' => $k->{apiKey});
 is($r->code, 404, 'an encoded slash: 404');
 is(scalar(upstream_since($mark)), 0, 'neither reached the upstream');
+
+$mark = upstream_count();
+$r = http_post('/api-re/v1/messages/batches', $msg, 'x-api-key' => $k->{apiKey});
+is($r->code, 404, 'in a <LocationMatch>: batches get 404');
+is(upstream_since($mark), 0, 'and do not reach the upstream');
+$r = http_post('/api-re/v1/messages', $msg, 'x-api-key' => $k->{apiKey});
+is($r->code, 200, 'in a <LocationMatch>: /v1/messages is relayed');
 
 my ($rc, $out) = configtest(qq{<Location /x/>\nRelayEngine On\nRelayAllowEndpoints "TRACE /v1/messages"\n</Location>});
 ok($rc != 0 && $out =~ /RelayAllowEndpoints: 'TRACE \/v1\/messages': TRACE and CONNECT are never relayed/,
