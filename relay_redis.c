@@ -5,18 +5,12 @@
 
 #include <apr_sha1.h>
 #include <apr_strings.h>
+#include <apr_thread_cond.h>
 #include <apr_thread_mutex.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
-
-struct relay_redis_pool {
-    apr_reslist_t *list;        /* idle and borrowed connections */
-    relay_redis_target target;  /* where they go */
-    apr_pool_t *pool;           /* owns the reslist */
-    apr_thread_mutex_t *lock;   /* guards last_error */
-    char last_error[512];       /* why the latest connect failed */
-};
 
 void relay_script_init(relay_script *s, const char *name, const char *source)
 {
@@ -357,38 +351,279 @@ redisContext *relay_redis_connect(const relay_redis_target *t, apr_pool_t *p, co
     return ctx;
 }
 
-/* Reslist constructor: opens a connection when none is idle. */
-static apr_status_t conn_make(void **res, void *params, apr_pool_t *p)
-{
-    relay_redis_pool *pool = params;
-    relay_redis_conn *c;
-    const char *err = NULL;
-    redisContext *ctx;
+/*
+ * The pool. A connection is opened by the thread that borrows it, with the
+ * lock released, so a connect that hangs holds up that thread alone. Each
+ * connection owns a pool (with its own allocator, so threads need not share
+ * one) holding what its connect allocated; it is destroyed with the
+ * connection, and a failed connect leaves only its sentence in last_error.
+ *
+ * After a connect fails (or Redis does not answer within the timeout) the
+ * pool is "failing": for a window every borrower without an idle connection
+ * gets that error at once; then one borrower tries again (the probe) while
+ * the others wait for its outcome, up to the timeout. So a child tries one
+ * connect per window during an outage, not one per request. The window
+ * starts at RETRY_MIN and doubles with each failure until Redis answers a
+ * command again (a connect alone proves little), up to RETRY_MAX: a Redis
+ * down for a moment is found again at once, one down for long costs a
+ * connect a second. It is at least twice what the failed attempt took, so a
+ * connect that hangs until the timeout holds up one thread for at most a
+ * third of the time.
+ *
+ * Locking: lock guards the slot states, the idle stack and the failing
+ * state; it is never held across a connect or a command. A borrowed slot's
+ * connection and pool belong to the borrowing thread alone.
+ */
 
-    ctx = relay_redis_connect(&pool->target, p, &err);
-    if (!ctx) {
-        apr_thread_mutex_lock(pool->lock);
-        apr_cpystrn(pool->last_error, err, sizeof(pool->last_error));
-        apr_thread_mutex_unlock(pool->lock);
-        return APR_ECONNREFUSED;
+/* Bounds of the time borrowers fail at once after a failed connect. */
+#define RETRY_MIN apr_time_from_msec(5)
+#define RETRY_MAX apr_time_from_sec(1)
+
+/* Idle connections older than this are closed. */
+#define IDLE_TTL apr_time_from_sec(300)
+
+typedef enum {
+    SLOT_CLOSED,  /* no connection; free for a borrower to open one */
+    SLOT_OPENING, /* a borrower is connecting, without the lock */
+    SLOT_IDLE,    /* open, on the idle stack */
+    SLOT_BUSY     /* borrowed */
+} slot_state;
+
+/* One connection's place in the pool. */
+typedef struct {
+    relay_redis_conn conn;   /* what a borrower sees; first, so a conn is its slot */
+    relay_redis_pool *owner; /* the pool it belongs to */
+    apr_pool_t *pool;        /* this connection's own pool; NULL while closed */
+    slot_state state;        /* guarded by owner->lock */
+    int answered;            /* Redis answered on this connection (the backoff was reset) */
+    apr_time_t idle_since;   /* when it was last given back */
+} conn_slot;
+
+struct relay_redis_pool {
+    relay_redis_target target;  /* where connections go */
+    apr_thread_mutex_t *lock;   /* guards everything below */
+    apr_thread_cond_t *changed; /* a slot was given back, or a connect ended */
+    conn_slot *slots;           /* max of them, allocated once */
+    int max;                    /* RelayRedisConnections */
+    conn_slot **idle;           /* idle connections, oldest first */
+    int nidle;                  /* entries in idle */
+    int failing;                /* the last connect failed, or Redis did not answer */
+    int probing;                /* failing: a borrower is trying the window's connect */
+    int failures;               /* failures since Redis last answered */
+    apr_time_t retry_at;        /* failing: no connect before this time */
+    char last_error[1024];      /* why the pool is failing */
+};
+
+/* The outcome of asking whether a borrower may connect now. */
+typedef enum {
+    GATE_CONNECT, /* Redis is not known to be failing: connect */
+    GATE_PROBE,   /* the window is over and nobody tries: connect as the probe */
+    GATE_REFUSE,  /* failing: give the last error at once */
+    GATE_WAIT     /* a probe is under way: wait for its outcome */
+} gate;
+
+/* Whether a borrower may connect now (lock held); GATE_PROBE marks it the probe. */
+static gate connect_gate(relay_redis_pool *pool, apr_time_t now)
+{
+    if (!pool->failing) {
+        return GATE_CONNECT;
     }
-    c = apr_pcalloc(p, sizeof(*c));
-    c->ctx = ctx;
-    c->target = &pool->target;
-    *res = c;
+    if (now < pool->retry_at) {
+        return GATE_REFUSE;
+    }
+    if (pool->probing) {
+        return GATE_WAIT;
+    }
+    pool->probing = 1;
+    return GATE_PROBE;
+}
+
+/*
+ * Record that Redis failed (lock held) after an attempt that took took:
+ * borrowers fail at once for a window.
+ */
+static void note_failure_locked(relay_redis_pool *pool, const char *why, apr_interval_time_t took)
+{
+    apr_interval_time_t window = RETRY_MIN;
+    int i;
+
+    for (i = 0; i < pool->failures && window < RETRY_MAX; i++) {
+        window *= 2;
+    }
+    if (window < 2 * took) {
+        window = 2 * took;
+    }
+    if (window > RETRY_MAX) {
+        window = RETRY_MAX;
+    }
+    pool->failures += pool->failures < 64; /* capped: past a few, RETRY_MAX holds */
+    pool->failing = 1;
+    pool->retry_at = apr_time_now() + window;
+    apr_cpystrn(pool->last_error, why ? why : "cannot connect to Redis", sizeof(pool->last_error));
+    apr_thread_cond_broadcast(pool->changed);
+}
+
+/*
+ * Record the outcome of a connect that started at start; probe says whether
+ * it was the window's probe.
+ */
+static void connect_done(relay_redis_pool *pool, int ok, int probe, const char *why,
+                         apr_time_t start)
+{
+    apr_thread_mutex_lock(pool->lock);
+    if (probe) {
+        pool->probing = 0;
+    }
+    if (ok) {
+        /* the backoff starts over only once Redis answers (note_answer) */
+        pool->failing = 0;
+        /* borrowers waiting for the probe may connect now */
+        apr_thread_cond_broadcast(pool->changed);
+    }
+    else {
+        note_failure_locked(pool, why, apr_time_now() - start);
+    }
+    apr_thread_mutex_unlock(pool->lock);
+}
+
+/* Record that Redis answered on a fresh connection: it works, the backoff starts over. */
+static void note_answer(relay_redis_pool *pool)
+{
+    apr_thread_mutex_lock(pool->lock);
+    pool->failing = 0;
+    pool->failures = 0;
+    apr_thread_mutex_unlock(pool->lock);
+}
+
+/* Record that a command failed after took: no answer in time, or a fresh connection dropped. */
+static void note_failure(relay_redis_pool *pool, const char *why, apr_interval_time_t took)
+{
+    apr_thread_mutex_lock(pool->lock);
+    note_failure_locked(pool, why, took);
+    apr_thread_mutex_unlock(pool->lock);
+}
+
+/* A pool with an allocator of its own, so the thread owning it needs no lock. */
+static apr_status_t own_pool(apr_pool_t **out)
+{
+    apr_allocator_t *a;
+    apr_status_t rv;
+
+    if ((rv = apr_allocator_create(&a)) != APR_SUCCESS) {
+        return rv;
+    }
+    /* parent NULL: the global pool, whose allocator has a mutex */
+    if ((rv = apr_pool_create_ex(out, NULL, NULL, a)) != APR_SUCCESS) {
+        apr_allocator_destroy(a);
+        return rv;
+    }
+    apr_allocator_owner_set(a, *out);
     return APR_SUCCESS;
 }
 
-/* Reslist destructor: closes a connection. */
-static apr_status_t conn_close(void *res, void *params, apr_pool_t *p)
+/* Close a slot's connection and destroy its pool (the slot is not on the idle stack). */
+static void slot_close(conn_slot *s)
 {
-    relay_redis_conn *c = res;
-    (void)params;
-    (void)p;
-    if (c->ctx) {
-        redisFree(c->ctx);
-        c->ctx = NULL;
+    if (s->conn.ctx) {
+        redisFree(s->conn.ctx);
+        s->conn.ctx = NULL;
     }
+    if (s->pool) {
+        apr_pool_destroy(s->pool);
+        s->pool = NULL;
+    }
+}
+
+/* Close idle connections unused for IDLE_TTL (lock held; the oldest are first). */
+static void expire_idle(relay_redis_pool *pool, apr_time_t now)
+{
+    int n = 0, i;
+
+    while (n < pool->nidle && now - pool->idle[n]->idle_since > IDLE_TTL) {
+        slot_close(pool->idle[n]);
+        pool->idle[n]->state = SLOT_CLOSED;
+        n++;
+    }
+    if (n > 0) {
+        for (i = n; i < pool->nidle; i++) {
+            pool->idle[i - n] = pool->idle[i];
+        }
+        pool->nidle -= n;
+    }
+}
+
+/* A closed slot, or NULL when every slot is open or opening (lock held). */
+static conn_slot *closed_slot(relay_redis_pool *pool)
+{
+    int i;
+
+    for (i = 0; i < pool->max; i++) {
+        if (pool->slots[i].state == SLOT_CLOSED) {
+            return &pool->slots[i];
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Open a connection in a slot the caller marked SLOT_OPENING, without the
+ * lock. On failure the slot is closed again and *err (from p) says why.
+ */
+static int slot_open(relay_redis_pool *pool, conn_slot *s, int probe, apr_pool_t *p,
+                     const char **err)
+{
+    const char *why = NULL;
+    redisContext *ctx = NULL;
+    apr_time_t start = apr_time_now();
+    apr_status_t rv = own_pool(&s->pool);
+
+    if (rv == APR_SUCCESS) {
+        ctx = relay_redis_connect(&pool->target, s->pool, &why);
+    }
+    else {
+        s->pool = NULL;
+        why = "out of memory creating a Redis connection";
+    }
+    if (ctx) {
+        s->conn.ctx = ctx;
+        s->conn.broken = 0;
+        s->conn.uses = 0;
+        s->answered = 0;
+    }
+    else {
+        /* the sentence outlives the connection's pool in last_error and in p */
+        *err = apr_pstrdup(p, why);
+        slot_close(s);
+    }
+    apr_thread_mutex_lock(pool->lock);
+    s->state = ctx ? SLOT_BUSY : SLOT_CLOSED;
+    if (probe) {
+        pool->probing = 0;
+    }
+    if (ctx) {
+        /* others may connect again; the backoff starts over only once Redis answers */
+        pool->failing = 0;
+    }
+    else {
+        note_failure_locked(pool, *err, apr_time_now() - start);
+    }
+    /* a closed slot, or the end of a probe: waiters look again */
+    apr_thread_cond_broadcast(pool->changed);
+    apr_thread_mutex_unlock(pool->lock);
+    return ctx ? 0 : -1;
+}
+
+/* Child exit: close the idle connections. */
+static apr_status_t pool_cleanup(void *data)
+{
+    relay_redis_pool *pool = data;
+    int i;
+
+    for (i = 0; i < pool->nidle; i++) {
+        slot_close(pool->idle[i]);
+        pool->idle[i]->state = SLOT_CLOSED;
+    }
+    pool->nidle = 0;
     return APR_SUCCESS;
 }
 
@@ -397,24 +632,26 @@ apr_status_t relay_redis_pool_create(relay_redis_pool **out, const relay_redis_t
 {
     relay_redis_pool *pool = apr_pcalloc(p, sizeof(*pool));
     apr_status_t rv;
+    int i;
 
     pool->target = *t;
-    pool->pool = p;
     if (max < 1) {
         max = 1;
     }
-    rv = apr_thread_mutex_create(&pool->lock, APR_THREAD_MUTEX_DEFAULT, p);
-    if (rv != APR_SUCCESS) {
+    pool->max = max;
+    if ((rv = apr_thread_mutex_create(&pool->lock, APR_THREAD_MUTEX_DEFAULT, p)) != APR_SUCCESS ||
+        (rv = apr_thread_cond_create(&pool->changed, p)) != APR_SUCCESS) {
         return rv;
     }
-    /* min 0: start without Redis; idle connections close after 5 minutes */
-    rv = apr_reslist_create(&pool->list, 0, max, max, apr_time_from_sec(300), conn_make,
-                            conn_close, pool, p);
-    if (rv != APR_SUCCESS) {
-        return rv;
+    /* all the pool's own memory, now: nothing is allocated from p later */
+    pool->slots = apr_pcalloc(p, sizeof(*pool->slots) * max);
+    pool->idle = apr_pcalloc(p, sizeof(*pool->idle) * max);
+    for (i = 0; i < max; i++) {
+        pool->slots[i].owner = pool;
+        pool->slots[i].conn.target = &pool->target;
+        pool->slots[i].state = SLOT_CLOSED;
     }
-    /* never wait forever for a free connection */
-    apr_reslist_timeout_set(pool->list, apr_time_from_msec(t->timeout_ms));
+    apr_pool_cleanup_register(p, pool, pool_cleanup, apr_pool_cleanup_null);
     *out = pool;
     return APR_SUCCESS;
 }
@@ -426,43 +663,135 @@ const relay_redis_target *relay_redis_pool_target(const relay_redis_pool *pool)
 
 relay_redis_conn *relay_redis_acquire(relay_redis_pool *pool, apr_pool_t *p, const char **err)
 {
-    void *res = NULL;
-    apr_status_t rv;
+    apr_time_t now = apr_time_now();
+    apr_time_t deadline = now + apr_time_from_msec(pool->target.timeout_ms);
+    conn_slot *s;
+    int probe;
 
-    rv = apr_reslist_acquire(pool->list, &res);
-    if (rv != APR_SUCCESS) {
-        if (APR_STATUS_IS_TIMEUP(rv)) {
-            *err = "no free Redis connection in this server process";
-        }
-        else {
-            apr_thread_mutex_lock(pool->lock);
-            *err = apr_pstrdup(p, pool->last_error[0] ? pool->last_error : "cannot connect to Redis");
+    apr_thread_mutex_lock(pool->lock);
+    for (;;) {
+        expire_idle(pool, now);
+        if (pool->nidle > 0) {
+            /* the most recently used: the least likely to have gone stale */
+            s = pool->idle[--pool->nidle];
+            s->state = SLOT_BUSY;
             apr_thread_mutex_unlock(pool->lock);
+            return &s->conn;
         }
-        return NULL;
+        s = closed_slot(pool);
+        if (s) {
+            gate g = connect_gate(pool, now);
+
+            if (g == GATE_REFUSE) {
+                *err = apr_pstrdup(p, pool->last_error);
+                apr_thread_mutex_unlock(pool->lock);
+                return NULL;
+            }
+            if (g != GATE_WAIT) {
+                probe = g == GATE_PROBE;
+                s->state = SLOT_OPENING;
+                apr_thread_mutex_unlock(pool->lock);
+                return slot_open(pool, s, probe, p, err) == 0 ? &s->conn : NULL;
+            }
+        }
+        else if (pool->failing && now < pool->retry_at) {
+            /* all slots taken and Redis failing: no point waiting for one */
+            *err = apr_pstrdup(p, pool->last_error);
+            apr_thread_mutex_unlock(pool->lock);
+            return NULL;
+        }
+        if (now >= deadline) {
+            *err = pool->failing ? apr_pstrdup(p, pool->last_error)
+                                 : "no free Redis connection in this server process";
+            apr_thread_mutex_unlock(pool->lock);
+            return NULL;
+        }
+        apr_thread_cond_timedwait(pool->changed, pool->lock, deadline - now);
+        now = apr_time_now();
     }
-    return res;
 }
 
 void relay_redis_release(relay_redis_pool *pool, relay_redis_conn *c)
 {
+    conn_slot *s = (conn_slot *)c;
+
     if (!c) {
         return;
     }
+    /* the slot knows its pool; the argument is kept for the callers */
+    pool = s->owner;
     if (c->broken || !c->ctx || c->ctx->err) {
-        apr_reslist_invalidate(pool->list, c);
+        /* the slot is still the caller's: close it without the lock */
+        slot_close(s);
+        apr_thread_mutex_lock(pool->lock);
+        s->state = SLOT_CLOSED;
     }
     else {
-        apr_reslist_release(pool->list, c);
+        apr_thread_mutex_lock(pool->lock);
+        s->state = SLOT_IDLE;
+        s->idle_since = apr_time_now();
+        pool->idle[pool->nidle++] = s;
     }
+    apr_thread_cond_broadcast(pool->changed);
+    apr_thread_mutex_unlock(pool->lock);
+}
+
+/*
+ * Reopen a borrowed connection (its old one is closed), unless the pool is
+ * failing: then wait for the window's probe or give its error at once.
+ */
+static int reopen(conn_slot *s, apr_pool_t *p, const char **err)
+{
+    relay_redis_pool *pool = s->owner;
+    apr_time_t now = apr_time_now();
+    apr_time_t deadline = now + apr_time_from_msec(pool->target.timeout_ms), start;
+    const char *why = NULL;
+    gate g;
+
+    apr_thread_mutex_lock(pool->lock);
+    while ((g = connect_gate(pool, now)) == GATE_WAIT && now < deadline) {
+        apr_thread_cond_timedwait(pool->changed, pool->lock, deadline - now);
+        now = apr_time_now();
+    }
+    if (g == GATE_REFUSE || g == GATE_WAIT) {
+        *err = apr_pstrdup(p, pool->last_error);
+        apr_thread_mutex_unlock(pool->lock);
+        return -1;
+    }
+    apr_thread_mutex_unlock(pool->lock);
+    start = apr_time_now();
+    /* what the previous connect allocated is of no use now */
+    apr_pool_clear(s->pool);
+    s->conn.ctx = relay_redis_connect(s->conn.target, s->pool, &why);
+    s->conn.uses = 0;
+    s->answered = 0;
+    if (!s->conn.ctx) {
+        *err = apr_pstrdup(p, why);
+    }
+    connect_done(pool, s->conn.ctx != NULL, g == GATE_PROBE, s->conn.ctx ? NULL : *err, start);
+    return s->conn.ctx ? 0 : -1;
+}
+
+/* Whether the last failed call on ctx ran out of the I/O timeout. */
+static int timed_out(const redisContext *ctx, int saved_errno)
+{
+#ifdef REDIS_ERR_TIMEOUT
+    if (ctx->err == REDIS_ERR_TIMEOUT) {
+        return 1;
+    }
+#endif
+    return ctx->err == REDIS_ERR_IO &&
+           (saved_errno == EAGAIN || saved_errno == EWOULDBLOCK || saved_errno == ETIMEDOUT);
 }
 
 redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv,
                                 const size_t *argvlen, apr_pool_t *p, const char **err)
 {
+    conn_slot *s = (conn_slot *)c;
     redisReply *rep;
     const char *refusal = NULL;
-    int reopen = 0;
+    apr_time_t start = apr_time_now();
+    int again = 0, e;
 
     if (!c->ctx) {
         /* an earlier reconnect on this connection failed */
@@ -471,41 +800,65 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
         return NULL;
     }
     rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    e = errno;
+    if (!rep && timed_out(c->ctx, e)) {
+        /* Redis is stuck or out of reach: a reconnect would wait as long again */
+        c->broken = 1;
+        *err = apr_psprintf(p, "Redis did not answer within %d ms", c->target->timeout_ms);
+        note_failure(s->owner, *err, apr_time_now() - start);
+        return NULL;
+    }
     if (!rep && c->uses > 0) {
         /* a connection that worked before has gone stale */
-        reopen = 1;
+        again = 1;
     }
     else if (reply_wants_reconnect(rep)) {
         /* a failover demoted this server, or it is not ready: find the master again */
         refusal = apr_pstrndup(p, rep->str, rep->len);
         freeReplyObject(rep);
         rep = NULL;
-        reopen = 1;
+        again = 1;
     }
-    if (reopen) {
+    if (again) {
         /* one fresh try */
         redisFree(c->ctx);
-        c->ctx = relay_redis_connect(c->target, p, err);
-        c->uses = 0;
-        if (!c->ctx) {
+        c->ctx = NULL;
+        if (reopen(s, p, err) != 0) {
             c->broken = 1;
             if (refusal) {
-                *err = apr_psprintf(p, "Redis answered %s; reconnecting failed: %s", refusal,
-                                    *err);
+                *err = apr_psprintf(p, "Redis answered %s; reconnecting failed: %s", refusal, *err);
             }
             return NULL;
         }
+        start = apr_time_now();
         rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+        e = errno;
     }
     if (!rep) {
+        /*
+         * A fresh connection failed its first command: whatever accepted it
+         * (a Redis at maxclients, a TLS tunnel whose Redis is down) cannot
+         * serve, so the pool fails fast as after a failed connect.
+         */
         c->broken = 1;
-        *err = apr_psprintf(p, "Redis I/O error: %s",
-                            c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
+        if (timed_out(c->ctx, e)) {
+            *err = apr_psprintf(p, "Redis did not answer within %d ms", c->target->timeout_ms);
+        }
+        else {
+            *err = apr_psprintf(p, "Redis I/O error: %s",
+                                c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
+        }
+        note_failure(s->owner, *err, apr_time_now() - start);
         return NULL;
     }
     if (reply_wants_reconnect(rep)) {
         /* still not a usable master: the caller sees the error; do not pool this one */
         c->broken = 1;
+    }
+    else if (!s->answered && rep->type != REDIS_REPLY_ERROR) {
+        /* a connection's first good answer (later ones need no lock) */
+        s->answered = 1;
+        note_answer(s->owner);
     }
     c->uses++;
     return rep;

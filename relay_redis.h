@@ -8,7 +8,6 @@
 #define RELAY_REDIS_H
 
 #include <apr_pools.h>
-#include <apr_reslist.h>
 #include <hiredis/hiredis.h>
 
 /* A TCP address: one sentinel of a RelayRedisSentinel list. */
@@ -42,7 +41,7 @@ typedef struct {
 
 typedef struct relay_redis_pool relay_redis_pool;
 
-/* One borrowed connection. */
+/* One borrowed connection; only relay_redis_acquire makes one. */
 typedef struct {
     redisContext *ctx;
     const relay_redis_target *target; /* for reconnecting */
@@ -67,13 +66,24 @@ const char *relay_redis_target_str(const relay_redis_target *t, apr_pool_t *p);
  */
 redisContext *relay_redis_connect(const relay_redis_target *t, apr_pool_t *p, const char **err);
 
-/* Create a pool holding at most max connections, opened lazily. */
+/*
+ * Create a pool holding at most max connections, opened lazily by the
+ * borrowing thread (never under a lock other threads wait on). Its memory is
+ * taken from p once; each connection has a pool of its own, destroyed with it.
+ */
 apr_status_t relay_redis_pool_create(relay_redis_pool **out, const relay_redis_target *t, int max,
                                      apr_pool_t *p);
 
 const relay_redis_target *relay_redis_pool_target(const relay_redis_pool *pool);
 
-/* Borrow a connection; *err says why when it fails (Redis down, timeout). */
+/*
+ * Borrow a connection, opening one when none is idle; *err (from p) says why
+ * when it fails. Waits at most the target's timeout for a free connection.
+ * After a failed connect, or a command Redis did not answer within the
+ * timeout, borrowers without an idle connection get that error at once for
+ * a window (twice what the failed attempt took, from 50 ms to 1 s); then one
+ * borrower tries to connect and the others wait for its outcome.
+ */
 relay_redis_conn *relay_redis_acquire(relay_redis_pool *pool, apr_pool_t *p, const char **err);
 
 /* Give a connection back; a broken one is closed instead of reused. */
@@ -85,6 +95,8 @@ void relay_redis_release(relay_redis_pool *pool, relay_redis_conn *c);
  * READONLY, MASTERDOWN or LOADING (a master demoted by a failover, or not
  * ready yet), is reopened (through the sentinels when configured) and the
  * command sent once more; a connection that still fails is marked broken.
+ * No answer within the timeout is not retried: the connection is marked
+ * broken and the pool fails fast as after a failed connect.
  * Returns the reply (caller frees with freeReplyObject; an error reply is a
  * reply) or NULL with *err set.
  */

@@ -18,7 +18,7 @@ our @EXPORT = qw(monitor_during redis redis_lines make_key relay_keys base_url h
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
                  free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until
-                 slurp error_log configtest);
+                 slurp error_log configtest hammer children_rss_kb);
 
 my $json = JSON::PP->new->canonical;
 
@@ -370,6 +370,104 @@ sub wait_until {
         sleep 0.05;
     }
     return $cond->() ? time - $start : undef;
+}
+
+# The summed VmRSS (kB) of an httpd's children (parent pid given).
+sub children_rss_kb {
+    my $parent = shift;
+    my $kb = 0;
+    for my $pid (httpd_children($parent)) {
+        open my $f, '<', "/proc/$pid/status" or next;
+        while (my $l = <$f>) { $kb += $1 if $l =~ /^VmRSS:\s+(\d+)\s+kB/ }
+        close $f;
+    }
+    return $kb;
+}
+
+# Keep-alive GETs to one server from several forked clients, as fast as they
+# answer. Options: port, path, headers (hashref), seconds, procs, want (the
+# body every answer should have). Returns {total, status => {code => n},
+# bad_body (answers whose body was not want), slowest (seconds, one request
+# from write to last byte, a reconnect included)}.
+sub hammer {
+    my %o = @_;
+    my $procs = $o{procs} // 4;
+    my $req = "GET $o{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            . join('', map { "$_: $o{headers}{$_}\r\n" } sort keys %{$o{headers} // {}}) . "\r\n";
+    my $tmp = "/tmp/relay-hammer.$$." . int(rand(1e9));
+    mkdir $tmp or die $!;
+    my $end = time + $o{seconds};
+    my @pids;
+    for my $i (1 .. $procs) {
+        my $pid = fork;
+        die "fork: $!" unless defined $pid;
+        if ($pid == 0) {
+            my (%status, $s, $buf);
+            my ($total, $bad, $slowest) = (0, 0, 0);
+            local $SIG{PIPE} = 'IGNORE';
+            while (time < $end) {
+                my $t0 = time;
+                if (!$s) {
+                    $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $o{port},
+                                               Proto => 'tcp', Timeout => 10) or last;
+                    $buf = '';
+                }
+                my ($code, $body, $close);
+                if (syswrite($s, $req) == length $req) {
+                    my $need;
+                    while (1) {
+                        if (!defined $need && $buf =~ /\A(.*?)\r\n\r\n/s) {
+                            my $head = $1;
+                            $buf = substr($buf, length($head) + 4);
+                            ($code) = $head =~ m{\AHTTP/1\.\d (\d{3})};
+                            $need = $head =~ /^Content-Length:\s*(\d+)/mi ? $1 : 0;
+                            $close = $head =~ /^Connection:\s*close/mi;
+                        }
+                        if (defined $need && length $buf >= $need) {
+                            $body = substr($buf, 0, $need, '');
+                            last;
+                        }
+                        my $rin = '';
+                        vec($rin, fileno($s), 1) = 1;
+                        last unless select(my $rout = $rin, undef, undef, 30);
+                        my $n = sysread($s, $buf, 65536, length $buf);
+                        last unless $n;
+                    }
+                }
+                if (!defined $body) {
+                    # the server closed a kept-alive connection: open a new one
+                    close $s;
+                    undef $s;
+                    next;
+                }
+                my $took = time - $t0;
+                $slowest = $took if $took > $slowest;
+                $total++;
+                $status{$code // 0}++;
+                $bad++ if defined $o{want} && $body ne $o{want};
+                if ($close) { close $s; undef $s }
+            }
+            open my $f, '>', "$tmp/$i" or POSIX::_exit(1);
+            print $f join(' ', $total, $bad, $slowest, map { "$_=$status{$_}" } sort keys %status);
+            close $f;
+            POSIX::_exit(0);
+        }
+        push @pids, $pid;
+    }
+    waitpid $_, 0 for @pids;
+    my %r = (total => 0, bad_body => 0, slowest => 0, status => {});
+    for my $i (1 .. $procs) {
+        my $line = slurp("$tmp/$i");
+        unlink "$tmp/$i";
+        my ($total, $bad, $slowest, @st) = split ' ', $line;
+        next unless defined $slowest;
+        $r{total} += $total;
+        $r{bad_body} += $bad;
+        $r{slowest} = $slowest if $slowest > $r{slowest};
+        for (@st) { my ($c, $n) = split /=/; $r{status}{$c} += $n }
+    }
+    rmdir $tmp;
+    return \%r;
 }
 
 1;
