@@ -649,6 +649,7 @@ apr_status_t relay_redis_pool_create(relay_redis_pool **out, const relay_redis_t
     for (i = 0; i < max; i++) {
         pool->slots[i].owner = pool;
         pool->slots[i].conn.target = &pool->target;
+        pool->slots[i].conn.pooled = 1;
         pool->slots[i].state = SLOT_CLOSED;
     }
     apr_pool_cleanup_register(p, pool, pool_cleanup, apr_pool_cleanup_null);
@@ -787,7 +788,8 @@ static int timed_out(const redisContext *ctx, int saved_errno)
 redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv,
                                 const size_t *argvlen, apr_pool_t *p, const char **err)
 {
-    conn_slot *s = (conn_slot *)c;
+    /* a pool's connection is its slot; a program's own has no pool to tell */
+    conn_slot *s = c->pooled ? (conn_slot *)c : NULL;
     redisReply *rep;
     const char *refusal = NULL;
     apr_time_t start = apr_time_now();
@@ -805,7 +807,9 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
         /* Redis is stuck or out of reach: a reconnect would wait as long again */
         c->broken = 1;
         *err = apr_psprintf(p, "Redis did not answer within %d ms", c->target->timeout_ms);
-        note_failure(s->owner, *err, apr_time_now() - start);
+        if (s) {
+            note_failure(s->owner, *err, apr_time_now() - start);
+        }
         return NULL;
     }
     if (!rep && c->uses > 0) {
@@ -823,7 +827,8 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
         /* one fresh try */
         redisFree(c->ctx);
         c->ctx = NULL;
-        if (reopen(s, p, err) != 0) {
+        if (s ? reopen(s, p, err) != 0
+              : !(c->ctx = relay_redis_connect(c->target, p, err))) {
             c->broken = 1;
             if (refusal) {
                 *err = apr_psprintf(p, "Redis answered %s; reconnecting failed: %s", refusal, *err);
@@ -848,14 +853,16 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
             *err = apr_psprintf(p, "Redis I/O error: %s",
                                 c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
         }
-        note_failure(s->owner, *err, apr_time_now() - start);
+        if (s) {
+            note_failure(s->owner, *err, apr_time_now() - start);
+        }
         return NULL;
     }
     if (reply_wants_reconnect(rep)) {
         /* still not a usable master: the caller sees the error; do not pool this one */
         c->broken = 1;
     }
-    else if (!s->answered && rep->type != REDIS_REPLY_ERROR) {
+    else if (s && !s->answered && rep->type != REDIS_REPLY_ERROR) {
         /* a connection's first good answer (later ones need no lock) */
         s->answered = 1;
         note_answer(s->owner);

@@ -41,12 +41,16 @@ typedef struct {
 
 typedef struct relay_redis_pool relay_redis_pool;
 
-/* One borrowed connection; only relay_redis_acquire makes one. */
+/*
+ * One connection: borrowed from a pool (relay_redis_acquire), or a single
+ * one of a program's own (relay-keys: ctx from relay_redis_connect, pooled 0).
+ */
 typedef struct {
     redisContext *ctx;
     const relay_redis_target *target; /* for reconnecting */
     int broken;             /* set when the connection must not be reused */
     unsigned long uses;     /* commands sent; > 0 means it may have gone stale */
+    int pooled;             /* it is a pool's (set by the pool only) */
 } relay_redis_conn;
 
 /* Compute the SHA1 of a script's source once, at start-up. */
