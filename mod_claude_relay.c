@@ -806,89 +806,20 @@ static int relay_fixups_credential(request_rec *r)
 
 
 
-/* Whether a server may run the engine (its own sections, or the main server's). */
-static int engine_possible(server_rec *s)
-{
-    relay_server_conf *sc = ap_get_module_config(s->module_config, &claude_relay_module);
-    return relay_engine_in_main() || sc->engine_seen;
-}
-
-/* Whether a server needs Redis: the engine, or an admin (which needs the secret). */
-static int redis_needed(server_rec *s)
-{
-    relay_server_conf *sc = ap_get_module_config(s->module_config, &claude_relay_module);
-    return engine_possible(s) || sc->secret != NULL;
-}
-
-/* check_config: refuse a configuration that enables the engine without a secret. */
+/* check_config: the checks live beside the directives (relay_config.c). */
 static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
                               server_rec *s)
 {
-    server_rec *v;
     (void)pconf;
     (void)plog;
     (void)ptemp;
-
-    for (v = s; v; v = v->next) {
-        relay_server_conf *sc = ap_get_module_config(v->module_config, &claude_relay_module);
-        if (!engine_possible(v)) {
-            continue;
-        }
-        if (!sc->secret) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
-                         "RelayKeyHashSecret: required when RelayEngine On is used "
-                         "(server %s, defined at %s:%d)",
-                         v->server_hostname ? v->server_hostname : "(main)",
-                         v->defn_name ? v->defn_name : "main config", v->defn_line_number);
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-        if (sc->redis.username && !sc->redis.password) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
-                         "RelayRedisUsername: needs RelayRedisPassword as well (server %s)",
-                         v->server_hostname ? v->server_hostname : "(main)");
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-        if (sc->redis.sentinel_username && !sc->redis.sentinel_password) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
-                         "RelayRedisSentinelUsername: needs RelayRedisSentinelPassword as well "
-                         "(server %s)", v->server_hostname ? v->server_hostname : "(main)");
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-        if (sc->redis.sentinel_password && sc->redis.nsentinels == 0) {
-            ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
-                         "RelayRedisSentinelPassword: there is no RelayRedisSentinel to use it "
-                         "with (server %s)", v->server_hostname ? v->server_hostname : "(main)");
-            return HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-    return OK;
+    return relay_config_check(s);
 }
 
 /* Keeper log sink: lines go to the main server's error log. */
 static void keeper_log(void *baton, int level, const char *msg)
 {
     ap_log_error(APLOG_MARK, level, 0, (server_rec *)baton, RLOG "%s", msg);
-}
-
-/* A text naming a Redis target fully, to share one pool per target. */
-static const char *target_signature(const relay_server_conf *sc, int lease, apr_pool_t *p)
-{
-    const relay_redis_target *t = &sc->redis;
-    const char *sentinels = "";
-    int i;
-
-    /* with sentinels, the list and the master name say where; host/port are unused */
-    for (i = 0; i < t->nsentinels; i++) {
-        sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
-                                 t->sentinels[i].port);
-    }
-    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d|%d|%d|%d",
-                        t->unix_path ? t->unix_path : "", t->host ? t->host : "", t->port,
-                        sentinels, t->master_name ? t->master_name : "",
-                        t->sentinel_username ? t->sentinel_username : "",
-                        t->sentinel_password ? t->sentinel_password : "",
-                        t->username ? t->username : "", t->password ? t->password : "",
-                        t->database, t->timeout_ms, lease, sc->connections, relay_reuse_ms(sc));
 }
 
 /*
@@ -915,10 +846,12 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
         apr_status_t rv;
         int conns;
 
-        if (!redis_needed(v)) {
+        if (!relay_needs_redis(v)) {
             continue;
         }
-        sig = target_signature(sc, lease, pchild);
+        /* one pool and store per Redis target and the store's own settings */
+        sig = apr_psprintf(pchild, "%s|%d|%d|%d", relay_redis_target_signature(&sc->redis, pchild),
+                           lease, sc->connections, relay_reuse_ms(sc));
         store = apr_hash_get(stores, sig, APR_HASH_KEY_STRING);
         if (store) {
             sc->store = store;

@@ -34,13 +34,18 @@ void *relay_create_server_conf(apr_pool_t *p, server_rec *s)
     relay_server_conf *sc = apr_pcalloc(p, sizeof(*sc));
 
     (void)s;
-    sc->redis.host = RELAY_DEFAULT_REDIS_HOST;
-    sc->redis.port = RELAY_DEFAULT_REDIS_PORT;
-    sc->redis.timeout_ms = RELAY_DEFAULT_TIMEOUT_MS;
+    sc->redis.database = RELAY_UNSET;
+    sc->redis.timeout_ms = RELAY_UNSET;
     sc->lease_seconds = RELAY_UNSET;
     sc->reuse_ms = RELAY_UNSET;
     sc->connections = RELAY_UNSET;
     return sc;
+}
+
+/* Whether a server's own configuration says where Redis is. */
+static int redis_where_set(const relay_server_conf *sc)
+{
+    return sc->redis.host || sc->redis.unix_path || sc->redis.nsentinels > 0;
 }
 
 void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
@@ -48,7 +53,7 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     relay_server_conf *base = basev, *add = addv;
     relay_server_conf *sc = apr_pcalloc(p, sizeof(*sc));
     /* where: host, port, socket and sentinels travel together */
-    const relay_server_conf *from = add->redis_set || add->sentinel_set ? add : base;
+    const relay_server_conf *from = redis_where_set(add) ? add : base;
 
     sc->redis.host = from->redis.host;
     sc->redis.port = from->redis.port;
@@ -56,22 +61,16 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->redis.sentinels = from->redis.sentinels;
     sc->redis.nsentinels = from->redis.nsentinels;
     sc->redis.master_name = from->redis.master_name;
-    sc->redis_set = from->redis_set;
-    sc->sentinel_set = from->sentinel_set;
-    sc->redis.password = add->password_set ? add->redis.password : base->redis.password;
-    sc->password_set = add->password_set || base->password_set;
-    sc->redis.username = add->username_set ? add->redis.username : base->redis.username;
-    sc->username_set = add->username_set || base->username_set;
-    sc->redis.sentinel_password = add->sentinel_password_set ? add->redis.sentinel_password
-                                                             : base->redis.sentinel_password;
-    sc->sentinel_password_set = add->sentinel_password_set || base->sentinel_password_set;
-    sc->redis.sentinel_username = add->sentinel_username_set ? add->redis.sentinel_username
-                                                             : base->redis.sentinel_username;
-    sc->sentinel_username_set = add->sentinel_username_set || base->sentinel_username_set;
-    sc->redis.database = add->database_set ? add->redis.database : base->redis.database;
-    sc->database_set = add->database_set || base->database_set;
-    sc->redis.timeout_ms = add->timeout_set ? add->redis.timeout_ms : base->redis.timeout_ms;
-    sc->timeout_set = add->timeout_set || base->timeout_set;
+    sc->redis.password = add->redis.password ? add->redis.password : base->redis.password;
+    sc->redis.username = add->redis.username ? add->redis.username : base->redis.username;
+    sc->redis.sentinel_password = add->redis.sentinel_password ? add->redis.sentinel_password
+                                                                : base->redis.sentinel_password;
+    sc->redis.sentinel_username = add->redis.sentinel_username ? add->redis.sentinel_username
+                                                                : base->redis.sentinel_username;
+    sc->redis.database = add->redis.database != RELAY_UNSET ? add->redis.database
+                                                             : base->redis.database;
+    sc->redis.timeout_ms = add->redis.timeout_ms != RELAY_UNSET ? add->redis.timeout_ms
+                                                                 : base->redis.timeout_ms;
     sc->secret = add->secret ? add->secret : base->secret;
     sc->admin_assets = add->admin_assets ? add->admin_assets : base->admin_assets;
     sc->lease_seconds = add->lease_seconds != RELAY_UNSET ? add->lease_seconds
@@ -82,6 +81,74 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->engine_seen = add->engine_seen;
     sc->store = NULL;
     return sc;
+}
+
+/* The defaults of what no server set (the main server is never merged). */
+static void redis_defaults(relay_redis_target *t)
+{
+    if (!t->host && !t->unix_path && t->nsentinels == 0) {
+        t->host = RELAY_DEFAULT_REDIS_HOST;
+        t->port = RELAY_DEFAULT_REDIS_PORT;
+    }
+    if (t->database == RELAY_UNSET) {
+        t->database = 0;
+    }
+    if (t->timeout_ms == RELAY_UNSET) {
+        t->timeout_ms = RELAY_DEFAULT_TIMEOUT_MS;
+    }
+}
+
+/* Whether a server may run the engine (its own sections, or the main server's). */
+static int engine_possible(server_rec *s)
+{
+    relay_server_conf *sc = ap_get_module_config(s->module_config, &claude_relay_module);
+    return engine_in_main || sc->engine_seen;
+}
+
+int relay_needs_redis(server_rec *s)
+{
+    relay_server_conf *sc = ap_get_module_config(s->module_config, &claude_relay_module);
+    return engine_possible(s) || sc->secret != NULL;
+}
+
+/* Log why a server's configuration cannot work; returns HTTP_INTERNAL_SERVER_ERROR. */
+static int refuse_config(server_rec *v, const char *why)
+{
+    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL, "%s (server %s, defined at %s:%d)",
+                 why, v->server_hostname ? v->server_hostname : "(main)",
+                 v->defn_name ? v->defn_name : "main config", v->defn_line_number);
+    return HTTP_INTERNAL_SERVER_ERROR;
+}
+
+int relay_config_check(server_rec *s)
+{
+    server_rec *v;
+
+    for (v = s; v; v = v->next) {
+        relay_server_conf *sc = ap_get_module_config(v->module_config, &claude_relay_module);
+        const relay_redis_target *t = &sc->redis;
+
+        redis_defaults(&sc->redis);
+        if (engine_possible(v) && !sc->secret) {
+            return refuse_config(v, "RelayKeyHashSecret: required when RelayEngine On is used");
+        }
+        if (!relay_needs_redis(v)) {
+            continue;
+        }
+        /* every server that gets a Redis pool in its children */
+        if (t->username && !t->password) {
+            return refuse_config(v, "RelayRedisUsername: needs RelayRedisPassword as well");
+        }
+        if (t->sentinel_username && !t->sentinel_password) {
+            return refuse_config(v, "RelayRedisSentinelUsername: needs RelayRedisSentinelPassword "
+                                    "as well");
+        }
+        if (t->sentinel_password && t->nsentinels == 0) {
+            return refuse_config(v, "RelayRedisSentinelPassword: there is no RelayRedisSentinel to "
+                                    "use it with");
+        }
+    }
+    return OK;
 }
 
 void *relay_create_dir_conf(apr_pool_t *p, char *dir)
@@ -102,9 +169,10 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 
     dc->engine = add->engine != RELAY_UNSET ? add->engine : base->engine;
     /* the two credential forms replace each other as one setting */
-    dc->upstream_set = add->upstream_set || base->upstream_set;
-    dc->upstream_key = add->upstream_set ? add->upstream_key : base->upstream_key;
-    dc->upstream_bearer = add->upstream_set ? add->upstream_bearer : base->upstream_bearer;
+    dc->upstream_key = add->upstream_key || add->upstream_bearer ? add->upstream_key
+                                                                 : base->upstream_key;
+    dc->upstream_bearer = add->upstream_key || add->upstream_bearer ? add->upstream_bearer
+                                                                    : base->upstream_bearer;
     dc->on_redis_error = add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error
                                                                   : base->on_redis_error;
     dc->endpoints = add->endpoints ? add->endpoints : base->endpoints;
@@ -239,7 +307,7 @@ static const char *set_redis_server(cmd_parms *cmd, void *dummy, const char *arg
     relay_server_conf *sc = server_conf(cmd);
     (void)dummy;
 
-    if (sc->sentinel_set) {
+    if (sc->redis.nsentinels > 0) {
         return "RelayRedisServer: cannot be combined with RelayRedisSentinel in the same "
                "server (which one wins would be ambiguous); keep one of them";
     }
@@ -264,7 +332,6 @@ static const char *set_redis_server(cmd_parms *cmd, void *dummy, const char *arg
         sc->redis.port = port ? port : RELAY_DEFAULT_REDIS_PORT;
         sc->redis.unix_path = NULL;
     }
-    sc->redis_set = 1;
     return NULL;
 }
 
@@ -278,7 +345,7 @@ static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, cha
     const char *name;
     (void)dummy;
 
-    if (sc->redis_set) {
+    if (sc->redis.host || sc->redis.unix_path) {
         return "RelayRedisSentinel: cannot be combined with RelayRedisServer in the same "
                "server (which one wins would be ambiguous); keep one of them";
     }
@@ -332,7 +399,6 @@ static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, cha
     sc->redis.sentinels = (const relay_redis_addr *)addrs->elts;
     sc->redis.nsentinels = addrs->nelts;
     sc->redis.master_name = name;
-    sc->sentinel_set = 1;
     return NULL;
 }
 
@@ -341,7 +407,6 @@ static const char *set_redis_password(cmd_parms *cmd, void *dummy, const char *a
 {
     relay_server_conf *sc = server_conf(cmd);
     (void)dummy;
-    sc->password_set = 1;
     return resolve_secret(cmd, arg, &sc->redis.password);
 }
 
@@ -356,11 +421,9 @@ static const char *set_redis_username(cmd_parms *cmd, void *dummy, const char *a
     }
     if (sentinel) {
         sc->redis.sentinel_username = arg;
-        sc->sentinel_username_set = 1;
     }
     else {
         sc->redis.username = arg;
-        sc->username_set = 1;
     }
     return NULL;
 }
@@ -370,7 +433,6 @@ static const char *set_sentinel_password(cmd_parms *cmd, void *dummy, const char
 {
     relay_server_conf *sc = server_conf(cmd);
     (void)dummy;
-    sc->sentinel_password_set = 1;
     return resolve_secret(cmd, arg, &sc->redis.sentinel_password);
 }
 
@@ -379,7 +441,6 @@ static const char *set_redis_database(cmd_parms *cmd, void *dummy, const char *a
 {
     relay_server_conf *sc = server_conf(cmd);
     (void)dummy;
-    sc->database_set = 1;
     return parse_int(cmd, arg, 0, 10000, &sc->redis.database);
 }
 
@@ -388,7 +449,6 @@ static const char *set_redis_timeout(cmd_parms *cmd, void *dummy, const char *ar
 {
     relay_server_conf *sc = server_conf(cmd);
     (void)dummy;
-    sc->timeout_set = 1;
     return parse_int(cmd, arg, 1, 600000, &sc->redis.timeout_ms);
 }
 
@@ -501,7 +561,6 @@ static const char *set_upstream_key(cmd_parms *cmd, void *dcv, const char *arg)
                "credential";
     }
     dc->upstream_bearer = NULL;
-    dc->upstream_set = 1;
     return NULL;
 }
 
@@ -519,7 +578,6 @@ static const char *set_upstream_bearer(cmd_parms *cmd, void *dcv, const char *ar
                "credential";
     }
     dc->upstream_key = NULL;
-    dc->upstream_set = 1;
     return NULL;
 }
 

@@ -43,15 +43,10 @@ typedef enum {
 
 /* Server-wide settings: one Redis, one secret, per virtual host. */
 typedef struct {
-    relay_redis_target redis;   /* RelayRedisServer/Sentinel/Password/Username/Database/Timeout */
-    int redis_set;              /* RelayRedisServer was given here */
-    int sentinel_set;           /* RelayRedisSentinel was given here */
-    int password_set;           /* RelayRedisPassword was given here */
-    int username_set;           /* RelayRedisUsername was given here */
-    int sentinel_password_set;  /* RelayRedisSentinelPassword was given here */
-    int sentinel_username_set;  /* RelayRedisSentinelUsername was given here */
-    int database_set;           /* RelayRedisDatabase was given here */
-    int timeout_set;            /* RelayRedisTimeout was given here */
+    relay_redis_target redis;   /* RelayRedisServer/Sentinel/Password/Username/Database/
+                                   Timeout: host and unix_path NULL and no sentinels = unset,
+                                   passwords and users NULL = unset, database and timeout_ms
+                                   RELAY_UNSET; relay_config_check fills the defaults in */
     int connections;            /* RelayRedisConnections: pool size per child; RELAY_UNSET */
     const char *secret;         /* RelayKeyHashSecret; NULL = unset */
     int lease_seconds;          /* RelayLeaseSeconds; RELAY_UNSET = default */
@@ -66,7 +61,6 @@ typedef struct {
     int engine;                 /* RelayEngine: RELAY_UNSET, 0 or 1 */
     const char *upstream_key;   /* RelayUpstreamApiKey value; NULL = unset */
     const char *upstream_bearer;/* RelayUpstreamBearer value; NULL = unset */
-    int upstream_set;           /* either credential directive was given here */
     relay_onerr on_redis_error; /* RelayOnRedisError */
     apr_array_header_t *endpoints; /* RelayAllowEndpoints: relay_endpoint; NULL = default */
     const char *location;       /* the <Location> path RelayEngine was set in; NULL when
@@ -86,6 +80,17 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv);
 
 /* Whether any RelayEngine On was seen in the main server's own sections. */
 int relay_engine_in_main(void);
+
+/*
+ * check_config: fill in the Redis defaults of every server, then refuse a
+ * configuration that cannot work (RelayEngine On without a secret, a Redis
+ * user without a password, ...) in any server that gets a Redis pool.
+ * Returns OK or HTTP_INTERNAL_SERVER_ERROR after logging why.
+ */
+int relay_config_check(server_rec *s);
+
+/* Whether a server needs Redis: a RelayEngine On in reach, or an admin (which needs the secret). */
+int relay_needs_redis(server_rec *s);
 
 /* Forget what an earlier configuration pass saw (called from pre_config). */
 void relay_config_reset(void);

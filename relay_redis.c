@@ -44,6 +44,25 @@ static const char *sentinel_list(const relay_redis_target *t, apr_pool_t *p)
     return list;
 }
 
+const char *relay_redis_target_signature(const relay_redis_target *t, apr_pool_t *p)
+{
+    const char *sentinels = "";
+    int i;
+
+    /* with sentinels, the list and the master name say where; host/port are unused */
+    for (i = 0; i < t->nsentinels; i++) {
+        sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
+                                 t->sentinels[i].port);
+    }
+    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d", t->unix_path ? t->unix_path : "",
+                        t->host ? t->host : "", t->port, sentinels,
+                        t->master_name ? t->master_name : "",
+                        t->sentinel_username ? t->sentinel_username : "",
+                        t->sentinel_password ? t->sentinel_password : "",
+                        t->username ? t->username : "", t->password ? t->password : "",
+                        t->database, t->timeout_ms);
+}
+
 const char *relay_redis_target_str(const relay_redis_target *t, apr_pool_t *p)
 {
     if (t->nsentinels > 0) {

@@ -63,6 +63,13 @@ void relay_script_init(relay_script *s, const char *name, const char *source);
 const char *relay_redis_target_str(const relay_redis_target *t, apr_pool_t *p);
 
 /*
+ * A text naming a target fully (address or sentinels, users, passwords,
+ * database, timeout), so that servers with the same target share one pool.
+ * It holds the passwords: never log it.
+ */
+const char *relay_redis_target_signature(const relay_redis_target *t, apr_pool_t *p);
+
+/*
  * Open a single connection (connect, timeouts, AUTH, SELECT). With sentinels,
  * the sentinels are asked in turn for the master's address until one names a
  * server that answers ROLE as a master. On failure returns NULL and sets *err

@@ -78,7 +78,7 @@ push @cases,
     ['short Redis password', "RelayRedisPassword abc", 0, qr/Syntax OK/],
     ['short Redis password file', "RelayRedisPassword file:$sdir/one", 0, qr/Syntax OK/];
 
-plan tests => scalar(@cases) + 1, need_module 'claude_relay';
+plan tests => scalar(@cases) + 3, need_module 'claude_relay';
 
 for my $c (@cases) {
     my ($name, $body, $fails, $re) = @$c;
@@ -90,3 +90,26 @@ for my $c (@cases) {
 my ($rc, $out) = configtest('', 1);
 ok $rc != 0 && $out =~ /RelayKeyHashSecret: required when RelayEngine On is used/,
    'RelayEngine On without RelayKeyHashSecret is refused' or diag($out);
+
+# A configuration with no RelayEngine at all; returns (exit code, output).
+sub configtest_bare {
+    my $body = shift;
+    my $dir = "$ENV{RELAY_TEST_STAGE}/run/configtest-bare";
+    mkdir $dir;
+    open my $fh, '>', "$dir/httpd.conf" or die $!;
+    print $fh "ServerRoot $dir\nServerName 127.0.0.1\nInclude $ENV{RELAY_TEST_STAGE}/run/inherit.conf\n"
+            . "Listen 127.0.0.1:1\nPidFile $dir/httpd.pid\nErrorLog $dir/error.log\n$body\n";
+    close $fh;
+    my $out = `$RelayTest::HTTPD -t -f $dir/httpd.conf 2>&1`;
+    return ($? >> 8, $out);
+}
+
+# an admin-only virtual host gets a Redis pool too: its Redis settings are checked
+my $admin_vhost = "<VirtualHost 127.0.0.1:1>\nServerName admin.example\n"
+                . "RelayKeyHashSecret 0123456789abcdef0123\n%s\n"
+                . "<Location /relay-admin>\nRelayAdmin Open\n</Location>\n</VirtualHost>";
+($rc, $out) = configtest_bare(sprintf($admin_vhost, "RelayRedisUsername relay"));
+ok $rc != 0 && $out =~ /RelayRedisUsername: needs RelayRedisPassword as well \(server admin\.example/,
+   'an admin-only virtual host with a Redis user and no password is refused' or diag($out);
+($rc, $out) = configtest_bare(sprintf($admin_vhost, "RelayRedisUsername relay\nRelayRedisPassword pw"));
+ok $rc == 0, 'and accepted with the password' or diag($out);

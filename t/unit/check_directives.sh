@@ -14,6 +14,9 @@ done
 for d in $doc; do
     grep -qx "$d" <<<"$code" || { echo "not ok: the README documents $d, which the module does not define"; fail=$((fail + 1)); }
 done
+# every config field has a merge line and its create default
+if t/unit/check_merge.pl; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+
 echo "directives documented: $pass"
 echo "$pass passed, $fail failed"
 [ "$fail" = 0 ]
