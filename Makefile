@@ -12,7 +12,9 @@
 
 APXS ?= apxs
 CC ?= gcc
-CFLAGS_TOOLS = -Wall -Wextra -Werror -O2 -g -I. -I/usr/include/hiredis
+comma := ,
+WARNINGS = -Wall -Wextra -Werror -Wmissing-prototypes -Wstrict-prototypes -Wshadow -Wformat=2
+CFLAGS_TOOLS = $(WARNINGS) -O2 -g -I. -I/usr/include/hiredis
 BUILD = build
 # the one version number: the module's startup line, relay-keys --version and
 # debian/changelog (t/unit/check_version.sh) follow it
@@ -30,7 +32,7 @@ $(BUILD)/mod_claude_relay.so: | $(BUILD)
 
 # the mock upstream: a Claude API stand-in for tests, the demo and benchmarks
 $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
-	cd mock && $(APXS) -c -n relay_mock -Wc,-Wall -Wc,-Wextra -Wc,-Werror -Wc,-O2 \
+	cd mock && $(APXS) -c -n relay_mock $(addprefix -Wc$(comma),$(WARNINGS)) -Wc,-O2 \
 	    mod_relay_mock.c -ljson-c >/dev/null
 	cp mock/.libs/mod_relay_mock.so $@
 
