@@ -2,6 +2,7 @@
  * relay_redis.c - per-child Redis connection pool and script calls.
  */
 #include "relay_redis.h"
+#include "relay_metrics.h"
 
 #include <apr_sha1.h>
 #include <apr_strings.h>
@@ -470,7 +471,7 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
         *err = "the Redis connection is closed";
         return NULL;
     }
-    rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    rep = relay_metrics_command(c->ctx, argc, argv, argvlen);
     if (!rep && c->uses > 0) {
         /* a connection that worked before has gone stale */
         reopen = 1;
@@ -495,7 +496,7 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
             }
             return NULL;
         }
-        rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+        rep = relay_metrics_command(c->ctx, argc, argv, argvlen);
     }
     if (!rep) {
         c->broken = 1;
