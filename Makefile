@@ -42,8 +42,10 @@ $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
 # Debian's hardening flags when it builds the package
 APR_CFLAGS := $(shell apr-1-config --cppflags --includes)
 APR_LIBS := $(shell apu-1-config --link-ld) $(shell apr-1-config --link-ld)
-KEYSTORE_SRC = relay_keystore.c relay_redis.c relay_keys.c relay_validate.c
-KEYSTORE_HDR = relay_keystore.h relay_redis.h relay_keys.h relay_validate.h relay_schema.h
+# relay_metrics.c: relay_redis.c times its commands through it (no-ops outside httpd)
+KEYSTORE_SRC = relay_keystore.c relay_redis.c relay_keys.c relay_validate.c relay_metrics.c
+KEYSTORE_HDR = relay_keystore.h relay_redis.h relay_keys.h relay_validate.h relay_schema.h \
+               relay_metrics.h
 $(BUILD)/relay-keys: tools/relay-keys.c $(KEYSTORE_SRC) $(KEYSTORE_HDR) VERSION | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) $(APR_CFLAGS) -DRELAY_VERSION='"$(VERSION)"' $(CPPFLAGS) $(CFLAGS) \
 	    $(LDFLAGS) -o $@ tools/relay-keys.c $(KEYSTORE_SRC) $(APR_LIBS) -lhiredis -ljson-c
@@ -63,6 +65,11 @@ $(BUILD)/test_endpoints: t/unit/test_endpoints.c relay_endpoints.c relay_endpoin
 
 $(BUILD)/test_usage: t/unit/test_usage.c relay_usage.c relay_usage.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_usage.c relay_usage.c
+
+$(BUILD)/test_metrics: t/unit/test_metrics.c relay_metrics.c relay_metrics.h relay_redis.c \
+                       relay_redis.h relay_schema.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) $(APR_CFLAGS) -o $@ t/unit/test_metrics.c relay_metrics.c relay_redis.c \
+	    $(APR_LIBS) -lhiredis
 
 # always rebuild the module through Makefile.apxs, which tracks its sources
 .PHONY: $(BUILD)/mod_claude_relay.so
@@ -106,12 +113,14 @@ fuzz: $(BUILD)/fuzz_usage
 	    $(BUILD)/fuzz-corpus 2>&1 | tail -n 12
 
 unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/test_endpoints \
+      $(BUILD)/test_metrics \
       $(BUILD)/relay-keys \
       $(BUILD)/test-concurrency
 	$(BUILD)/test_keys
 	$(BUILD)/test_validate
 	$(BUILD)/test_usage
 	$(BUILD)/test_endpoints
+	$(BUILD)/test_metrics
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh

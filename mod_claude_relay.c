@@ -18,6 +18,8 @@
 #include "relay_keystore.h"
 #include "relay_keys.h"
 #include "relay_lease.h"
+#include "relay_metrics.h"
+#include "relay_monitor.h"
 #include "relay_redis.h"
 #include "relay_throttle.h"
 #include "relay_usage.h"
@@ -426,6 +428,12 @@ static relay_request *admission_of(request_rec *r)
     return NULL;
 }
 
+/* Count a request's outcome for this server and, when its key is known, for the key. */
+static void count_outcome(const relay_server_conf *sc, const char *key_id, relay_outcome o)
+{
+    relay_metrics_request(sc->store ? relay_lease_store_redis(sc->store) : NULL, key_id, o);
+}
+
 /*
  * Refuse a request from the access hook. Under Satisfy Any httpd would go on
  * to authorize the request anyway (and the answer would be written twice),
@@ -557,8 +565,10 @@ static int admit_without_redis(request_rec *r, relay_server_conf *sc, const char
                            "keys this process admitted lately, and this one is not among them: "
                            "refusing (503)",
                       res->error ? res->error : "unknown error");
+        count_outcome(sc, NULL, RELAY_OUTCOME_UNAVAILABLE);
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
+    count_outcome(sc, id, RELAY_OUTCOME_ADMITTED_UNCHECKED);
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                   RLOG "Redis unavailable (%s); RelayOnRedisError allow: passing key %s, "
                        "admitted lately, through unchecked and unlimited",
@@ -609,18 +619,21 @@ static int relay_check_access(request_rec *r)
     case RELAY_ENDPOINT_BAD_METHOD:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: method %s is not relayed here",
                       ap_escape_logitem(r->pool, r->method));
+        count_outcome(sc, NULL, RELAY_OUTCOME_NOT_ALLOWED);
         return refuse(r, HTTP_METHOD_NOT_ALLOWED, BODY_BAD_METHOD, NULL, allow);
     case RELAY_ENDPOINT_UNKNOWN:
     default:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: %s %s is not an endpoint relayed here",
                       ap_escape_logitem(r->pool, r->method), ap_escape_logitem(r->pool, r->uri));
+        count_outcome(sc, NULL, RELAY_OUTCOME_NOT_ALLOWED);
         return refuse(r, HTTP_NOT_FOUND, BODY_NO_ENDPOINT, NULL, NULL);
     }
 
     key = presented_key(r, &where);
     if (!key) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: no API key presented");
+        count_outcome(sc, NULL, RELAY_OUTCOME_UNAUTHORIZED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL, NULL);
     }
     keylen = strlen(key);
@@ -631,10 +644,12 @@ static int relay_check_access(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: malformed API key in %s (%" APR_SIZE_T_FMT " bytes)", where,
                       keylen);
+        count_outcome(sc, NULL, RELAY_OUTCOME_UNAUTHORIZED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL, NULL);
     }
     if (!sc->store || !sc->secret) {
         /* only when the child could not build its store: logged at child start */
+        count_outcome(sc, NULL, RELAY_OUTCOME_UNAVAILABLE);
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
     relay_key_hash(key, keylen, sc->secret, hash);
@@ -645,19 +660,24 @@ static int relay_check_access(request_rec *r)
     case RELAY_ADMIT_NOT_FOUND:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: unknown API key (hash prefix %.8s)", hash);
+        count_outcome(sc, NULL, RELAY_OUTCOME_UNAUTHORIZED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL, NULL);
     case RELAY_ADMIT_DISABLED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s is disabled", res.id);
+        count_outcome(sc, res.id, RELAY_OUTCOME_DISABLED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL, NULL);
     case RELAY_ADMIT_EXPIRED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s has expired", res.id);
+        count_outcome(sc, res.id, RELAY_OUTCOME_EXPIRED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL, NULL);
     case RELAY_ADMIT_LIMITED:
         log_limited(r, "concurrency", &res, "in flight");
+        count_outcome(sc, res.id, RELAY_OUTCOME_CONCURRENCY_LIMITED);
         return refuse(r, HTTP_TOO_MANY_REQUESTS, limited_body(r, &res), "1", NULL);
     case RELAY_ADMIT_TOKENS:
         /* no Retry-After: waiting does not help, only a higher limit does */
         log_limited(r, "token", &res, "tokens used");
+        count_outcome(sc, res.id, RELAY_OUTCOME_TOKEN_LIMITED);
         return refuse(
             r, HTTP_TOO_MANY_REQUESTS,
             apr_psprintf(r->pool,
@@ -673,6 +693,7 @@ static int relay_check_access(request_rec *r)
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                           RLOG "refusing (503): a Redis record of this key is unusable: %s",
                           res.error ? res.error : "unknown error");
+            count_outcome(sc, res.id, RELAY_OUTCOME_UNAVAILABLE);
             return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
         }
         if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
@@ -680,6 +701,7 @@ static int relay_check_access(request_rec *r)
         }
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "Redis unavailable, refusing (503): %s",
                       res.error ? res.error : "unknown error");
+        count_outcome(sc, NULL, RELAY_OUTCOME_UNAVAILABLE);
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
 
@@ -703,6 +725,7 @@ static int relay_check_access(request_rec *r)
 
     apr_table_setn(r->notes, "relay-key-id", res.id);
     apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
+    count_outcome(sc, res.id, RELAY_OUTCOME_ADMITTED);
     if (res.known && res.limit) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                       RLOG "admitted key %s (limit %" APR_INT64_T_FMT ", unchanged in Redis) on "
@@ -881,6 +904,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
         apr_hash_set(stores, sig, APR_HASH_KEY_STRING, store);
         sc->store = store;
     }
+    relay_monitor_child_init(pchild, s);
 }
 
 /* pre_config: forget what the previous configuration pass saw. */
@@ -926,6 +950,7 @@ static void relay_register_hooks(apr_pool_t *p)
     ap_hook_fixups(relay_fixups_refuse, NULL, NULL, APR_HOOK_REALLY_FIRST);
     ap_hook_fixups(relay_fixups_credential, NULL, NULL, APR_HOOK_REALLY_LAST);
     ap_hook_log_transaction(relay_scrub_for_log, NULL, NULL, APR_HOOK_REALLY_FIRST);
+    relay_monitor_register_hooks(p);
 }
 
 AP_DECLARE_MODULE(claude_relay) = {

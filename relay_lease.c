@@ -3,6 +3,7 @@
  */
 #include "relay_lease.h"
 #include "relay_keys.h"
+#include "relay_metrics.h"
 
 #include <apr_atomic.h>
 #include <apr_general.h>
@@ -186,6 +187,7 @@ static const char batch_lua[] =
     "          local s = pc('SADD', mkey, model)\n"
     "          if type(s) == 'table' and s.err then problem(id, mkey, s.err) end\n"
     "          hashes[4] = 'usage:' .. id .. ':model:daily:' .. model .. ':' .. day\n"
+    "          hashes[5] = 'usage:' .. id .. ':model:alltime:' .. model\n"
     "        end\n"
     /*
      * zero deltas are skipped: a request without tokens costs one call per
@@ -1140,6 +1142,7 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
     }
 
     if (nadmit || nrelease || written) {
+        relay_metrics_batch(nadmit + nrelease + written);
         c = relay_redis_acquire(st->redis, p, &err);
         if (c) {
             rep = relay_redis_script(c, &batch_script, 0, NULL, args->nelts,
@@ -1889,6 +1892,7 @@ static const char *renew_snapshot(relay_lease_store *st, const char **keys, cons
         if (!rep) {
             break;
         }
+        relay_metrics_renewed(k);
         if (rep->type == REDIS_REPLY_ARRAY) {
             size_t j;
 
@@ -1942,6 +1946,7 @@ static void report_lost(relay_lease_store *st, const char **keys, const char **m
             first = first ? first : keys[i];
         }
     }
+    relay_metrics_lost(lost);
     if (lost && st->log) {
         st->log(st->log_baton, LEASE_LOG_WARNING,
                 apr_psprintf(p, "%d lease(s) of running requests were gone from Redis when "

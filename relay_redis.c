@@ -2,6 +2,7 @@
  * relay_redis.c - per-child Redis connection pool and script calls.
  */
 #include "relay_redis.h"
+#include "relay_metrics.h"
 
 #include <apr_sha1.h>
 #include <apr_strings.h>
@@ -820,7 +821,7 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
         *err = "the Redis connection is closed";
         return NULL;
     }
-    rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+    rep = relay_metrics_command(c->ctx, argc, argv, argvlen);
     e = errno;
     if (!rep && timed_out(c->ctx, e)) {
         /* Redis is stuck or out of reach: a reconnect would wait as long again */
@@ -855,7 +856,7 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
             return NULL;
         }
         start = apr_time_now();
-        rep = redisCommandArgv(c->ctx, argc, argv, argvlen);
+        rep = relay_metrics_command(c->ctx, argc, argv, argvlen);
         e = errno;
     }
     if (!rep) {

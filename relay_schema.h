@@ -12,6 +12,8 @@
  *   usage:monthly:{id}:{YYYY-MM}             hash: one month (RELAY_U_*)
  *   usage:{id}:models                        set: models a key has used
  *   usage:{id}:model:daily:{model}:{date}    hash: one model's day (RELAY_U_*)
+ *   usage:{id}:model:alltime:{model}         hash: one model's totals (RELAY_U_*)
+ *   metrics:outcomes:{id}                    hash: requests by outcome (relay_metrics.c)
  *
  * Plain macros (string literals), so they join other literals, Lua text
  * included, at compile time.
@@ -29,6 +31,9 @@
 /* after usage:{id} */
 #define RELAY_USAGE_MODELS_SUFFIX ":models"
 #define RELAY_USAGE_MODEL_DAILY_INFIX ":model:daily:"
+#define RELAY_USAGE_MODEL_ALLTIME_INFIX ":model:alltime:"
+/* requests of a key by outcome: field = outcome name (relay_metrics.c), value = count */
+#define RELAY_METRICS_OUTCOMES_PREFIX "metrics:outcomes:"
 
 /* Fields of apikey:{id}. */
 #define RELAY_F_ID "id"

@@ -55,7 +55,7 @@ mods=/usr/lib/apache2/modules
 {
     for m in mpm_event authz_core authn_core authn_file auth_basic authz_user authz_host \
              access_compat proxy proxy_http mime alias headers env setenvif dir rewrite \
-             include filter deflate reqtimeout http2; do
+             include filter deflate reqtimeout http2 status; do
         echo "LoadModule ${m}_module $mods/mod_${m}.so"
     done
     echo "LoadModule claude_relay_module $stage/build/mod_claude_relay.so"
