@@ -6,6 +6,7 @@
 #   make test       install missing packages, then run every test
 #   make fuzz       fuzz the usage parser (FUZZ_SECONDS, default 300)
 #   make test-asan  the suite with the module under AddressSanitizer and UBSan
+#   make format-check  fails when a C source is not as clang-format makes it
 #   make soak       10 minutes of mixed traffic; checks leaks and memory (SOAK_SECONDS)
 #   make demo       install missing packages, build, and run the relay on 127.0.0.1:8080
 #   make demo-stop  stop the demo
@@ -168,8 +169,19 @@ bench:
 
 .PHONY: bench
 
+# the C sources, formatted by the committed .clang-format
+FORMAT_SOURCES = $(wildcard *.c *.h tools/*.c mock/*.c t/unit/*.c t/fuzz/*.c t/lib/*.c)
+
+# fails when a source differs from what clang-format makes of it
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_SOURCES)
+
+# rewrites the sources in place
+format:
+	clang-format -i $(FORMAT_SOURCES)
+
 clean:
 	$(MAKE) -f Makefile.apxs clean
 	rm -rf $(BUILD) $(BUILD)-asan mock/.libs mock/*.la mock/*.lo mock/*.slo mock/*.o
 
-.PHONY: all install deps deb unit fuzz test test-asan soak demo demo-stop clean
+.PHONY: all install deps deb unit fuzz test test-asan soak demo demo-stop clean format format-check
