@@ -221,15 +221,15 @@ static const char *const admin_text[AM_COUNT][2] = {
     [AM_RELEASE_TITLE] = {"Release this key's slots", "释放此密钥的并发槽位"},
     /* a format: the requests in flight now, then the limit */
     [AM_RELEASE_CONFIRM] =
-        {"This key has %ld requests in flight now (limit: %s). Releasing its slots sets its "
+        {"Requests in flight now: %ld (limit: %s). Releasing the key's slots sets its "
          "count to 0 at once, on every relay server. The requests in flight go on, but they no "
          "longer count against the limit until they end, so for that while the key may have "
          "more requests in flight than its limit. Use this when the count is stuck.",
-         "此密钥当前有 %ld 个进行中的请求 (上限: %s)。释放槽位会立即在所有中转服务器上把计数清零。"
+         "当前进行中的请求: %ld (上限: %s)。释放槽位会立即在所有中转服务器上把计数清零。"
          "进行中的请求会继续，但在结束前不再计入上限，因此这段时间内此密钥的进行中请求可能超过上限。"
          "请在计数卡住时使用。"},
     /* a format: the leases released */
-    [AM_RELEASED] = {"Released %ld slots.", "已释放 %ld 个槽位。"},
+    [AM_RELEASED] = {"Slots released: %ld.", "已释放的槽位: %ld。"},
     [AM_REGENERATE] = {"Regenerate key", "重新生成密钥"},
     [AM_REGENERATE_TITLE] = {"Regenerate this key", "重新生成此密钥"},
     [AM_REGENERATE_CONFIRM] =

@@ -120,7 +120,7 @@ typedef struct {
 
 /*
  * One page of keys, with the overview. A page reads only what ordering and
- * searching need of each key (one script call per 1000 keys; names and
+ * searching need of each key (one script call per 500 keys; names and
  * descriptions only for a search or a sort by name), then the page's own
  * records in one call; per_page 0 reads every record (200 per call) instead.
  * Returns 0, or -1 with *err.

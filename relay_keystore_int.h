@@ -19,8 +19,9 @@
  * replaces it; anything else counts as 0.
  */
 #define LUA_LIVE                                                                                   \
+    "local live_from = string.format('%.0f', now + 1)\n"                                         \
     "local function live(key)\n"                                                                   \
-    "  local n = redis.pcall('ZCOUNT', key, string.format('%.0f', now + 1), '+inf')\n"             \
+    "  local n = redis.pcall('ZCOUNT', key, live_from, '+inf')\n"                                  \
     "  if type(n) == 'number' then return n end\n"                                                 \
     "  local v = redis.pcall('GET', key)\n"                                                        \
     "  if type(v) == 'string' and #v < 16 and string.match(v, '^%d+$') then\n"                     \

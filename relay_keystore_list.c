@@ -16,27 +16,32 @@
  * What ordering, searching and the overview need of each key, and no more.
  * KEYS: apikey:{id} x n, concurrency:{id} x n, usage:daily:{id}:{today} x n.
  * ARGV[1]: the text to return too: 0 none, 1 the name, 2 name and description.
- * Returns n entries: {0} for a missing or unreadable key, else
- * {1, createdAt, lastUsedAt, live leases, tokens today, requests today[, name[, description]]}.
+ * Returns one flat array, 8 elements per key that exists (a missing or
+ * unreadable key is left out): its position in KEYS, createdAt, lastUsedAt,
+ * live leases, tokens today, requests today, name, description ("" when not
+ * asked for). Flat, because a table per key costs Redis more than the reads.
  */
 static const char fields_lua[] = LUA_NOW LUA_LIVE
     "local n = #KEYS / 3\n"
     "local text = tonumber(ARGV[1]) or 0\n"
-    "local out = {}\n"
+    "local out, o = {}, 0\n"
     "for i = 1, n do\n"
     "  local f = redis.pcall('HMGET', KEYS[i], '" RELAY_F_CREATED_AT "', '" RELAY_F_LAST_USED_AT "',"
     " '" RELAY_F_NAME "', '" RELAY_F_DESCRIPTION "')\n"
-    "  local e = {0}\n"
     "  if type(f) == 'table' and not f.err and (f[1] or f[2] or f[3] or f[4] or"
     " redis.call('EXISTS', KEYS[i]) == 1) then\n"
     "    local d = redis.pcall('HMGET', KEYS[2 * n + i], '" RELAY_U_TOKENS "', '" RELAY_U_REQUESTS "')\n"
     "    if type(d) ~= 'table' or d.err then d = {} end\n"
-    "    e = {1, f[1] or '', f[2] or '', live(KEYS[n + i]), tonumber(d[1]) or 0,"
-    " tonumber(d[2]) or 0}\n"
-    "    if text >= 1 then e[7] = f[3] or '' end\n"
-    "    if text >= 2 then e[8] = f[4] or '' end\n"
+    "    out[o + 1] = i\n"
+    "    out[o + 2] = f[1] or ''\n"
+    "    out[o + 3] = f[2] or ''\n"
+    "    out[o + 4] = live(KEYS[n + i])\n"
+    "    out[o + 5] = tonumber(d[1]) or 0\n"
+    "    out[o + 6] = tonumber(d[2]) or 0\n"
+    "    out[o + 7] = text >= 1 and f[3] or ''\n"
+    "    out[o + 8] = text >= 2 and f[4] or ''\n"
+    "    o = o + 8\n"
     "  end\n"
-    "  out[i] = e\n"
     "end\n"
     "return out\n";
 
@@ -147,8 +152,11 @@ static apr_array_header_t *scan_ids(relay_redis_conn *c, apr_pool_t *p, const ch
     return ids;
 }
 
-/* the most keys one fields call reads: Redis runs nothing else meanwhile */
-#define FIELDS_CHUNK 1000
+/*
+ * the most keys one fields call reads: Redis runs nothing else meanwhile, and
+ * 500 keys take it about 2.5 ms on a small VM (20 calls for 10,000 keys)
+ */
+#define FIELDS_CHUNK 500
 /* the most keys one read of whole records takes */
 #define RECORDS_CHUNK 200
 
@@ -179,31 +187,29 @@ static apr_array_header_t *read_entries(relay_redis_conn *c, const apr_array_hea
         if (!rep) {
             return NULL;
         }
-        if (rep->type != REDIS_REPLY_ARRAY || (int)rep->elements != n) {
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements % 8 != 0) {
             freeReplyObject(rep);
             *err = "unexpected reply reading the list";
             return NULL;
         }
-        for (j = 0; j < n; j++) {
-            const redisReply *e = rep->element[j];
+        for (j = 0; (size_t)j < rep->elements; j += 8) {
+            redisReply **e = rep->element + j;
             list_entry *le;
+            long long pos = e[0]->type == REDIS_REPLY_INTEGER ? e[0]->integer : 0;
 
-            if (e->type != REDIS_REPLY_ARRAY || e->elements < 6 ||
-                e->element[0]->type != REDIS_REPLY_INTEGER || e->element[0]->integer != 1) {
+            if (pos < 1 || pos > n) {
                 continue;
             }
             le = apr_array_push(out);
-            memset(le, 0, sizeof(*le));
-            le->id = APR_ARRAY_IDX(ids, i + j, const char *);
-            le->created_at = relay_ks_elem_str(e->element[1], p);
-            le->last_used_at = relay_ks_elem_str(e->element[2], p);
-            le->in_flight = e->element[3]->type == REDIS_REPLY_INTEGER ? e->element[3]->integer : 0;
-            le->tokens_today = e->element[4]->type == REDIS_REPLY_INTEGER ? e->element[4]->integer
-                                                                         : 0;
-            le->requests_today =
-                e->element[5]->type == REDIS_REPLY_INTEGER ? e->element[5]->integer : 0;
-            le->name = e->elements > 6 ? relay_ks_elem_str(e->element[6], p) : "";
-            le->description = e->elements > 7 ? relay_ks_elem_str(e->element[7], p) : "";
+            le->id = APR_ARRAY_IDX(ids, i + pos - 1, const char *);
+            le->created_at = relay_ks_elem_str(e[1], p);
+            le->last_used_at = relay_ks_elem_str(e[2], p);
+            le->in_flight = e[3]->type == REDIS_REPLY_INTEGER ? e[3]->integer : 0;
+            le->tokens_today = e[4]->type == REDIS_REPLY_INTEGER ? e[4]->integer : 0;
+            le->requests_today = e[5]->type == REDIS_REPLY_INTEGER ? e[5]->integer : 0;
+            le->name = relay_ks_elem_str(e[6], p);
+            le->description = relay_ks_elem_str(e[7], p);
+            le->rec = NULL;
         }
         freeReplyObject(rep);
     }
