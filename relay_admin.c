@@ -19,10 +19,12 @@
 
 #include <http_core.h>
 #include <http_request.h>
+#include <apr_buckets.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <util_script.h>
 
 APLOG_USE_MODULE(claude_relay);
 
@@ -181,6 +183,67 @@ int relay_admin_form_trusted(const admin_ctx *a, const char *token)
     return relay_admin_same_origin(a->r) && token &&
            (same_secret(token, csrf_token_for(a, w)) ||
             same_secret(token, csrf_token_for(a, w - 1)));
+}
+
+/*
+ * Read a form body into a table of the fields allowed (csrf and names).
+ * Returns OK, or an HTTP status when the body is not a form or too large.
+ */
+static int read_form(request_rec *r, const char *const *allowed, int nallowed, apr_table_t **out)
+{
+    apr_array_header_t *pairs = NULL;
+    apr_table_t *t = apr_table_make(r->pool, 8);
+    int rc;
+
+    rc = ap_parse_form_data(r, NULL, &pairs, 16, ADMIN_MAX_BODY);
+    if (rc != OK) {
+        return rc == HTTP_REQUEST_ENTITY_TOO_LARGE ? rc : HTTP_BAD_REQUEST;
+    }
+    while (pairs && !apr_is_empty_array(pairs)) {
+        ap_form_pair_t *pair = (ap_form_pair_t *)apr_array_pop(pairs);
+        apr_off_t len;
+        apr_size_t size;
+        char *buf;
+        int i;
+
+        for (i = 0; i < nallowed && strcmp(pair->name, allowed[i]) != 0; i++) {
+        }
+        if (i == nallowed) {
+            continue;
+        }
+        apr_brigade_length(pair->value, 1, &len);
+        size = (apr_size_t)len;
+        buf = apr_palloc(r->pool, size + 1);
+        apr_brigade_flatten(pair->value, buf, &size);
+        buf[size] = '\0';
+        apr_table_set(t, pair->name, buf);
+    }
+    *out = t;
+    return OK;
+}
+
+int relay_admin_read_trusted_form(admin_ctx *a, const char *const *names, int n, const char *what,
+                                  apr_table_t **form)
+{
+    const char **allowed = apr_palloc(a->r->pool, sizeof(*allowed) * (n + 1));
+    int i, rc;
+
+    allowed[0] = "csrf";
+    for (i = 0; i < n; i++) {
+        allowed[i + 1] = names[i];
+    }
+    if ((rc = read_form(a->r, allowed, n + 1, form)) != OK) {
+        relay_admin_message_page(a, rc, relay_admin_text(a, AM_ERR_FORM));
+        return 1;
+    }
+    if (!relay_admin_form_trusted(a, apr_table_get(*form, "csrf"))) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, a->r,
+                      RLOG "admin: refused %s by %s: bad CSRF token or foreign origin", what,
+                      ap_escape_logitem(a->r->pool, a->user));
+        relay_admin_message_page(a, HTTP_FORBIDDEN, relay_admin_text(a, AM_FORBIDDEN));
+        return 1;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -456,8 +519,8 @@ int relay_admin_handler(request_rec *r)
         return relay_admin_message_page(a, HTTP_INTERNAL_SERVER_ERROR,
                                         "RelayKeyHashSecret is not set.");
     }
-    relay_hmac_sha256(a->sc->secret, strlen(a->sc->secret), CSRF_KEY_LABEL,
-                      strlen(CSRF_KEY_LABEL), a->csrf_key);
+    relay_hmac_sha256(a->sc->secret, strlen(a->sc->secret), CSRF_KEY_LABEL, strlen(CSRF_KEY_LABEL),
+                      a->csrf_key);
     if (strncmp(a->sub, "/api/", 5) == 0) {
         return relay_admin_api(a, a->sub + 4);
     }

@@ -21,8 +21,8 @@ void relay_admin_usage_history(admin_ctx *a, const relay_key_record *k)
     const int w = 600, h = 140, gap = 2;
 
     if (!c || relay_keystore_history(c, k->id, CHART_DAYS, r->pool, &days, &models, &err) != 0) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin: cannot read usage of %s: %s",
-                      k->id, err);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin: cannot read usage of %s: %s", k->id,
+                      err);
         return;
     }
     for (i = 0; i < days->nelts; i++) {
@@ -31,8 +31,7 @@ void relay_admin_usage_history(admin_ctx *a, const relay_key_record *k)
             max = d->usage.tokens;
         }
     }
-    ap_rprintf(r, "<section class=\"usage-history\"><h2>%s</h2>",
-               relay_admin_text(a, AM_LAST_30));
+    ap_rprintf(r, "<section class=\"usage-history\"><h2>%s</h2>", relay_admin_text(a, AM_LAST_30));
     ap_rprintf(r,
                "<svg class=\"chart\" viewBox=\"0 0 %d %d\" role=\"img\" aria-label=\"%s\">"
                "<line class=\"axis\" x1=\"0\" y1=\"%d\" x2=\"%d\" y2=\"%d\"/>",

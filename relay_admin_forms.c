@@ -1,14 +1,14 @@
 /*
- * relay_admin_forms.c - the admin's key forms: create, edit (name,
- * description, limits, expiry, enabled), enable/disable from the list,
- * delete, release slots and regenerate, each change a POST with the CSRF
+ * relay_admin_forms.c - the admin's key forms: create, and edit (name,
+ * description, limits, expiry, enabled), each change a POST with the CSRF
  * token and an audit line. Fields are drawn and checked from the one table of
  * rules (relay_field_rules); a refused form comes back with the values kept
- * and the message beside the field, and nothing is written.
+ * and the message beside the field, and nothing is written. The one-button
+ * actions (enable/disable, delete, release slots, regenerate) are in
+ * relay_admin_actions.c.
  */
 #include "relay_admin_int.h"
 
-#include <apr_buckets.h>
 #include <stdlib.h>
 #include <string.h>
 #include <util_script.h>
@@ -27,14 +27,11 @@ static const admin_msg field_label[RELAY_FIELD_COUNT] = {
 
 /* The fields of the create form and of the edit form, in the order they are shown. */
 static const relay_field create_fields[] = {RELAY_FIELD_NAME, RELAY_FIELD_DESCRIPTION,
-                                            RELAY_FIELD_TOKEN_LIMIT,
-                                            RELAY_FIELD_CONCURRENCY_LIMIT, RELAY_FIELD_EXPIRES_AT};
-static const relay_field edit_fields[] = {RELAY_FIELD_NAME,
-                                          RELAY_FIELD_DESCRIPTION,
-                                          RELAY_FIELD_TOKEN_LIMIT,
-                                          RELAY_FIELD_CONCURRENCY_LIMIT,
-                                          RELAY_FIELD_EXPIRES_AT,
-                                          RELAY_FIELD_IS_ACTIVE};
+                                            RELAY_FIELD_TOKEN_LIMIT, RELAY_FIELD_CONCURRENCY_LIMIT,
+                                            RELAY_FIELD_EXPIRES_AT};
+static const relay_field edit_fields[] = {RELAY_FIELD_NAME,        RELAY_FIELD_DESCRIPTION,
+                                          RELAY_FIELD_TOKEN_LIMIT, RELAY_FIELD_CONCURRENCY_LIMIT,
+                                          RELAY_FIELD_EXPIRES_AT,  RELAY_FIELD_IS_ACTIVE};
 #define NFIELDS(list) ((int)(sizeof(list) / sizeof(list[0])))
 
 /* A key form: what it shows, the message beside each field, what it will write. */
@@ -45,71 +42,17 @@ typedef struct {
     int has_errors;
 } key_form;
 
-/*
- * Read a form body into a table of the fields allowed (csrf and names).
- * Returns OK, or an HTTP status when the body is not a form or too large.
- */
-static int read_form(request_rec *r, const char *const *allowed, int nallowed, apr_table_t **out)
+/* Read a POSTed form of csrf and the given fields; 1 when it answered (refused). */
+static int refuse_untrusted_form(admin_ctx *a, const relay_field *fields, int n, const char *what,
+                                 apr_table_t **form)
 {
-    apr_array_header_t *pairs = NULL;
-    apr_table_t *t = apr_table_make(r->pool, 8);
-    int rc;
+    const char **names = apr_palloc(a->r->pool, sizeof(*names) * (n + 1));
+    int i;
 
-    rc = ap_parse_form_data(r, NULL, &pairs, 16, ADMIN_MAX_BODY);
-    if (rc != OK) {
-        return rc == HTTP_REQUEST_ENTITY_TOO_LARGE ? rc : HTTP_BAD_REQUEST;
-    }
-    while (pairs && !apr_is_empty_array(pairs)) {
-        ap_form_pair_t *pair = (ap_form_pair_t *)apr_array_pop(pairs);
-        apr_off_t len;
-        apr_size_t size;
-        char *buf;
-        int i;
-
-        for (i = 0; i < nallowed && strcmp(pair->name, allowed[i]) != 0; i++) {
-        }
-        if (i == nallowed) {
-            continue;
-        }
-        apr_brigade_length(pair->value, 1, &len);
-        size = (apr_size_t)len;
-        buf = apr_palloc(r->pool, size + 1);
-        apr_brigade_flatten(pair->value, buf, &size);
-        buf[size] = '\0';
-        apr_table_set(t, pair->name, buf);
-    }
-    *out = t;
-    return OK;
-}
-
-/*
- * Read a POSTed form of csrf and the given fields, checking origin and token.
- * Returns 0 to go on, or 1 when it answered the request (bad body: 400/413;
- * forged: 403, nothing changed).
- */
-static int refuse_untrusted_form(admin_ctx *a, const relay_field *fields, int n,
-                                 const char *what, apr_table_t **form)
-{
-    const char **allowed = apr_palloc(a->r->pool, sizeof(*allowed) * (n + 2));
-    int i, rc;
-
-    allowed[0] = "csrf";
-    allowed[1] = "active"; /* the list's enable/disable button */
     for (i = 0; i < n; i++) {
-        allowed[i + 2] = relay_field_rules[fields[i]].name;
+        names[i] = relay_field_rules[fields[i]].name;
     }
-    if ((rc = read_form(a->r, allowed, n + 2, form)) != OK) {
-        relay_admin_message_page(a, rc, relay_admin_text(a, AM_ERR_FORM));
-        return 1;
-    }
-    if (!relay_admin_form_trusted(a, apr_table_get(*form, "csrf"))) {
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, a->r,
-                      RLOG "admin: refused %s by %s: bad CSRF token or foreign origin", what,
-                      ap_escape_logitem(a->r->pool, a->user));
-        relay_admin_message_page(a, HTTP_FORBIDDEN, relay_admin_text(a, AM_FORBIDDEN));
-        return 1;
-    }
-    return 0;
+    return relay_admin_read_trusted_form(a, names, n, what, form);
 }
 
 /* One field of a key form, drawn as its rule says, with its message. */
@@ -250,22 +193,6 @@ static apr_array_header_t *changes(admin_ctx *a, const key_form *kf)
     return pairs;
 }
 
-/* The page that shows a new key once, with a copy button. */
-static void show_key_once(admin_ctx *a, admin_msg title, const char *name, const char *plain)
-{
-    relay_admin_page_start(a, relay_admin_text(a, title));
-    ap_rprintf(a->r,
-               "<h1>%s</h1><p><strong>%s</strong></p>"
-               "<div class=\"new-key\"><input id=\"new-key\" type=\"text\" readonly value=\"%s\">"
-               "<button type=\"button\" class=\"copy\" data-copy=\"new-key\">%s</button></div>"
-               "<p class=\"warning\">%s</p><p><a href=\"%s/\">%s</a></p>",
-               relay_admin_text(a, title), relay_admin_escape(a, name),
-               relay_admin_escape(a, plain), relay_admin_text(a, AM_COPY),
-               relay_admin_text(a, AM_SHOWN_ONCE), relay_admin_escape(a, a->base),
-               relay_admin_text(a, AM_BACK));
-    relay_admin_page_end(a);
-}
-
 /* The create form, empty or with what was typed and why it was refused. */
 static void create_form(admin_ctx *a, const key_form *kf)
 {
@@ -314,8 +241,7 @@ int relay_admin_new_key(admin_ctx *a)
         create_form(a, &kf);
         return OK;
     }
-    if (refuse_untrusted_form(a, create_fields, NFIELDS(create_fields), "a key creation",
-                              &form)) {
+    if (refuse_untrusted_form(a, create_fields, NFIELDS(create_fields), "a key creation", &form)) {
         return OK;
     }
     check_fields(a, form, create_fields, NFIELDS(create_fields), NULL, &kf);
@@ -348,58 +274,21 @@ int relay_admin_new_key(admin_ctx *a)
     relay_admin_audit(a, "created key %s (%s), concurrency limit %ld, token limit %ld", k->id,
                       ap_escape_logitem(r->pool, k->name), nk.concurrency_limit, nk.token_limit);
     r->status = HTTP_CREATED;
-    show_key_once(a, AM_CREATED_TITLE, k->name, plain);
+    relay_admin_show_key_once(a, AM_CREATED_TITLE, k->name, plain);
     return OK;
 }
 
-/* Load a key for a page; sends the error page and returns NULL when it cannot. */
-static relay_key_record *load_key(admin_ctx *a, const char *id, int *rc)
-{
-    const char *err = NULL;
-    relay_redis_conn *c = relay_admin_redis(a, &err);
-    relay_key_record *k = c ? relay_keystore_get(c, id, a->r->pool, &err) : NULL;
-
-    if (!k) {
-        if (err) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, a->r, RLOG "admin: cannot read key %s: %s",
-                          id, err);
-            *rc = relay_admin_message_page(a, HTTP_SERVICE_UNAVAILABLE,
-                                           relay_admin_text(a, AM_UNAVAILABLE));
-        }
-        else {
-            *rc = relay_admin_message_page(a, HTTP_NOT_FOUND, relay_admin_text(a, AM_NOT_FOUND));
-        }
-    }
-    return k;
-}
-
-/* Answer a key-store result that is not RELAY_KS_DONE with its page. */
-static int store_failed(admin_ctx *a, relay_ks_result done, const char *doing, const char *id,
-                        const char *err)
-{
-    if (done == RELAY_KS_NOT_FOUND) {
-        return relay_admin_message_page(a, HTTP_NOT_FOUND, relay_admin_text(a, AM_NOT_FOUND));
-    }
-    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, a->r, RLOG "admin: cannot %s key %s: %s", doing, id,
-                  err);
-    if (done == RELAY_KS_EXISTS) {
-        return relay_admin_message_page(a, HTTP_CONFLICT, relay_admin_text(a, AM_ERR_EXISTS));
-    }
-    return relay_admin_message_page(a, HTTP_SERVICE_UNAVAILABLE,
-                                    relay_admin_text(a, AM_UNAVAILABLE));
-}
-
-/* Write changed fields and the audit line. Returns 0, or 1 when it answered with an error page. */
-static int failed_to_save(admin_ctx *a, const char *id, apr_array_header_t *pairs, const char *what)
+int relay_admin_save_fields(admin_ctx *a, const char *id, apr_array_header_t *pairs,
+                            const char *what)
 {
     const char *err = NULL, *list = "";
     relay_redis_conn *c = relay_admin_redis(a, &err);
-    relay_ks_result done = c ? relay_keystore_update(c, id, pairs, a->user, a->r->pool, &err)
-                             : RELAY_KS_ERROR;
+    relay_ks_result done =
+        c ? relay_keystore_update(c, id, pairs, a->user, a->r->pool, &err) : RELAY_KS_ERROR;
     int i;
 
     if (done != RELAY_KS_DONE) {
-        store_failed(a, done, "update", id, err);
+        relay_admin_store_failed(a, done, "update", id, err);
         return 1;
     }
     for (i = 0; i + 1 < pairs->nelts; i += 2) {
@@ -411,22 +300,12 @@ static int failed_to_save(admin_ctx *a, const char *id, apr_array_header_t *pair
     return 0;
 }
 
-/* Send the browser to a page of the admin after a change (303). */
-static int see_other(admin_ctx *a, const char *path)
-{
-    apr_table_setn(a->r->headers_out, "Location",
-                   ap_construct_url(a->r->pool, apr_pstrcat(a->r->pool, a->base, path, NULL),
-                                    a->r));
-    return HTTP_SEE_OTHER;
-}
-
 /* A link button to one of the key's pages. */
 static void key_link(admin_ctx *a, const char *id, const char *action, admin_msg label,
                      const char *cls)
 {
     ap_rprintf(a->r, "<a class=\"button small %s\" id=\"%s-link\" href=\"%s/keys/%s/%s\">%s</a>",
-               cls, action, relay_admin_escape(a, a->base), id, action,
-               relay_admin_text(a, label));
+               cls, action, relay_admin_escape(a, a->base), id, action, relay_admin_text(a, label));
 }
 
 /* The edit form with the key's live count, its actions, and its usage. */
@@ -455,8 +334,8 @@ static void edit_form(admin_ctx *a, const relay_key_record *k, const key_form *k
                "</p></div><div class=\"field\"><label>%s</label><p><span class=\"inflight\" "
                "id=\"inflight-now\">%s</span> ",
                relay_admin_text(a, AM_IN_FLIGHT_NOW),
-               relay_admin_escape(a, relay_admin_in_flight_text(a, k->current_concurrency,
-                                                                k->concurrency_limit)));
+               relay_admin_escape(
+                   a, relay_admin_in_flight_text(a, k->current_concurrency, k->concurrency_limit)));
     key_link(a, k->id, "release", AM_RELEASE, "secondary");
     ap_rputs("</p></div>", r);
     for (i = 0; i < NFIELDS(edit_fields); i++) {
@@ -486,8 +365,7 @@ static long released_arg(request_rec *r)
     return n;
 }
 
-/* /keys/{id}/edit: the form (GET) and the change (POST). */
-static int edit_key(admin_ctx *a, const char *id)
+int relay_admin_edit_key(admin_ctx *a, const char *id)
 {
     request_rec *r = a->r;
     relay_key_record *k;
@@ -501,7 +379,7 @@ static int edit_key(admin_ctx *a, const char *id)
         refuse_untrusted_form(a, edit_fields, NFIELDS(edit_fields), "a key edit", &form)) {
         return OK;
     }
-    if (!(k = load_key(a, id, &rc))) {
+    if (!(k = relay_admin_load_key(a, id, &rc))) {
         return rc;
     }
     if (r->method_number == M_GET) {
@@ -518,187 +396,8 @@ static int edit_key(admin_ctx *a, const char *id)
         return OK;
     }
     pairs = changes(a, &kf);
-    if (pairs->nelts > 0 && failed_to_save(a, id, pairs, "edited")) {
+    if (pairs->nelts > 0 && relay_admin_save_fields(a, id, pairs, "edited")) {
         return OK;
     }
-    return see_other(a, "/");
-}
-
-/* /keys/{id}/toggle: the list's enable/disable button. */
-static int toggle_key(admin_ctx *a, const char *id)
-{
-    apr_table_t *form;
-    apr_array_header_t *pairs;
-    const char *active;
-
-    if (refuse_untrusted_form(a, NULL, 0, "a key enable/disable", &form)) {
-        return OK;
-    }
-    active = apr_table_get(form, "active");
-    if (!active || (strcmp(active, RELAY_ACTIVE_TRUE) != 0 &&
-                    strcmp(active, RELAY_ACTIVE_FALSE) != 0)) {
-        return relay_admin_message_page(a, HTTP_BAD_REQUEST, relay_admin_text(a, AM_ERR_FORM));
-    }
-    pairs = apr_array_make(a->r->pool, 2, sizeof(const char *));
-    APR_ARRAY_PUSH(pairs, const char *) = RELAY_F_IS_ACTIVE;
-    APR_ARRAY_PUSH(pairs, const char *) = active;
-    if (failed_to_save(a, id, pairs,
-                       strcmp(active, RELAY_ACTIVE_TRUE) == 0 ? "enabled" : "disabled")) {
-        return OK;
-    }
-    return see_other(a, "/");
-}
-
-/* A confirmation page: a sentence and one button that POSTs the action. */
-static int confirm_page(admin_ctx *a, const relay_key_record *k, admin_msg title,
-                        const char *sentence, const char *action, admin_msg button)
-{
-    request_rec *r = a->r;
-
-    relay_admin_page_start(a, relay_admin_text(a, title));
-    ap_rprintf(r,
-               "<h1>%s</h1><p><strong>%s</strong> <code>%s</code></p><p class=\"confirm\">%s</p>"
-               "<form method=\"post\" action=\"%s/keys/%s/%s\">",
-               relay_admin_text(a, title), relay_admin_escape(a, k->name),
-               relay_admin_escape(a, k->key_preview), relay_admin_escape(a, sentence),
-               relay_admin_escape(a, a->base), k->id, action);
-    relay_admin_csrf_field(a);
-    ap_rprintf(r,
-               "<div class=\"buttons\"><button class=\"danger\" type=\"submit\">%s</button>"
-               " <a class=\"button secondary\" href=\"%s/keys/%s/edit\">%s</a></div></form>",
-               relay_admin_text(a, button), relay_admin_escape(a, a->base), k->id,
-               relay_admin_text(a, AM_CANCEL));
-    relay_admin_page_end(a);
-    return OK;
-}
-
-/* /keys/{id}/delete: the confirmation (GET) and the deletion (POST). */
-static int delete_key(admin_ctx *a, const char *id)
-{
-    apr_table_t *form;
-    relay_key_record *k;
-    relay_redis_conn *c;
-    const char *err = NULL;
-    relay_ks_result done = RELAY_KS_ERROR;
-    int rc = OK;
-
-    if (a->r->method_number == M_GET) {
-        if (!(k = load_key(a, id, &rc))) {
-            return rc;
-        }
-        return confirm_page(a, k, AM_DELETE_TITLE, relay_admin_text(a, AM_DELETE_CONFIRM),
-                            "delete", AM_DELETE);
-    }
-    if (refuse_untrusted_form(a, NULL, 0, "a key deletion", &form)) {
-        return OK;
-    }
-    if ((c = relay_admin_redis(a, &err))) {
-        done = relay_keystore_delete(c, id, a->r->pool, &err);
-    }
-    if (done != RELAY_KS_DONE) {
-        return store_failed(a, done, "delete", id, err);
-    }
-    relay_admin_audit(a, "deleted key %s", id);
-    return see_other(a, "/");
-}
-
-/* /keys/{id}/release: the confirmation (GET) and the release of the key's slots (POST). */
-static int release_key(admin_ctx *a, const char *id)
-{
-    request_rec *r = a->r;
-    apr_table_t *form;
-    relay_key_record *k;
-    relay_redis_conn *c;
-    const char *err = NULL;
-    relay_ks_result done = RELAY_KS_ERROR;
-    long released = 0;
-    int rc = OK;
-
-    if (r->method_number == M_GET) {
-        if (!(k = load_key(a, id, &rc))) {
-            return rc;
-        }
-        return confirm_page(
-            a, k, AM_RELEASE_TITLE,
-            apr_psprintf(r->pool, relay_admin_text(a, AM_RELEASE_CONFIRM), k->current_concurrency,
-                         atol(k->concurrency_limit) > 0 ? k->concurrency_limit
-                                                        : relay_admin_text(a, AM_UNLIMITED)),
-            "release", AM_RELEASE);
-    }
-    if (refuse_untrusted_form(a, NULL, 0, "a release of slots", &form)) {
-        return OK;
-    }
-    if ((c = relay_admin_redis(a, &err))) {
-        done = relay_keystore_release(c, id, a->user, &released, r->pool, &err);
-    }
-    if (done != RELAY_KS_DONE) {
-        return store_failed(a, done, "release the slots of", id, err);
-    }
-    relay_admin_audit(a, "released the slots of key %s (%ld in flight, now uncounted)", id,
-                      released);
-    return see_other(a, apr_psprintf(r->pool, "/keys/%s/edit?released=%ld", id, released));
-}
-
-/* /keys/{id}/regenerate: the confirmation (GET) and the new key, shown once (POST). */
-static int regenerate_key(admin_ctx *a, const char *id)
-{
-    request_rec *r = a->r;
-    apr_table_t *form;
-    relay_key_record *k;
-    relay_redis_conn *c;
-    unsigned char rnd[RELAY_KEY_RANDOM_BYTES];
-    const char *err = NULL, *plain = NULL, *preview = NULL;
-    relay_ks_result done = RELAY_KS_ERROR;
-    int rc = OK;
-
-    if (r->method_number == M_GET) {
-        if (!(k = load_key(a, id, &rc))) {
-            return rc;
-        }
-        return confirm_page(a, k, AM_REGENERATE_TITLE, relay_admin_text(a, AM_REGENERATE_CONFIRM),
-                            "regenerate", AM_REGENERATE);
-    }
-    if (refuse_untrusted_form(a, NULL, 0, "a key regeneration", &form)) {
-        return OK;
-    }
-    if (!(k = load_key(a, id, &rc))) {
-        return rc;
-    }
-    if (apr_generate_random_bytes(rnd, sizeof(rnd)) != APR_SUCCESS) {
-        return relay_admin_message_page(a, HTTP_INTERNAL_SERVER_ERROR,
-                                        relay_admin_text(a, AM_UNAVAILABLE));
-    }
-    if ((c = relay_admin_redis(a, &err))) {
-        done = relay_keystore_regenerate(c, id, a->sc->secret, rnd, a->user, &plain, &preview,
-                                         r->pool, &err);
-    }
-    memset(rnd, 0, sizeof(rnd));
-    if (done != RELAY_KS_DONE) {
-        return store_failed(a, done, "regenerate", id, err);
-    }
-    relay_admin_audit(a, "regenerated key %s: the old key is refused from now on", id);
-    show_key_once(a, AM_REGENERATED_TITLE, k->name, plain);
-    return OK;
-}
-
-int relay_admin_key_action(admin_ctx *a, const char *id, const char *action)
-{
-    int post = a->r->method_number == M_POST;
-
-    if (strcmp(action, "edit") == 0) {
-        return edit_key(a, id);
-    }
-    if (strcmp(action, "toggle") == 0) {
-        return post ? toggle_key(a, id) : HTTP_METHOD_NOT_ALLOWED;
-    }
-    if (strcmp(action, "delete") == 0) {
-        return delete_key(a, id);
-    }
-    if (strcmp(action, "release") == 0) {
-        return release_key(a, id);
-    }
-    if (strcmp(action, "regenerate") == 0) {
-        return regenerate_key(a, id);
-    }
-    return HTTP_NOT_FOUND;
+    return relay_admin_see_other(a, "/");
 }

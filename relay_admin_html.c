@@ -16,10 +16,8 @@ static const int per_page_choices[] = {25, RELAY_KEYSTORE_PAGE_DEFAULT, 100,
 
 /* The words of each sort, in relay_key_sort's order. */
 static const admin_msg sort_label[RELAY_SORT_COUNT] = {
-    [RELAY_SORT_CREATED] = AM_SORT_CREATED,
-    [RELAY_SORT_NAME] = AM_SORT_NAME,
-    [RELAY_SORT_IN_FLIGHT] = AM_SORT_IN_FLIGHT,
-    [RELAY_SORT_TOKENS_TODAY] = AM_SORT_TOKENS_TODAY,
+    [RELAY_SORT_CREATED] = AM_SORT_CREATED,     [RELAY_SORT_NAME] = AM_SORT_NAME,
+    [RELAY_SORT_IN_FLIGHT] = AM_SORT_IN_FLIGHT, [RELAY_SORT_TOKENS_TODAY] = AM_SORT_TOKENS_TODAY,
     [RELAY_SORT_LAST_USED] = AM_SORT_LAST_USED,
 };
 
@@ -64,6 +62,68 @@ void relay_admin_csrf_field(admin_ctx *a)
 {
     ap_rprintf(a->r, "<input type=\"hidden\" name=\"csrf\" value=\"%s\">",
                relay_admin_csrf_token(a));
+}
+
+/* The page that shows a new key once, with a copy button. */
+void relay_admin_show_key_once(admin_ctx *a, admin_msg title, const char *name, const char *plain)
+{
+    relay_admin_page_start(a, relay_admin_text(a, title));
+    ap_rprintf(a->r,
+               "<h1>%s</h1><p><strong>%s</strong></p>"
+               "<div class=\"new-key\"><input id=\"new-key\" type=\"text\" readonly value=\"%s\">"
+               "<button type=\"button\" class=\"copy\" data-copy=\"new-key\">%s</button></div>"
+               "<p class=\"warning\">%s</p><p><a href=\"%s/\">%s</a></p>",
+               relay_admin_text(a, title), relay_admin_escape(a, name),
+               relay_admin_escape(a, plain), relay_admin_text(a, AM_COPY),
+               relay_admin_text(a, AM_SHOWN_ONCE), relay_admin_escape(a, a->base),
+               relay_admin_text(a, AM_BACK));
+    relay_admin_page_end(a);
+}
+
+/* Load a key for a page; sends the error page and returns NULL when it cannot. */
+relay_key_record *relay_admin_load_key(admin_ctx *a, const char *id, int *rc)
+{
+    const char *err = NULL;
+    relay_redis_conn *c = relay_admin_redis(a, &err);
+    relay_key_record *k = c ? relay_keystore_get(c, id, a->r->pool, &err) : NULL;
+
+    if (!k) {
+        if (err) {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, a->r, RLOG "admin: cannot read key %s: %s", id,
+                          err);
+            *rc = relay_admin_message_page(a, HTTP_SERVICE_UNAVAILABLE,
+                                           relay_admin_text(a, AM_UNAVAILABLE));
+        }
+        else {
+            *rc = relay_admin_message_page(a, HTTP_NOT_FOUND, relay_admin_text(a, AM_NOT_FOUND));
+        }
+    }
+    return k;
+}
+
+/* Answer a key-store result that is not RELAY_KS_DONE with its page. */
+int relay_admin_store_failed(admin_ctx *a, relay_ks_result done, const char *doing, const char *id,
+                             const char *err)
+{
+    if (done == RELAY_KS_NOT_FOUND) {
+        return relay_admin_message_page(a, HTTP_NOT_FOUND, relay_admin_text(a, AM_NOT_FOUND));
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, a->r, RLOG "admin: cannot %s key %s: %s", doing, id,
+                  err);
+    if (done == RELAY_KS_EXISTS) {
+        return relay_admin_message_page(a, HTTP_CONFLICT, relay_admin_text(a, AM_ERR_EXISTS));
+    }
+    return relay_admin_message_page(a, HTTP_SERVICE_UNAVAILABLE,
+                                    relay_admin_text(a, AM_UNAVAILABLE));
+}
+
+/* Send the browser to a page of the admin after a change (303). */
+int relay_admin_see_other(admin_ctx *a, const char *path)
+{
+    apr_table_setn(
+        a->r->headers_out, "Location",
+        ap_construct_url(a->r->pool, apr_pstrcat(a->r->pool, a->base, path, NULL), a->r));
+    return HTTP_SEE_OTHER;
 }
 
 const char *relay_admin_in_flight_text(admin_ctx *a, long current, const char *limit)
@@ -117,9 +177,9 @@ static const char *usage_cell(admin_ctx *a, const relay_key_record *k)
 /* The words for a key's status. */
 static admin_msg status_msg(const char *status)
 {
-    return !strcmp(status, "disabled") ? AM_DISABLED
+    return !strcmp(status, "disabled")  ? AM_DISABLED
            : !strcmp(status, "expired") ? AM_EXPIRED
-                                         : AM_ACTIVE;
+                                        : AM_ACTIVE;
 }
 
 /* The list's URL for a query and page, every value escaped for a URL and for HTML. */
@@ -127,9 +187,9 @@ static const char *list_url(admin_ctx *a, const relay_key_query *q, relay_key_so
                             int descending, int page)
 {
     apr_pool_t *p = a->r->pool;
-    const char *url = apr_psprintf(p, "%s/?sort=%s&order=%s&perPage=%d&page=%d", a->base,
-                                   relay_key_sort_names[sort], descending ? "desc" : "asc",
-                                   q->per_page, page);
+    const char *url =
+        apr_psprintf(p, "%s/?sort=%s&order=%s&perPage=%d&page=%d", a->base,
+                     relay_key_sort_names[sort], descending ? "desc" : "asc", q->per_page, page);
 
     if (q->search && *q->search) {
         url = apr_pstrcat(p, url, "&search=", ap_escape_urlencoded(p, q->search), NULL);
@@ -140,30 +200,30 @@ static const char *list_url(admin_ctx *a, const relay_key_query *q, relay_key_so
 /* The overview of the whole store, above the list. */
 static void overview(admin_ctx *a, const relay_key_overview *o)
 {
-    ap_rprintf(a->r,
-               "<section class=\"overview\" aria-label=\"%s\">"
-               "<div class=\"stat\"><span class=\"value\" id=\"ov-keys\">%ld</span>"
-               "<span class=\"label\">%s</span></div>"
-               "<div class=\"stat\"><span class=\"value\" id=\"ov-keys-in-flight\">%ld</span>"
-               "<span class=\"label\">%s</span></div>"
-               "<div class=\"stat\"><span class=\"value\" id=\"ov-in-flight\">%" APR_INT64_T_FMT
-               "</span><span class=\"label\">%s</span></div>"
-               "<div class=\"stat\"><span class=\"value\" id=\"ov-requests-today\">%" APR_INT64_T_FMT
-               "</span><span class=\"label\">%s</span></div>"
-               "<div class=\"stat\"><span class=\"value\" id=\"ov-tokens-today\">%" APR_INT64_T_FMT
-               "</span><span class=\"label\">%s</span></div></section>",
-               relay_admin_text(a, AM_TITLE), o->keys, relay_admin_text(a, AM_OV_KEYS),
-               o->keys_in_flight, relay_admin_text(a, AM_OV_KEYS_IN_FLIGHT),
-               (apr_int64_t)o->in_flight, relay_admin_text(a, AM_OV_IN_FLIGHT),
-               (apr_int64_t)o->requests_today, relay_admin_text(a, AM_OV_REQUESTS_TODAY),
-               (apr_int64_t)o->tokens_today, relay_admin_text(a, AM_OV_TOKENS_TODAY));
+    ap_rprintf(
+        a->r,
+        "<section class=\"overview\" aria-label=\"%s\">"
+        "<div class=\"stat\"><span class=\"value\" id=\"ov-keys\">%ld</span>"
+        "<span class=\"label\">%s</span></div>"
+        "<div class=\"stat\"><span class=\"value\" id=\"ov-keys-in-flight\">%ld</span>"
+        "<span class=\"label\">%s</span></div>"
+        "<div class=\"stat\"><span class=\"value\" id=\"ov-in-flight\">%" APR_INT64_T_FMT
+        "</span><span class=\"label\">%s</span></div>"
+        "<div class=\"stat\"><span class=\"value\" id=\"ov-requests-today\">%" APR_INT64_T_FMT
+        "</span><span class=\"label\">%s</span></div>"
+        "<div class=\"stat\"><span class=\"value\" id=\"ov-tokens-today\">%" APR_INT64_T_FMT
+        "</span><span class=\"label\">%s</span></div></section>",
+        relay_admin_text(a, AM_TITLE), o->keys, relay_admin_text(a, AM_OV_KEYS), o->keys_in_flight,
+        relay_admin_text(a, AM_OV_KEYS_IN_FLIGHT), (apr_int64_t)o->in_flight,
+        relay_admin_text(a, AM_OV_IN_FLIGHT), (apr_int64_t)o->requests_today,
+        relay_admin_text(a, AM_OV_REQUESTS_TODAY), (apr_int64_t)o->tokens_today,
+        relay_admin_text(a, AM_OV_TOKENS_TODAY));
 }
 
 /* One <option>, selected when chosen. */
 static void option(admin_ctx *a, const char *value, const char *label, int chosen)
 {
-    ap_rprintf(a->r, "<option value=\"%s\"%s>%s</option>", value, chosen ? " selected" : "",
-               label);
+    ap_rprintf(a->r, "<option value=\"%s\"%s>%s</option>", value, chosen ? " selected" : "", label);
 }
 
 /* The search form: text, order and page size (a GET: it changes nothing). */
@@ -217,18 +277,20 @@ static void pager(admin_ctx *a, const relay_key_query *q, const relay_key_page *
     }
     ap_rputs("<nav class=\"pager\">", r);
     if (prev) {
-        ap_rprintf(r, "<a class=\"first\" href=\"%s\">%s</a><a class=\"prev\" rel=\"prev\" "
-                      "href=\"%s\">%s</a>",
-                   list_url(a, q, q->sort, q->descending, 1), relay_admin_text(a, AM_FIRST),
-                   list_url(a, q, q->sort, q->descending,
-                            pg->page > pg->pages ? pg->pages : pg->page - 1),
-                   relay_admin_text(a, AM_PREV));
+        ap_rprintf(
+            r,
+            "<a class=\"first\" href=\"%s\">%s</a><a class=\"prev\" rel=\"prev\" "
+            "href=\"%s\">%s</a>",
+            list_url(a, q, q->sort, q->descending, 1), relay_admin_text(a, AM_FIRST),
+            list_url(a, q, q->sort, q->descending, pg->page > pg->pages ? pg->pages : pg->page - 1),
+            relay_admin_text(a, AM_PREV));
     }
     ap_rprintf(r, "<span class=\"where\">%s</span>",
                apr_psprintf(r->pool, relay_admin_text(a, AM_PAGES), pg->page, pg->pages));
     if (next) {
-        ap_rprintf(r, "<a class=\"next\" rel=\"next\" href=\"%s\">%s</a><a class=\"last\" "
-                      "href=\"%s\">%s</a>",
+        ap_rprintf(r,
+                   "<a class=\"next\" rel=\"next\" href=\"%s\">%s</a><a class=\"last\" "
+                   "href=\"%s\">%s</a>",
                    list_url(a, q, q->sort, q->descending, pg->page + 1),
                    relay_admin_text(a, AM_NEXT), list_url(a, q, q->sort, q->descending, pg->pages),
                    relay_admin_text(a, AM_LAST));
@@ -246,13 +308,11 @@ static const char *heading(admin_ctx *a, const relay_key_query *q, relay_key_sor
     int on = q->sort == sort;
     int desc = on ? !q->descending : sort != RELAY_SORT_NAME;
 
-    return apr_psprintf(a->r->pool, "<th%s><a href=\"%s\" title=\"%s: %s\">%s%s</a></th>",
-                        on ? (q->descending ? " aria-sort=\"descending\""
-                                            : " aria-sort=\"ascending\"")
-                           : "",
-                        list_url(a, q, sort, desc, 1), relay_admin_text(a, AM_SORT),
-                        relay_admin_text(a, title), relay_admin_text(a, label),
-                        on ? (q->descending ? " ▼" : " ▲") : "");
+    return apr_psprintf(
+        a->r->pool, "<th%s><a href=\"%s\" title=\"%s: %s\">%s%s</a></th>",
+        on ? (q->descending ? " aria-sort=\"descending\"" : " aria-sort=\"ascending\"") : "",
+        list_url(a, q, sort, desc, 1), relay_admin_text(a, AM_SORT), relay_admin_text(a, title),
+        relay_admin_text(a, label), on ? (q->descending ? " ▼" : " ▲") : "");
 }
 
 /* One row of the list. */
@@ -278,8 +338,8 @@ static void key_row(admin_ctx *a, const relay_key_record *k)
                relay_admin_text(a, AM_KEY), relay_admin_escape(a, k->key_preview),
                relay_admin_text(a, AM_STATUS), status, relay_admin_text(a, status_msg(status)),
                relay_admin_text(a, AM_CONCURRENCY), relay_admin_escape(a, k->concurrency_limit),
-               relay_admin_escape(a, relay_admin_in_flight_text(a, k->current_concurrency,
-                                                                k->concurrency_limit)),
+               relay_admin_escape(
+                   a, relay_admin_in_flight_text(a, k->current_concurrency, k->concurrency_limit)),
                relay_admin_text(a, AM_TOKENS_USED), usage_cell(a, k),
                relay_admin_text(a, AM_CREATED),
                relay_admin_escape(a, show_time(a, k->created_at, AM_NONE_YET)),
@@ -296,8 +356,8 @@ static void key_row(admin_ctx *a, const relay_key_record *k)
                "<input type=\"hidden\" name=\"active\" value=\"%s\">"
                "<button class=\"small\" type=\"submit\">%s</button></form>"
                "<a class=\"button small danger\" href=\"%s/delete\">%s</a></td></tr>",
-               active ? "false" : "true", relay_admin_text(a, active ? AM_DISABLE : AM_ENABLE),
-               kb, relay_admin_text(a, AM_DELETE));
+               active ? "false" : "true", relay_admin_text(a, active ? AM_DISABLE : AM_ENABLE), kb,
+               relay_admin_text(a, AM_DELETE));
 }
 
 int relay_admin_list_page(admin_ctx *a)
@@ -334,14 +394,13 @@ int relay_admin_list_page(admin_ctx *a)
     first = (long)(pg.page - 1) * q.per_page;
     ap_rputs("<p class=\"summary\" id=\"summary\">", r);
     if (q.search && *q.search) {
-        ap_rprintf(r, "%s ", relay_admin_escape(a, apr_psprintf(
-                                                    r->pool, relay_admin_text(a, AM_MATCHING),
-                                                    pg.matched, q.search)));
+        ap_rprintf(r, "%s ",
+                   relay_admin_escape(a, apr_psprintf(r->pool, relay_admin_text(a, AM_MATCHING),
+                                                      pg.matched, q.search)));
     }
     if (pg.keys->nelts > 0) {
         ap_rputs(relay_admin_escape(a, apr_psprintf(r->pool, relay_admin_text(a, AM_SHOWING),
-                                                    first + 1, first + pg.keys->nelts,
-                                                    pg.matched)),
+                                                    first + 1, first + pg.keys->nelts, pg.matched)),
                  r);
     }
     else {
@@ -354,7 +413,8 @@ int relay_admin_list_page(admin_ctx *a)
                    "data-live-max=\"%d\" data-unlimited=\"%s\"><thead><tr>%s<th>%s</th>"
                    "<th>%s</th>",
                    relay_admin_escape(a, a->base), RELAY_KEYSTORE_LIVE_MAX,
-                   relay_admin_text(a, AM_UNLIMITED), heading(a, &q, RELAY_SORT_NAME, AM_NAME, AM_SORT_NAME),
+                   relay_admin_text(a, AM_UNLIMITED),
+                   heading(a, &q, RELAY_SORT_NAME, AM_NAME, AM_SORT_NAME),
                    relay_admin_text(a, AM_KEY), relay_admin_text(a, AM_STATUS));
         ap_rprintf(r, "%s%s%s%s<th>%s</th><th>%s</th></tr></thead><tbody>",
                    heading(a, &q, RELAY_SORT_IN_FLIGHT, AM_CONCURRENCY, AM_IN_FLIGHT_HINT),

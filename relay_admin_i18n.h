@@ -225,8 +225,10 @@ static const char *const admin_text[AM_COUNT][2] = {
          "count to 0 at once, on every relay server. The requests in flight go on, but they no "
          "longer count against the limit until they end, so for that while the key may have "
          "more requests in flight than its limit. Use this when the count is stuck.",
-         "当前进行中的请求: %ld (上限: %s)。释放槽位会立即在所有中转服务器上把计数清零。"
-         "进行中的请求会继续，但在结束前不再计入上限，因此这段时间内此密钥的进行中请求可能超过上限。"
+         "当前进行中的请求: %ld (上限: %s)。"
+         "释放槽位会立即在所有中转服务器上把计数清零。"
+         "进行中的请求会继续，但在结束前不再计入上限，"
+         "因此这段时间内此密钥的进行中请求可能超过上限。"
          "请在计数卡住时使用。"},
     /* a format: the leases released */
     [AM_RELEASED] = {"Slots released: %ld.", "已释放的槽位: %ld。"},
@@ -236,8 +238,8 @@ static const char *const admin_text[AM_COUNT][2] = {
         {"Make a new key for this id? The current key stops working on the very next request, "
          "on every relay server. The id, limits, usage and history stay. The new key is shown "
          "once.",
-         "为此 ID 生成新密钥？当前密钥从下一个请求起在所有中转服务器上失效。ID、限额、用量和历史保持不变。"
-         "新密钥只显示一次。"},
+         "为此 ID 生成新密钥？当前密钥从下一个请求起在所有中转服务器上失效。"
+         "ID、限额、用量和历史保持不变。新密钥只显示一次。"},
     [AM_REGENERATED_TITLE] = {"New key made", "新密钥已生成"},
     [AM_EXPIRY_EDIT_HINT] = {"Empty = never. A date (YYYY-MM-DD) expires at the end of that day, "
                              "UTC; a date that has passed cannot be set.",

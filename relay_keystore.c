@@ -92,9 +92,12 @@ static const char regenerate_lua[] =
     "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
     "if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end\n"
     "local old = redis.call('HGET', KEYS[1], '" RELAY_F_API_KEY "')\n"
-    "if old and redis.call('HGET', KEYS[2], old) == ARGV[2] then redis.call('HDEL', KEYS[2], old) end\n"
+    "if old and redis.call('HGET', KEYS[2], old) == ARGV[2] then\n"
+    "  redis.call('HDEL', KEYS[2], old)\n"
+    "end\n"
     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
-    "redis.call('HSET', KEYS[1], '" RELAY_F_API_KEY "', ARGV[1], '" RELAY_F_KEY_PREVIEW "', ARGV[3],"
+    "redis.call('HSET', KEYS[1], '" RELAY_F_API_KEY "', ARGV[1],"
+    " '" RELAY_F_KEY_PREVIEW "', ARGV[3],"
     " '" RELAY_F_UPDATED_AT "', ARGV[4], '" RELAY_F_UPDATED_BY "', ARGV[5])\n"
     "return 1\n";
 
@@ -266,7 +269,8 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
     k = record_new(id, p);
     fields = apr_array_make(p, (int)h->elements, sizeof(const char *));
     for (i = 0; i + 1 < h->elements; i += 2) {
-        record_set(k, fields, relay_ks_elem_str(h->element[i], p), relay_ks_elem_str(h->element[i + 1], p));
+        record_set(k, fields, relay_ks_elem_str(h->element[i], p),
+                   relay_ks_elem_str(h->element[i + 1], p));
     }
     k->fields = fields;
     k->current_concurrency = entry->element[1]->type == REDIS_REPLY_INTEGER

@@ -19,7 +19,7 @@
  * replaces it; anything else counts as 0.
  */
 #define LUA_LIVE                                                                                   \
-    "local live_from = string.format('%.0f', now + 1)\n"                                         \
+    "local live_from = string.format('%.0f', now + 1)\n"                                           \
     "local function live(key)\n"                                                                   \
     "  local n = redis.pcall('ZCOUNT', key, live_from, '+inf')\n"                                  \
     "  if type(n) == 'number' then return n end\n"                                                 \

@@ -12,6 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
+/* the Lua is laid out as Lua, not as C */
+/* clang-format off */
 /*
  * What ordering, searching and the overview need of each key, and no more.
  * KEYS: apikey:{id} x n, concurrency:{id} x n, usage:daily:{id}:{today} x n.
@@ -26,11 +28,13 @@ static const char fields_lua[] = LUA_NOW LUA_LIVE
     "local text = tonumber(ARGV[1]) or 0\n"
     "local out, o = {}, 0\n"
     "for i = 1, n do\n"
-    "  local f = redis.pcall('HMGET', KEYS[i], '" RELAY_F_CREATED_AT "', '" RELAY_F_LAST_USED_AT "',"
+    "  local f = redis.pcall('HMGET', KEYS[i], '" RELAY_F_CREATED_AT "',"
+    " '" RELAY_F_LAST_USED_AT "',"
     " '" RELAY_F_NAME "', '" RELAY_F_DESCRIPTION "')\n"
     "  if type(f) == 'table' and not f.err and (f[1] or f[2] or f[3] or f[4] or"
     " redis.call('EXISTS', KEYS[i]) == 1) then\n"
-    "    local d = redis.pcall('HMGET', KEYS[2 * n + i], '" RELAY_U_TOKENS "', '" RELAY_U_REQUESTS "')\n"
+    "    local d = redis.pcall('HMGET', KEYS[2 * n + i], '" RELAY_U_TOKENS "',"
+    " '" RELAY_U_REQUESTS "')\n"
     "    if type(d) ~= 'table' or d.err then d = {} end\n"
     "    out[o + 1] = i\n"
     "    out[o + 2] = f[1] or ''\n"
@@ -67,6 +71,7 @@ static const char live_lua[] = LUA_NOW LUA_LIVE
     "  end\n"
     "end\n"
     "return out\n";
+/* clang-format on */
 
 static relay_script fields_script, live_script;
 
@@ -77,8 +82,8 @@ void relay_keystore_list_init(void)
 }
 
 const char *const relay_key_sort_names[RELAY_SORT_COUNT] = {
-    [RELAY_SORT_CREATED] = "created",         [RELAY_SORT_NAME] = "name",
-    [RELAY_SORT_IN_FLIGHT] = "inFlight",      [RELAY_SORT_TOKENS_TODAY] = "tokensToday",
+    [RELAY_SORT_CREATED] = "created",    [RELAY_SORT_NAME] = "name",
+    [RELAY_SORT_IN_FLIGHT] = "inFlight", [RELAY_SORT_TOKENS_TODAY] = "tokensToday",
     [RELAY_SORT_LAST_USED] = "lastUsed",
 };
 
@@ -100,7 +105,7 @@ typedef struct {
     const char *name, *description; /* "" when not read */
     const char *created_at, *last_used_at;
     long long in_flight, tokens_today, requests_today;
-    relay_key_record *rec;          /* the whole record, when a full list read it */
+    relay_key_record *rec; /* the whole record, when a full list read it */
 } list_entry;
 
 /* The SCAN pages of apikey:*: every key id (apikey:hash_map and non-UUIDs left out). */
@@ -112,8 +117,8 @@ static apr_array_header_t *scan_ids(relay_redis_conn *c, apr_pool_t *p, const ch
     const char *cursor = "0";
 
     do {
-        const char *argv[6] = {"SCAN", cursor, "MATCH", RELAY_KEY_RECORD_PREFIX "*", "COUNT",
-                               "5000"};
+        const char *argv[6] = {"SCAN",  cursor, "MATCH", RELAY_KEY_RECORD_PREFIX "*",
+                               "COUNT", "5000"};
         size_t lens[6];
         redisReply *rep;
         size_t j;
@@ -330,8 +335,8 @@ static int by_last_used(const void *a, const void *b)
 static void sort_entries(apr_array_header_t *e, const relay_key_query *q)
 {
     static int (*const cmp[RELAY_SORT_COUNT])(const void *, const void *) = {
-        [RELAY_SORT_CREATED] = by_created,         [RELAY_SORT_NAME] = by_name,
-        [RELAY_SORT_IN_FLIGHT] = by_in_flight,     [RELAY_SORT_TOKENS_TODAY] = by_tokens_today,
+        [RELAY_SORT_CREATED] = by_created,     [RELAY_SORT_NAME] = by_name,
+        [RELAY_SORT_IN_FLIGHT] = by_in_flight, [RELAY_SORT_TOKENS_TODAY] = by_tokens_today,
         [RELAY_SORT_LAST_USED] = by_last_used,
     };
     list_entry *v = (list_entry *)e->elts, t;
@@ -369,6 +374,8 @@ int relay_keystore_query(relay_redis_conn *c, const relay_key_query *q, relay_ke
     const char *search = trimmed(q->search, p);
     size_t slen = search ? strlen(search) : 0;
     int full = q->per_page <= 0;
+    /* names and descriptions cross the wire only when a search or the order needs them */
+    int text = search ? 2 : q->sort == RELAY_SORT_NAME ? 1 : 0;
     apr_array_header_t *ids, *all, *hits;
     const char **page_ids;
     long first;
@@ -376,16 +383,15 @@ int relay_keystore_query(relay_redis_conn *c, const relay_key_query *q, relay_ke
 
     memset(out, 0, sizeof(*out));
     if (q->page < 1 || q->per_page > RELAY_KEYSTORE_PAGE_MAX) {
-        *err = "a list page starts at 1 and holds at most " APR_STRINGIFY(RELAY_KEYSTORE_PAGE_MAX)
-               " keys";
+        *err = apr_psprintf(p, "a list page starts at 1 and holds at most %d keys",
+                            RELAY_KEYSTORE_PAGE_MAX);
         return -1;
     }
     if (!(ids = scan_ids(c, p, err))) {
         return -1;
     }
     all = full ? read_full_entries(c, ids, p, err)
-               : read_entries(c, ids, search ? 2 : q->sort == RELAY_SORT_NAME ? 1 : 0,
-                              apr_pstrndup(p, relay_now_iso(p), 10), p, err);
+               : read_entries(c, ids, text, apr_pstrndup(p, relay_now_iso(p), 10), p, err);
     if (!all) {
         return -1;
     }
@@ -414,8 +420,9 @@ int relay_keystore_query(relay_redis_conn *c, const relay_key_query *q, relay_ke
         return 0;
     }
     first = (long)(q->page - 1) * q->per_page;
-    n = first >= hits->nelts ? 0 : (int)(hits->nelts - first < q->per_page ? hits->nelts - first
-                                                                            : q->per_page);
+    n = first >= hits->nelts
+            ? 0
+            : (int)(hits->nelts - first < q->per_page ? hits->nelts - first : q->per_page);
     page_ids = apr_palloc(p, sizeof(*page_ids) * (n + 1));
     for (i = 0; i < n; i++) {
         page_ids[i] = APR_ARRAY_IDX(hits, first + i, list_entry).id;
@@ -469,4 +476,3 @@ apr_array_header_t *relay_keystore_live(relay_redis_conn *c, const char *const *
     freeReplyObject(rep);
     return out;
 }
-

@@ -195,7 +195,8 @@ relay_invalid relay_field_check(relay_field f, const char *typed, const char *no
         v = relay_check_expiry(typed, now_iso, buf);
         break;
     case RELAY_FIELD_SWITCH:
-        if (!typed || (strcmp(typed, RELAY_ACTIVE_TRUE) != 0 && strcmp(typed, RELAY_ACTIVE_FALSE) != 0)) {
+        if (!typed ||
+            (strcmp(typed, RELAY_ACTIVE_TRUE) != 0 && strcmp(typed, RELAY_ACTIVE_FALSE) != 0)) {
             v = RELAY_INVALID_CHOICE;
         }
         else {
