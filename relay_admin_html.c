@@ -149,25 +149,23 @@ static const char *show_time(admin_ctx *a, const char *iso, admin_msg empty)
 }
 
 /*
- * Tokens used (against the limit, with a bar when there is one), requests and
- * today's tokens. The bar is a <progress>: no inline style under the CSP.
+ * Tokens used (against the token limit, with a bar, when there is one),
+ * requests and today's tokens. The bar is a <progress>: no inline style under the CSP.
  */
 static const char *usage_cell(admin_ctx *a, const relay_key_record *k)
 {
     apr_pool_t *p = a->r->pool;
     apr_int64_t limit = apr_atoi64(k->token_limit);
-    const char *used = apr_psprintf(p, "<span class=\"tokens\">%" APR_INT64_T_FMT "</span> / ",
+    const char *used = apr_psprintf(p, "<span class=\"tokens\">%" APR_INT64_T_FMT "</span>",
                                     (apr_int64_t)k->total.tokens);
 
+    /* no limit, no "/ limit": the cell stays narrow */
     if (limit > 0) {
         used = apr_psprintf(p,
-                            "%s%" APR_INT64_T_FMT "<progress max=\"%" APR_INT64_T_FMT
+                            "%s / %" APR_INT64_T_FMT "<progress max=\"%" APR_INT64_T_FMT
                             "\" value=\"%" APR_INT64_T_FMT "\"></progress>",
                             used, limit, limit,
                             (apr_int64_t)(k->total.tokens < limit ? k->total.tokens : limit));
-    }
-    else {
-        used = apr_pstrcat(p, used, relay_admin_text(a, AM_UNLIMITED), NULL);
     }
     return apr_psprintf(p, "%s<small>%" APR_INT64_T_FMT " %s · %s %" APR_INT64_T_FMT "</small>",
                         used, (apr_int64_t)k->total.requests, relay_admin_text(a, AM_REQUESTS),

@@ -382,7 +382,8 @@ static void check_opt(const char *opt, const char *s, relay_invalid v, long max)
     case RELAY_INVALID_ENCODING:
         usage_error("option %s must be valid UTF-8 text without control characters.", opt);
     case RELAY_INVALID_NUMBER:
-        usage_error("option %s: \"%s\" is not a whole number from 0 to 2147483647.", opt, s);
+        usage_error("option %s: \"%s\" is not a whole number from 0 to %ld.", opt, s,
+                    RELAY_LIMIT_MAX);
     case RELAY_INVALID_DATE:
         usage_error("option %s: \"%s\" is not YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.mmm]]Z or "
                     "\"none\".",
@@ -414,7 +415,7 @@ static void expires_opt(const char *s, char out[RELAY_ISO_LEN + 1])
     check_opt("--expires", s, relay_check_expiry(s, relay_now_iso(g_pool), out), 0);
 }
 
-/* A --by value: the same rule as a key name (required, 100 characters, no controls). */
+/* A --by value: the same rule as a key name (required, RELAY_NAME_MAX_CHARS, no controls). */
 static void check_by(const char *by)
 {
     check_opt("--by", by, relay_check_name(by), RELAY_NAME_MAX_CHARS);
