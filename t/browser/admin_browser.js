@@ -216,7 +216,9 @@ async function releaseAndRegenerate(page, oldKey) {
   await Promise.all([page.waitForLoadState('load'), page.click('form button.danger')]);
   const newKey = await page.inputValue('#new-key');
   check(/^cr_[0-9a-f]{64}$/.test(newKey) && newKey !== oldKey, 'a new key is shown once');
-  await page.screenshot({ path: shot('admin-regenerate'), fullPage: false });
+  // docs/ keeps this picture: the key itself is masked
+  await page.screenshot({ path: shot('admin-regenerate'), fullPage: false, mask: [page.locator('#new-key')],
+    maskColor: '#dde3ea' });
   const ask = (k) => fetch(`${base}/api/v1/messages`, {
     method: 'POST',
     headers: { 'x-api-key': k, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' },
