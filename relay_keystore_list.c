@@ -254,6 +254,7 @@ static apr_array_header_t *read_full_entries(relay_redis_conn *c, const apr_arra
     return out;
 }
 
+/* ch in lower case when it is an ASCII letter (no locale: UTF-8 bytes pass as they are). */
 static char ascii_lower(char ch)
 {
     return ch >= 'A' && ch <= 'Z' ? (char)(ch - 'A' + 'a') : ch;
@@ -298,6 +299,7 @@ static int by_created(const void *a, const void *b)
     return c ? c : strcmp(x->id, y->id);
 }
 
+/* By name, ASCII letters without regard to case, then as bytes. */
 static int by_name(const void *a, const void *b)
 {
     const list_entry *x = a, *y = b;
@@ -308,22 +310,26 @@ static int by_name(const void *a, const void *b)
     return c ? c : by_created(a, b);
 }
 
+/* By a number of two entries, then the usual tie-break. */
 static int by_number(long long x, long long y, const void *a, const void *b)
 {
     return x < y ? -1 : x > y ? 1 : by_created(a, b);
 }
 
+/* By requests in flight now. */
 static int by_in_flight(const void *a, const void *b)
 {
     return by_number(((const list_entry *)a)->in_flight, ((const list_entry *)b)->in_flight, a, b);
 }
 
+/* By tokens of the current UTC day. */
 static int by_tokens_today(const void *a, const void *b)
 {
     return by_number(((const list_entry *)a)->tokens_today, ((const list_entry *)b)->tokens_today,
                      a, b);
 }
 
+/* By lastUsedAt; never used ("") sorts first. */
 static int by_last_used(const void *a, const void *b)
 {
     const list_entry *x = a, *y = b;
