@@ -44,9 +44,10 @@ $(BUILD)/mod_relay_mock.so: mock/mod_relay_mock.c | $(BUILD)
 APR_CFLAGS := $(shell apr-1-config --cppflags --includes)
 APR_LIBS := $(shell apu-1-config --link-ld) $(shell apr-1-config --link-ld)
 # relay_metrics.c: relay_redis.c times its commands through it (no-ops outside httpd)
-KEYSTORE_SRC = relay_keystore.c relay_redis.c relay_keys.c relay_validate.c relay_metrics.c
-KEYSTORE_HDR = relay_keystore.h relay_redis.h relay_keys.h relay_validate.h relay_schema.h \
-               relay_metrics.h
+KEYSTORE_SRC = relay_keystore.c relay_keystore_list.c relay_redis.c relay_keys.c relay_validate.c \
+               relay_metrics.c
+KEYSTORE_HDR = relay_keystore.h relay_keystore_int.h relay_redis.h relay_keys.h relay_validate.h \
+               relay_schema.h relay_metrics.h
 $(BUILD)/relay-keys: tools/relay-keys.c $(KEYSTORE_SRC) $(KEYSTORE_HDR) VERSION | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) $(APR_CFLAGS) -DRELAY_VERSION='"$(VERSION)"' $(CPPFLAGS) $(CFLAGS) \
 	    $(LDFLAGS) -o $@ tools/relay-keys.c $(KEYSTORE_SRC) $(APR_LIBS) -lhiredis -ljson-c

@@ -48,12 +48,12 @@ typedef enum {
     AM_DELETE_TITLE,
     AM_DELETE_CONFIRM,
     AM_ERR_REQUIRED,
-    AM_ERR_TOO_LONG_NAME,
-    AM_ERR_TOO_LONG_DESC,
+    AM_ERR_TOO_LONG,
     AM_ERR_ENCODING,
     AM_ERR_NUMBER,
     AM_ERR_DATE,
     AM_ERR_PAST,
+    AM_ERR_CHOICE,
     AM_ERR_FORM,
     AM_NOT_FOUND,
     AM_FORBIDDEN,
@@ -68,7 +68,44 @@ typedef enum {
     AM_MODEL,
     AM_TOKENS,
     AM_NO_USAGE,
-    AM_LIST_CAPPED,
+    AM_OV_KEYS,
+    AM_OV_KEYS_IN_FLIGHT,
+    AM_OV_IN_FLIGHT,
+    AM_OV_REQUESTS_TODAY,
+    AM_OV_TOKENS_TODAY,
+    AM_SEARCH,
+    AM_SEARCH_PLACEHOLDER,
+    AM_SORT,
+    AM_SORT_CREATED,
+    AM_SORT_NAME,
+    AM_SORT_IN_FLIGHT,
+    AM_SORT_TOKENS_TODAY,
+    AM_SORT_LAST_USED,
+    AM_ORDER,
+    AM_ORDER_DESC,
+    AM_ORDER_ASC,
+    AM_PER_PAGE,
+    AM_CLEAR,
+    AM_SHOWING,
+    AM_MATCHING,
+    AM_NO_MATCH,
+    AM_PAGE_EMPTY,
+    AM_PREV,
+    AM_NEXT,
+    AM_FIRST,
+    AM_LAST,
+    AM_PAGES,
+    AM_ERR_LIST_PARAM,
+    AM_IN_FLIGHT_NOW,
+    AM_RELEASE,
+    AM_RELEASE_TITLE,
+    AM_RELEASE_CONFIRM,
+    AM_RELEASED,
+    AM_REGENERATE,
+    AM_REGENERATE_TITLE,
+    AM_REGENERATE_CONFIRM,
+    AM_REGENERATED_TITLE,
+    AM_EXPIRY_EDIT_HINT,
     AM_COUNT
 } admin_msg;
 
@@ -116,12 +153,15 @@ static const char *const admin_text[AM_COUNT][2] = {
                           "This cannot be undone.",
                           "删除此密钥？使用它的客户端从下一个请求起将被拒绝。此操作无法撤销。"},
     [AM_ERR_REQUIRED] = {"Required.", "必填。"},
-    [AM_ERR_TOO_LONG_NAME] = {"At most 100 characters.", "最多 100 个字符。"},
-    [AM_ERR_TOO_LONG_DESC] = {"At most 500 characters.", "最多 500 个字符。"},
+    /* a format: the field's most characters (relay_field_rules) */
+    [AM_ERR_TOO_LONG] = {"At most %ld characters.", "最多 %ld 个字符。"},
     [AM_ERR_ENCODING] = {"Contains characters that are not allowed.", "包含不允许的字符。"},
-    [AM_ERR_NUMBER] = {"A whole number from 0 to 2147483647.", "0 到 2147483647 之间的整数。"},
+    /* a format: the largest limit (RELAY_LIMIT_MAX) */
+    [AM_ERR_NUMBER] = {"A whole number from 0 to %ld (0 = unlimited).",
+                       "0 到 %ld 之间的整数 (0 = 无限制)。"},
     [AM_ERR_DATE] = {"Not a date: use YYYY-MM-DD.", "日期格式无效：请使用 YYYY-MM-DD。"},
     [AM_ERR_PAST] = {"This date has already passed.", "该日期已经过去。"},
+    [AM_ERR_CHOICE] = {"Either true or false.", "只能是 true 或 false。"},
     [AM_ERR_FORM] = {"Nothing was saved: please correct the fields marked below.",
                     "未保存：请更正下面标出的字段。"},
     [AM_NOT_FOUND] = {"No such key.", "没有这个密钥。"},
@@ -143,11 +183,68 @@ static const char *const admin_text[AM_COUNT][2] = {
     [AM_MODEL] = {"Model", "模型"},
     [AM_TOKENS] = {"Tokens", "Token"},
     [AM_NO_USAGE] = {"No usage yet.", "暂无用量。"},
-    /* a format: the number shown, then the number of keys in Redis */
-    [AM_LIST_CAPPED] = {"Showing the newest %d of %d keys. The others are not listed here yet: "
-                        "use relay-keys list to see them all.",
-                        "显示最新的 %d 个密钥（共 %d 个）。其余密钥暂不在此列出："
-                        "请使用 relay-keys list 查看全部。"},
+    [AM_OV_KEYS] = {"Keys", "密钥"},
+    [AM_OV_KEYS_IN_FLIGHT] = {"Keys with requests in flight", "有进行中请求的密钥"},
+    [AM_OV_IN_FLIGHT] = {"Requests in flight now", "当前进行中的请求"},
+    [AM_OV_REQUESTS_TODAY] = {"Requests today (UTC)", "今日请求 (UTC)"},
+    [AM_OV_TOKENS_TODAY] = {"Tokens today (UTC)", "今日 Token (UTC)"},
+    [AM_SEARCH] = {"Search", "搜索"},
+    [AM_SEARCH_PLACEHOLDER] = {"Name, description or id", "名称、描述或 ID"},
+    [AM_SORT] = {"Sort by", "排序"},
+    [AM_SORT_CREATED] = {"Created", "创建时间"},
+    [AM_SORT_NAME] = {"Name", "名称"},
+    [AM_SORT_IN_FLIGHT] = {"In flight", "进行中"},
+    [AM_SORT_TOKENS_TODAY] = {"Tokens today", "今日 Token"},
+    [AM_SORT_LAST_USED] = {"Last used", "最近使用"},
+    [AM_ORDER] = {"Order", "顺序"},
+    [AM_ORDER_DESC] = {"Largest / newest first", "从大到小 / 最新在前"},
+    [AM_ORDER_ASC] = {"Smallest / oldest first", "从小到大 / 最早在前"},
+    [AM_PER_PAGE] = {"Per page", "每页"},
+    [AM_CLEAR] = {"Clear", "清除"},
+    /* a format: the first and last key shown, then the number matching */
+    [AM_SHOWING] = {"Keys %ld–%ld of %ld", "第 %ld–%ld 个，共 %ld 个密钥"},
+    /* a format: the number of keys that match, then the search */
+    [AM_MATCHING] = {"%ld keys match “%s”.", "%ld 个密钥匹配 “%s”。"},
+    [AM_NO_MATCH] = {"No key matches this search.", "没有匹配的密钥。"},
+    [AM_PAGE_EMPTY] = {"This page is past the last one.", "此页超出了最后一页。"},
+    [AM_PREV] = {"‹ Previous", "‹ 上一页"},
+    [AM_NEXT] = {"Next ›", "下一页 ›"},
+    [AM_FIRST] = {"« First", "« 第一页"},
+    [AM_LAST] = {"Last »", "最后一页 »"},
+    /* a format: this page, then the number of pages */
+    [AM_PAGES] = {"Page %d of %d", "第 %d 页，共 %d 页"},
+    /* a format: the parameter's name */
+    [AM_ERR_LIST_PARAM] = {"The list cannot be shown: the value of %s is not valid.",
+                           "无法显示列表：参数 %s 的值无效。"},
+    [AM_IN_FLIGHT_NOW] = {"In flight now (current / limit)", "当前进行中 (当前 / 上限)"},
+    [AM_RELEASE] = {"Release slots", "释放并发槽位"},
+    [AM_RELEASE_TITLE] = {"Release this key's slots", "释放此密钥的并发槽位"},
+    /* a format: the requests in flight now, then the limit */
+    [AM_RELEASE_CONFIRM] =
+        {"Requests in flight now: %ld (limit: %s). Releasing the key's slots sets its "
+         "count to 0 at once, on every relay server. The requests in flight go on, but they no "
+         "longer count against the limit until they end, so for that while the key may have "
+         "more requests in flight than its limit. Use this when the count is stuck.",
+         "当前进行中的请求: %ld (上限: %s)。"
+         "释放槽位会立即在所有中转服务器上把计数清零。"
+         "进行中的请求会继续，但在结束前不再计入上限，"
+         "因此这段时间内此密钥的进行中请求可能超过上限。"
+         "请在计数卡住时使用。"},
+    /* a format: the leases released */
+    [AM_RELEASED] = {"Slots released: %ld.", "已释放的槽位: %ld。"},
+    [AM_REGENERATE] = {"Regenerate key", "重新生成密钥"},
+    [AM_REGENERATE_TITLE] = {"Regenerate this key", "重新生成此密钥"},
+    [AM_REGENERATE_CONFIRM] =
+        {"Make a new key for this id? The current key stops working on the very next request, "
+         "on every relay server. The id, limits, usage and history stay. The new key is shown "
+         "once.",
+         "为此 ID 生成新密钥？当前密钥从下一个请求起在所有中转服务器上失效。"
+         "ID、限额、用量和历史保持不变。新密钥只显示一次。"},
+    [AM_REGENERATED_TITLE] = {"New key made", "新密钥已生成"},
+    [AM_EXPIRY_EDIT_HINT] = {"Empty = never. A date (YYYY-MM-DD) expires at the end of that day, "
+                             "UTC; a date that has passed cannot be set.",
+                             "留空 = 永不过期。日期 (YYYY-MM-DD) 在当天结束时 (UTC) 过期；"
+                             "不能设置已过去的日期。"},
 };
 
 #endif

@@ -1,8 +1,10 @@
 /*
  * relay_keystore.c - key records in Redis for the admin and relay-keys (see
- * relay_keystore.h).
+ * relay_keystore.h): reading one key, creating, changing, regenerating,
+ * releasing and deleting. Lists are in relay_keystore_list.c.
  */
 #include "relay_keystore.h"
+#include "relay_keystore_int.h"
 #include "relay_keys.h"
 #include "relay_schema.h"
 #include "relay_validate.h"
@@ -13,27 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* Lua: `now`, Redis's clock in whole milliseconds, as the leases are scored. */
-#define LUA_NOW                                                                                    \
-    "local t = redis.call('TIME')\n"                                                               \
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-
-/*
- * Lua: live(key), the leases of a concurrency:{id} set alive at `now`. A plain
- * counter an older relay left there counts as its value until the module
- * replaces it; anything else counts as 0.
- */
-#define LUA_LIVE                                                                                   \
-    "local function live(key)\n"                                                                   \
-    "  local n = redis.pcall('ZCOUNT', key, string.format('%.0f', now + 1), '+inf')\n"             \
-    "  if type(n) == 'number' then return n end\n"                                                 \
-    "  local v = redis.pcall('GET', key)\n"                                                        \
-    "  if type(v) == 'string' and #v < 16 and string.match(v, '^%d+$') then\n"                     \
-    "    return tonumber(v)\n"                                                                     \
-    "  end\n"                                                                                      \
-    "  return 0\n"                                                                                 \
-    "end\n"
 
 /*
  * Read keys with their live lease count and usage in one call.
@@ -52,42 +33,6 @@ static const char read_lua[] = LUA_NOW LUA_LIVE
     "for i = 1, n do\n"
     "  out[i] = {all(KEYS[i]), live(KEYS[n + i]), all(KEYS[2 * n + i]), all(KEYS[3 * n + i]),"
     " all(KEYS[4 * n + i])}\n"
-    "end\n"
-    "return out\n";
-
-/*
- * Creation times, to pick the newest keys of a long list. KEYS: apikey:{id}
- * x n. Returns n strings ("" when missing or not a hash).
- */
-static const char created_lua[] =
-    "local out = {}\n"
-    "for i, key in ipairs(KEYS) do\n"
-    "  local v = redis.pcall('HGET', key, '" RELAY_F_CREATED_AT "')\n"
-    "  if type(v) ~= 'string' then v = '' end\n"
-    "  out[i] = v\n"
-    "end\n"
-    "return out\n";
-
-/*
- * Live columns of the list. KEYS: apikey:{id} x n, concurrency:{id} x n,
- * usage:{id} x n. Returns n entries: {0} for a missing key, else
- * {1, live leases, concurrencyLimit, totalTokens}.
- */
-static const char live_lua[] = LUA_NOW LUA_LIVE
-    "local n = #KEYS / 3\n"
-    "local function str(v)\n"
-    "  if type(v) == 'string' then return v end\n"
-    "  return ''\n"
-    "end\n"
-    "local out = {}\n"
-    "for i = 1, n do\n"
-    "  if redis.call('EXISTS', KEYS[i]) == 0 then\n"
-    "    out[i] = {0}\n"
-    "  else\n"
-    "    out[i] = {1, live(KEYS[n + i]),"
-    " str(redis.pcall('HGET', KEYS[i], '" RELAY_F_CONCURRENCY_LIMIT "')),"
-    " str(redis.pcall('HGET', KEYS[2 * n + i], '" RELAY_U_TOTAL_TOKENS "'))}\n"
-    "  end\n"
     "end\n"
     "return out\n";
 
@@ -137,8 +82,41 @@ static const char delete_lua[] =
     "redis.call('DEL', KEYS[1], KEYS[3])\n"
     "return 1\n";
 
+/*
+ * Regenerate: KEYS apikey:{id}, apikey:hash_map; ARGV new hash, id, preview,
+ * updatedAt, updatedBy. Returns 0 when the key does not exist, -1 when the
+ * new hash is taken (nothing written), 1 when done: the old hash leaves the
+ * map (if it still names this key) as the new one enters, in one step.
+ */
+static const char regenerate_lua[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+    "if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end\n"
+    "local old = redis.call('HGET', KEYS[1], '" RELAY_F_API_KEY "')\n"
+    "if old and redis.call('HGET', KEYS[2], old) == ARGV[2] then\n"
+    "  redis.call('HDEL', KEYS[2], old)\n"
+    "end\n"
+    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])\n"
+    "redis.call('HSET', KEYS[1], '" RELAY_F_API_KEY "', ARGV[1],"
+    " '" RELAY_F_KEY_PREVIEW "', ARGV[3],"
+    " '" RELAY_F_UPDATED_AT "', ARGV[4], '" RELAY_F_UPDATED_BY "', ARGV[5])\n"
+    "return 1\n";
+
+/*
+ * Release slots: KEYS apikey:{id}, concurrency:{id}; ARGV updatedAt,
+ * updatedBy. Returns -1 when the key does not exist, else the live leases
+ * deleted. Writing the record makes every relay server hear of the change
+ * (and give back slots it keeps for the key).
+ */
+static const char release_lua[] = LUA_NOW LUA_LIVE
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end\n"
+    "local n = live(KEYS[2])\n"
+    "redis.call('DEL', KEYS[2])\n"
+    "redis.call('HSET', KEYS[1], '" RELAY_F_UPDATED_AT "', ARGV[1], '" RELAY_F_UPDATED_BY "',"
+    " ARGV[2])\n"
+    "return n\n";
+
 static relay_script read_script, history_script, create_script, update_script, delete_script,
-    created_script, live_script;
+    regenerate_script, release_script;
 
 void relay_keystore_init(void)
 {
@@ -148,8 +126,9 @@ void relay_keystore_init(void)
         relay_script_init(&create_script, "key-create", create_lua);
         relay_script_init(&update_script, "key-update", update_lua);
         relay_script_init(&delete_script, "key-delete", delete_lua);
-        relay_script_init(&created_script, "keys-created", created_lua);
-        relay_script_init(&live_script, "keys-live", live_lua);
+        relay_script_init(&regenerate_script, "key-regenerate", regenerate_lua);
+        relay_script_init(&release_script, "key-release", release_lua);
+        relay_keystore_list_init();
     }
 }
 
@@ -184,23 +163,23 @@ const char *relay_key_status(const relay_key_record *k, const char *now_iso)
 }
 
 /* Redis key names of one key id. */
-static const char *record_key(const char *id, apr_pool_t *p)
+const char *relay_ks_record_key(const char *id, apr_pool_t *p)
 {
     return apr_pstrcat(p, RELAY_KEY_RECORD_PREFIX, id, NULL);
 }
 
-static const char *concurrency_key(const char *id, apr_pool_t *p)
+const char *relay_ks_concurrency_key(const char *id, apr_pool_t *p)
 {
     return apr_pstrcat(p, RELAY_CONCURRENCY_PREFIX, id, NULL);
 }
 
-static const char *usage_key(const char *id, apr_pool_t *p)
+const char *relay_ks_usage_key(const char *id, apr_pool_t *p)
 {
     return apr_pstrcat(p, RELAY_USAGE_PREFIX, id, NULL);
 }
 
 /* A reply element as a string copied into p ("" for nil or other types). */
-static const char *elem_str(const redisReply *e, apr_pool_t *p)
+const char *relay_ks_elem_str(const redisReply *e, apr_pool_t *p)
 {
     if (e && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS)) {
         return apr_pstrmemdup(p, e->str, e->len);
@@ -221,8 +200,8 @@ static void period_from(const redisReply *h, relay_usage_period *u, apr_pool_t *
         return;
     }
     for (i = 0; i + 1 < h->elements; i += 2) {
-        const char *f = elem_str(h->element[i], p);
-        long long v = strtoll(elem_str(h->element[i + 1], p), NULL, 10);
+        const char *f = relay_ks_elem_str(h->element[i], p);
+        long long v = strtoll(relay_ks_elem_str(h->element[i + 1], p), NULL, 10);
         if (!strcmp(f, RELAY_U_TOTAL_TOKENS) || !strcmp(f, RELAY_U_TOKENS)) u->tokens = v;
         else if (!strcmp(f, RELAY_U_TOTAL_INPUT) || !strcmp(f, RELAY_U_INPUT)) u->input = v;
         else if (!strcmp(f, RELAY_U_TOTAL_OUTPUT) || !strcmp(f, RELAY_U_OUTPUT)) u->output = v;
@@ -290,7 +269,8 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
     k = record_new(id, p);
     fields = apr_array_make(p, (int)h->elements, sizeof(const char *));
     for (i = 0; i + 1 < h->elements; i += 2) {
-        record_set(k, fields, elem_str(h->element[i], p), elem_str(h->element[i + 1], p));
+        record_set(k, fields, relay_ks_elem_str(h->element[i], p),
+                   relay_ks_elem_str(h->element[i + 1], p));
     }
     k->fields = fields;
     k->current_concurrency = entry->element[1]->type == REDIS_REPLY_INTEGER
@@ -303,8 +283,8 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
 }
 
 /* Read the records of the given ids in one script call. */
-static apr_array_header_t *read_records(relay_redis_conn *c, const char **ids, int n,
-                                        apr_pool_t *p, const char **err)
+apr_array_header_t *relay_ks_read_records(relay_redis_conn *c, const char *const *ids, int n,
+                                          apr_pool_t *p, const char **err)
 {
     apr_array_header_t *out = apr_array_make(p, n > 0 ? n : 1, sizeof(relay_key_record *));
     const char **keys, *now;
@@ -317,9 +297,9 @@ static apr_array_header_t *read_records(relay_redis_conn *c, const char **ids, i
     keys = apr_palloc(p, sizeof(*keys) * 5 * n);
     now = relay_now_iso(p);
     for (i = 0; i < n; i++) {
-        keys[i] = record_key(ids[i], p);
-        keys[n + i] = concurrency_key(ids[i], p);
-        keys[2 * n + i] = usage_key(ids[i], p);
+        keys[i] = relay_ks_record_key(ids[i], p);
+        keys[n + i] = relay_ks_concurrency_key(ids[i], p);
+        keys[2 * n + i] = relay_ks_usage_key(ids[i], p);
         keys[3 * n + i] = apr_psprintf(p, RELAY_USAGE_DAILY_PREFIX "%s:%.10s", ids[i], now);
         keys[4 * n + i] = apr_psprintf(p, RELAY_USAGE_MONTHLY_PREFIX "%s:%.7s", ids[i], now);
     }
@@ -342,187 +322,13 @@ static apr_array_header_t *read_records(relay_redis_conn *c, const char **ids, i
     return out;
 }
 
-/* Newest first, then by name. */
-static int record_cmp(const void *a, const void *b)
-{
-    const relay_key_record *x = *(relay_key_record *const *)a;
-    const relay_key_record *y = *(relay_key_record *const *)b;
-    int c = strcmp(y->created_at, x->created_at);
-    return c ? c : strcmp(x->name, y->name);
-}
-
-/* An id with its creation time, to choose the newest keys of a long list. */
-typedef struct {
-    const char *id;
-    const char *created_at;
-} id_created;
-
-/* Newest first, then by id, so a cut through equal times is stable. */
-static int id_created_cmp(const void *a, const void *b)
-{
-    const id_created *x = a, *y = b;
-    int c = strcmp(y->created_at, x->created_at);
-    return c ? c : strcmp(x->id, y->id);
-}
-
-/*
- * Keep the `max` newest of ids (in place). Reads only createdAt of each key,
- * 1000 keys per script call. Returns 0, or -1 with *err.
- */
-static int keep_newest(relay_redis_conn *c, apr_array_header_t *ids, int max, apr_pool_t *p,
-                       const char **err)
-{
-    id_created *all = apr_pcalloc(p, sizeof(*all) * ids->nelts);
-    int i, j;
-
-    for (i = 0; i < ids->nelts; i += 1000) {
-        int n = ids->nelts - i > 1000 ? 1000 : ids->nelts - i;
-        const char **keys = apr_palloc(p, sizeof(*keys) * n);
-        redisReply *rep;
-
-        for (j = 0; j < n; j++) {
-            all[i + j].id = APR_ARRAY_IDX(ids, i + j, const char *);
-            all[i + j].created_at = "";
-            keys[j] = record_key(all[i + j].id, p);
-        }
-        rep = relay_redis_script(c, &created_script, n, keys, 0, NULL, p, err);
-        if (!rep) {
-            return -1;
-        }
-        if (rep->type != REDIS_REPLY_ARRAY) {
-            freeReplyObject(rep);
-            *err = "unexpected reply reading creation times";
-            return -1;
-        }
-        for (j = 0; j < n && (size_t)j < rep->elements; j++) {
-            all[i + j].created_at = elem_str(rep->element[j], p);
-        }
-        freeReplyObject(rep);
-    }
-    qsort(all, ids->nelts, sizeof(*all), id_created_cmp);
-    for (i = 0; i < max; i++) {
-        APR_ARRAY_IDX(ids, i, const char *) = all[i].id;
-    }
-    ids->nelts = max;
-    return 0;
-}
-
-apr_array_header_t *relay_keystore_list(relay_redis_conn *c, int max, int *total, apr_pool_t *p,
-                                        const char **err)
-{
-    static const size_t plen = sizeof(RELAY_KEY_RECORD_PREFIX) - 1;
-    apr_array_header_t *ids = apr_array_make(p, 64, sizeof(const char *));
-    apr_array_header_t *all = apr_array_make(p, 64, sizeof(relay_key_record *));
-    apr_hash_t *seen = apr_hash_make(p);
-    const char *cursor = "0";
-    int i;
-
-    *total = 0;
-    do {
-        const char *argv[6] = {"SCAN", cursor, "MATCH", RELAY_KEY_RECORD_PREFIX "*", "COUNT",
-                               "1000"};
-        size_t lens[6];
-        redisReply *rep;
-        size_t j;
-
-        for (j = 0; j < 6; j++) {
-            lens[j] = strlen(argv[j]);
-        }
-        rep = relay_redis_command(c, 6, argv, lens, p, err);
-        if (!rep) {
-            return NULL;
-        }
-        if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
-            rep->element[1]->type != REDIS_REPLY_ARRAY) {
-            *err = rep->type == REDIS_REPLY_ERROR ? apr_pstrdup(p, rep->str)
-                                                  : "unexpected reply to SCAN";
-            freeReplyObject(rep);
-            return NULL;
-        }
-        cursor = elem_str(rep->element[0], p);
-        for (j = 0; j < rep->element[1]->elements; j++) {
-            const char *name = elem_str(rep->element[1]->element[j], p);
-            /* apikey:hash_map and anything that is not a key id is skipped;
-             * SCAN may name a key twice while Redis rehashes */
-            if (strlen(name) > plen && relay_uuid_ok(name + plen) &&
-                !apr_hash_get(seen, name + plen, APR_HASH_KEY_STRING)) {
-                apr_hash_set(seen, name + plen, APR_HASH_KEY_STRING, name);
-                APR_ARRAY_PUSH(ids, const char *) = name + plen;
-            }
-        }
-        freeReplyObject(rep);
-    } while (strcmp(cursor, "0") != 0);
-
-    *total = ids->nelts;
-    if (max >= 0 && ids->nelts > max && keep_newest(c, ids, max, p, err) != 0) {
-        return NULL;
-    }
-    /* read in batches so one script call stays small */
-    for (i = 0; i < ids->nelts; i += 200) {
-        int n = ids->nelts - i > 200 ? 200 : ids->nelts - i;
-        apr_array_header_t *part =
-            read_records(c, &APR_ARRAY_IDX(ids, i, const char *), n, p, err);
-        if (!part) {
-            return NULL;
-        }
-        apr_array_cat(all, part);
-    }
-    qsort(all->elts, all->nelts, sizeof(relay_key_record *), record_cmp);
-    return all;
-}
-
-apr_array_header_t *relay_keystore_live(relay_redis_conn *c, const char *const *ids, int n,
-                                        apr_pool_t *p, const char **err)
-{
-    apr_array_header_t *out = apr_array_make(p, n > 0 ? n : 1, sizeof(relay_key_live));
-    const char **keys;
-    redisReply *rep;
-    int i;
-
-    if (n == 0) {
-        return out;
-    }
-    keys = apr_palloc(p, sizeof(*keys) * 3 * n);
-    for (i = 0; i < n; i++) {
-        keys[i] = record_key(ids[i], p);
-        keys[n + i] = concurrency_key(ids[i], p);
-        keys[2 * n + i] = usage_key(ids[i], p);
-    }
-    rep = relay_redis_script(c, &live_script, 3 * n, keys, 0, NULL, p, err);
-    if (!rep) {
-        return NULL;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(rep);
-        *err = "unexpected reply reading live counts";
-        return NULL;
-    }
-    for (i = 0; i < n && (size_t)i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        relay_key_live *l;
-
-        if (e->type != REDIS_REPLY_ARRAY || e->elements < 4 ||
-            e->element[0]->type != REDIS_REPLY_INTEGER || e->element[0]->integer != 1) {
-            continue;
-        }
-        l = apr_array_push(out);
-        l->id = ids[i];
-        l->current_concurrency =
-            e->element[1]->type == REDIS_REPLY_INTEGER ? (long)e->element[1]->integer : 0;
-        l->concurrency_limit = elem_str(e->element[2], p);
-        l->total_tokens = strtoll(elem_str(e->element[3], p), NULL, 10);
-    }
-    freeReplyObject(rep);
-    return out;
-}
-
 relay_key_record *relay_keystore_get(relay_redis_conn *c, const char *id, apr_pool_t *p,
                                      const char **err)
 {
     apr_array_header_t *one;
 
     *err = NULL;
-    one = read_records(c, &id, 1, p, err);
+    one = relay_ks_read_records(c, &id, 1, p, err);
     if (!one || one->nelts == 0) {
         return NULL;
     }
@@ -570,7 +376,7 @@ relay_ks_result relay_keystore_create(relay_redis_conn *c, const relay_key_new *
     PAIR(RELAY_F_EXPIRES_AT, nk->expires_at ? nk->expires_at : "");
     PAIR(RELAY_F_CREATED_BY, nk->created_by);
 #undef PAIR
-    keys[0] = record_key(id, p);
+    keys[0] = relay_ks_record_key(id, p);
     keys[1] = RELAY_KEY_HASH_MAP;
     rep = relay_redis_script(c, &create_script, 2, keys, n, args, p, err);
     if (!rep) {
@@ -630,7 +436,7 @@ relay_ks_result relay_keystore_update(relay_redis_conn *c, const char *id,
                                       const apr_array_header_t *pairs, const char *by,
                                       apr_pool_t *p, const char **err)
 {
-    const char *key = record_key(id, p);
+    const char *key = relay_ks_record_key(id, p);
     int n = pairs->nelts + 4, i;
     const char **args = apr_palloc(p, sizeof(*args) * n);
     redisReply *rep;
@@ -682,7 +488,7 @@ int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_p
 
     /* the models this key has used */
     argv[0] = "SMEMBERS";
-    argv[1] = apr_pstrcat(p, usage_key(id, p), RELAY_USAGE_MODELS_SUFFIX, NULL);
+    argv[1] = apr_pstrcat(p, relay_ks_usage_key(id, p), RELAY_USAGE_MODELS_SUFFIX, NULL);
     lens[0] = 8;
     lens[1] = strlen(argv[1]);
     rep = relay_redis_command(c, 2, argv, lens, p, err);
@@ -691,7 +497,7 @@ int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_p
     }
     if (rep->type == REDIS_REPLY_ARRAY) {
         for (i = 0; i < (int)rep->elements && i < 50; i++) {
-            APR_ARRAY_PUSH(names, const char *) = elem_str(rep->element[i], p);
+            APR_ARRAY_PUSH(names, const char *) = relay_ks_elem_str(rep->element[i], p);
         }
     }
     freeReplyObject(rep);
@@ -708,7 +514,7 @@ int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_p
         keys[i] = apr_pstrcat(p, RELAY_USAGE_DAILY_PREFIX, id, ":", dates[i], NULL);
         for (j = 0; j < names->nelts; j++) {
             keys[ndays * (1 + j) + i] =
-                apr_pstrcat(p, usage_key(id, p), RELAY_USAGE_MODEL_DAILY_INFIX,
+                apr_pstrcat(p, relay_ks_usage_key(id, p), RELAY_USAGE_MODEL_DAILY_INFIX,
                             APR_ARRAY_IDX(names, j, const char *), ":", dates[i], NULL);
         }
     }
@@ -755,9 +561,9 @@ relay_ks_result relay_keystore_delete(relay_redis_conn *c, const char *id, apr_p
     redisReply *rep;
     int done;
 
-    keys[0] = record_key(id, p);
+    keys[0] = relay_ks_record_key(id, p);
     keys[1] = RELAY_KEY_HASH_MAP;
-    keys[2] = concurrency_key(id, p);
+    keys[2] = relay_ks_concurrency_key(id, p);
     rep = relay_redis_script(c, &delete_script, 3, keys, 1, &id, p, err);
     if (!rep) {
         return RELAY_KS_ERROR;
@@ -769,4 +575,78 @@ relay_ks_result relay_keystore_delete(relay_redis_conn *c, const char *id, apr_p
         return RELAY_KS_ERROR;
     }
     return done ? RELAY_KS_DONE : RELAY_KS_NOT_FOUND;
+}
+
+relay_ks_result relay_keystore_regenerate(relay_redis_conn *c, const char *id, const char *secret,
+                                          const unsigned char rnd[RELAY_KEY_RANDOM_BYTES],
+                                          const char *by, const char **plain,
+                                          const char **preview, apr_pool_t *p, const char **err)
+{
+    char *key = apr_palloc(p, RELAY_KEY_LEN + 1);
+    char *hash = apr_palloc(p, RELAY_SHA256_HEX_LEN + 1);
+    char *pre = apr_palloc(p, 32);
+    const char *keys[2], *args[5];
+    redisReply *rep;
+    long long done;
+
+    relay_key_from_random(rnd, key);
+    relay_key_hash(key, RELAY_KEY_LEN, secret, hash);
+    relay_key_preview(key, pre, 32);
+    keys[0] = relay_ks_record_key(id, p);
+    keys[1] = RELAY_KEY_HASH_MAP;
+    args[0] = hash;
+    args[1] = id;
+    args[2] = pre;
+    args[3] = relay_now_iso(p);
+    args[4] = by;
+    rep = relay_redis_script(c, &regenerate_script, 2, keys, 5, args, p, err);
+    if (!rep) {
+        return RELAY_KS_ERROR;
+    }
+    done = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -2;
+    freeReplyObject(rep);
+    if (done == -2) {
+        *err = "unexpected reply regenerating a key";
+        return RELAY_KS_ERROR;
+    }
+    if (done == -1) {
+        *err = "the new key's hash is taken already; nothing was written";
+        return RELAY_KS_EXISTS;
+    }
+    if (done == 0) {
+        return RELAY_KS_NOT_FOUND;
+    }
+    *plain = key;
+    *preview = pre;
+    return RELAY_KS_DONE;
+}
+
+relay_ks_result relay_keystore_release(relay_redis_conn *c, const char *id, const char *by,
+                                       long *released, apr_pool_t *p, const char **err)
+{
+    const char *keys[2], *args[2];
+    redisReply *rep;
+    long long n;
+
+    *released = 0;
+    keys[0] = relay_ks_record_key(id, p);
+    keys[1] = relay_ks_concurrency_key(id, p);
+    args[0] = relay_now_iso(p);
+    args[1] = by;
+    rep = relay_redis_script(c, &release_script, 2, keys, 2, args, p, err);
+    if (!rep) {
+        return RELAY_KS_ERROR;
+    }
+    if (rep->type != REDIS_REPLY_INTEGER) {
+        freeReplyObject(rep);
+        *err = "unexpected reply releasing a key's slots";
+        return RELAY_KS_ERROR;
+    }
+    n = rep->integer;
+    freeReplyObject(rep);
+    if (n < 0) {
+        return RELAY_KS_NOT_FOUND;
+    }
+    *released = (long)n;
+    return RELAY_KS_DONE;
 }

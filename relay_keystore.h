@@ -9,6 +9,7 @@
 #ifndef RELAY_KEYSTORE_H
 #define RELAY_KEYSTORE_H
 
+#include "relay_keys.h"
 #include "relay_redis.h"
 
 #include <apr_pools.h>
@@ -66,19 +67,66 @@ typedef enum {
 /* Load the scripts' SHA1s (once per process). */
 void relay_keystore_init(void);
 
-/* The most keys one list reads (the newest); pagination is still to come. */
-#define RELAY_KEYSTORE_LIST_MAX 1000
-
-/* The most keys one live-count call may ask about. */
+/* The most keys one live-count call may ask about, and one list page may hold. */
 #define RELAY_KEYSTORE_LIVE_MAX 200
+#define RELAY_KEYSTORE_PAGE_MAX RELAY_KEYSTORE_LIVE_MAX
+/* the keys a list page shows unless asked otherwise */
+#define RELAY_KEYSTORE_PAGE_DEFAULT 50
+
+/* How a list is ordered; ties go by creation time, then id. */
+typedef enum {
+    RELAY_SORT_CREATED = 0,  /* createdAt */
+    RELAY_SORT_NAME,         /* name, ASCII letters without regard to case */
+    RELAY_SORT_IN_FLIGHT,    /* requests in flight now */
+    RELAY_SORT_TOKENS_TODAY, /* tokens of the current UTC day */
+    RELAY_SORT_LAST_USED,    /* lastUsedAt; never used sorts as the oldest */
+    RELAY_SORT_COUNT
+} relay_key_sort;
+
+/* What the front ends call each sort ("created", "name", "inFlight", "tokensToday", "lastUsed"). */
+extern const char *const relay_key_sort_names[RELAY_SORT_COUNT];
+
+/* The sort called name, or -1. */
+int relay_key_sort_find(const char *name);
+
+/* Which keys a list shows, in what order, and which page of them. */
+typedef struct {
+    const char *search;  /* NULL or "": every key; else a key matches when its id starts with it,
+                            or its name or description holds it (ASCII letters without regard
+                            to case) */
+    relay_key_sort sort; /* the order */
+    int descending;      /* largest first (newest, most in flight, ...) */
+    int page;            /* from 1; a page past the last one is empty */
+    int per_page;        /* 1..RELAY_KEYSTORE_PAGE_MAX; 0 = every match, on one page */
+} relay_key_query;
+
+/* Figures across every key in the store, whatever the search. */
+typedef struct {
+    long keys;                /* key records */
+    long keys_in_flight;      /* keys with at least one request in flight */
+    long long in_flight;      /* requests in flight, all keys together */
+    long long requests_today; /* requests of the current UTC day */
+    long long tokens_today;   /* tokens of the current UTC day */
+} relay_key_overview;
+
+/* One page of a list. */
+typedef struct {
+    apr_array_header_t *keys;    /* relay_key_record *, in the query's order */
+    long matched;                /* keys that match the search, on every page */
+    int page;                    /* the page asked for */
+    int pages;                   /* pages the matches fill (at least 1) */
+    relay_key_overview overview; /* the whole store */
+} relay_key_page;
 
 /*
- * The newest `max` keys (all of them when max < 0), sorted by creation time
- * (newest first), with the number of keys in Redis in *total; *err on failure.
- * Costs the SCAN pages and one script call per 200 keys, whatever they hold.
+ * One page of keys, with the overview. A page reads only what ordering and
+ * searching need of each key (one script call per 500 keys; names and
+ * descriptions only for a search or a sort by name), then the page's own
+ * records in one call; per_page 0 reads every record (200 per call) instead.
+ * Returns 0, or -1 with *err.
  */
-apr_array_header_t *relay_keystore_list(relay_redis_conn *c, int max, int *total, apr_pool_t *p,
-                                        const char **err);
+int relay_keystore_query(relay_redis_conn *c, const relay_key_query *q, relay_key_page *out,
+                         apr_pool_t *p, const char **err);
 
 /* What the list's live columns show of one key. */
 typedef struct {
@@ -143,6 +191,29 @@ typedef struct {
 int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_pool_t *p,
                            apr_array_header_t **days, apr_array_header_t **models,
                            const char **err);
+
+/*
+ * Give key id a new key made of rnd (RELAY_KEY_RANDOM_BYTES), keeping its id,
+ * limits, usage and leases: in one script call, apikey:hash_map loses the old
+ * hash and gains the new one, and the record's apiKey and keyPreview change
+ * (with updatedAt and updatedBy = by). The old key is refused from the next
+ * request on. On RELAY_KS_DONE *plain is the new key, to show once, and
+ * *preview its preview; RELAY_KS_EXISTS (nothing written) when the new hash
+ * is taken.
+ */
+relay_ks_result relay_keystore_regenerate(relay_redis_conn *c, const char *id, const char *secret,
+                                          const unsigned char rnd[RELAY_KEY_RANDOM_BYTES],
+                                          const char *by, const char **plain,
+                                          const char **preview, apr_pool_t *p, const char **err);
+
+/*
+ * Free every slot of key id now: delete concurrency:{id} (and set updatedAt,
+ * updatedBy = by, which tells every relay server the key changed). Requests
+ * in flight go on, uncounted, until they end. *released: the leases that were
+ * live.
+ */
+relay_ks_result relay_keystore_release(relay_redis_conn *c, const char *id, const char *by,
+                                       long *released, apr_pool_t *p, const char **err);
 
 /* Delete a key, its hash-map entry and its leases. */
 relay_ks_result relay_keystore_delete(relay_redis_conn *c, const char *id, apr_pool_t *p,

@@ -3,8 +3,20 @@
  */
 #include "relay_validate.h"
 #include "relay_keys.h"
+#include "relay_schema.h"
 
+#include <stdio.h>
 #include <string.h>
+
+const relay_field_rule relay_field_rules[RELAY_FIELD_COUNT] = {
+    [RELAY_FIELD_NAME] = {RELAY_F_NAME, RELAY_FIELD_TEXT, 1, RELAY_NAME_MAX_CHARS, 1},
+    [RELAY_FIELD_DESCRIPTION] = {RELAY_F_DESCRIPTION, RELAY_FIELD_MULTILINE, 0,
+                                 RELAY_DESCRIPTION_MAX_CHARS, 1},
+    [RELAY_FIELD_TOKEN_LIMIT] = {RELAY_F_TOKEN_LIMIT, RELAY_FIELD_LIMIT, 0, 0, 1},
+    [RELAY_FIELD_CONCURRENCY_LIMIT] = {RELAY_F_CONCURRENCY_LIMIT, RELAY_FIELD_LIMIT, 0, 0, 1},
+    [RELAY_FIELD_EXPIRES_AT] = {RELAY_F_EXPIRES_AT, RELAY_FIELD_EXPIRY, 0, 0, 1},
+    [RELAY_FIELD_IS_ACTIVE] = {RELAY_F_IS_ACTIVE, RELAY_FIELD_SWITCH, 1, 0, 0},
+};
 
 long relay_utf8_chars(const char *s)
 {
@@ -85,32 +97,36 @@ static int has_visible(const char *s)
     return 0;
 }
 
-relay_invalid relay_check_name(const char *s)
+/* Text under a rule: required or not, at most rule->max_chars, no control characters. */
+static relay_invalid check_text(const relay_field_rule *rule, const char *s)
 {
     long n;
 
     if (!s || !has_visible(s)) {
-        return RELAY_INVALID_REQUIRED;
+        return rule->required ? RELAY_INVALID_REQUIRED : RELAY_VALID;
     }
     n = relay_utf8_chars(s);
-    if (n < 0 || has_control(s, 0)) {
+    if (n < 0 || has_control(s, rule->kind == RELAY_FIELD_MULTILINE)) {
         return RELAY_INVALID_ENCODING;
     }
-    return n > RELAY_NAME_MAX_CHARS ? RELAY_INVALID_TOO_LONG : RELAY_VALID;
+    return n > rule->max_chars ? RELAY_INVALID_TOO_LONG : RELAY_VALID;
+}
+
+relay_invalid relay_check_name(const char *s)
+{
+    return check_text(&relay_field_rules[RELAY_FIELD_NAME], s);
 }
 
 relay_invalid relay_check_description(const char *s)
 {
-    long n;
+    return check_text(&relay_field_rules[RELAY_FIELD_DESCRIPTION], s);
+}
 
-    if (!s) {
-        return RELAY_VALID;
-    }
-    n = relay_utf8_chars(s);
-    if (n < 0 || has_control(s, 1)) {
-        return RELAY_INVALID_ENCODING;
-    }
-    return n > RELAY_DESCRIPTION_MAX_CHARS ? RELAY_INVALID_TOO_LONG : RELAY_VALID;
+relay_invalid relay_check_search(const char *s)
+{
+    static const relay_field_rule search = {"search", RELAY_FIELD_TEXT, 0, RELAY_SEARCH_MAX_CHARS,
+                                            0};
+    return check_text(&search, s);
 }
 
 relay_invalid relay_check_limit(const char *s, long *out)
@@ -140,4 +156,57 @@ relay_invalid relay_check_expiry(const char *s, const char *now_iso, char *out)
         return RELAY_INVALID_PAST;
     }
     return RELAY_VALID;
+}
+
+int relay_field_find(const char *name)
+{
+    int f;
+
+    for (f = 0; name && f < RELAY_FIELD_COUNT; f++) {
+        if (strcmp(name, relay_field_rules[f].name) == 0) {
+            return f;
+        }
+    }
+    return -1;
+}
+
+relay_invalid relay_field_check(relay_field f, const char *typed, const char *now_iso, char *buf,
+                                const char **stored)
+{
+    const relay_field_rule *rule = &relay_field_rules[f];
+    relay_invalid v = RELAY_VALID;
+    long n;
+
+    buf[0] = '\0';
+    *stored = buf;
+    switch (rule->kind) {
+    case RELAY_FIELD_TEXT:
+    case RELAY_FIELD_MULTILINE:
+        v = check_text(rule, typed);
+        *stored = typed ? typed : "";
+        break;
+    case RELAY_FIELD_LIMIT:
+        v = relay_check_limit(typed, &n);
+        if (v == RELAY_VALID) {
+            snprintf(buf, RELAY_FIELD_STORED_MAX, "%ld", n);
+        }
+        break;
+    case RELAY_FIELD_EXPIRY:
+        v = relay_check_expiry(typed, now_iso, buf);
+        break;
+    case RELAY_FIELD_SWITCH:
+        if (!typed ||
+            (strcmp(typed, RELAY_ACTIVE_TRUE) != 0 && strcmp(typed, RELAY_ACTIVE_FALSE) != 0)) {
+            v = RELAY_INVALID_CHOICE;
+        }
+        else {
+            snprintf(buf, RELAY_FIELD_STORED_MAX, "%s", typed);
+        }
+        break;
+    }
+    if (v != RELAY_VALID) {
+        buf[0] = '\0';
+        *stored = NULL;
+    }
+    return v;
 }

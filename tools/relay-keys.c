@@ -114,12 +114,21 @@ static void usage(FILE *out)
           "  create --name NAME [--description TEXT] [--concurrency-limit N]\n"
           "         [--token-limit N] [--expires DATE|none] [--by USER] [--json]\n"
           "                          create a key; the key is printed once\n"
-          "  list [--json]           list all keys\n"
+          "  list [--search TEXT] [--json]\n"
+          "                          list all keys, or those whose id starts with TEXT or\n"
+          "                          whose name or description holds it\n"
           "  show ID [--json]        show one key\n"
-          "  edit ID [--concurrency-limit N] [--token-limit N] [--expires DATE|none]\n"
-          "          [--by USER]     change only the given fields\n"
+          "  edit ID [--name NAME] [--description TEXT] [--concurrency-limit N]\n"
+          "          [--token-limit N] [--expires DATE|none] [--by USER]\n"
+          "                          change only the given fields\n"
           "  disable ID | enable ID [--by USER]\n"
           "                          switch a key off or on\n"
+          "  release-slots ID [--by USER]\n"
+          "                          set the key's requests in flight to 0 now; those running\n"
+          "                          go on uncounted until they end\n"
+          "  regenerate ID [--by USER] [--json]\n"
+          "                          give the key a new secret (printed once); the old one is\n"
+          "                          refused from the next request on\n"
           "  delete ID               delete a key and its concurrency leases\n"
           "  hash KEY                print the stored hash of KEY (KEY \"-\" reads stdin)\n"
           "  help                    show this text\n"
@@ -373,13 +382,16 @@ static void check_opt(const char *opt, const char *s, relay_invalid v, long max)
     case RELAY_INVALID_ENCODING:
         usage_error("option %s must be valid UTF-8 text without control characters.", opt);
     case RELAY_INVALID_NUMBER:
-        usage_error("option %s: \"%s\" is not a whole number from 0 to 2147483647.", opt, s);
+        usage_error("option %s: \"%s\" is not a whole number from 0 to %ld.", opt, s,
+                    RELAY_LIMIT_MAX);
     case RELAY_INVALID_DATE:
         usage_error("option %s: \"%s\" is not YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.mmm]]Z or "
                     "\"none\".",
                     opt, s);
     case RELAY_INVALID_PAST:
         usage_error("option %s: \"%s\" is not in the future.", opt, s);
+    case RELAY_INVALID_CHOICE:
+        usage_error("option %s: \"%s\" is not true or false.", opt, s);
     }
     usage_error("option %s: \"%s\" is not valid.", opt, s);
 }
@@ -403,7 +415,7 @@ static void expires_opt(const char *s, char out[RELAY_ISO_LEN + 1])
     check_opt("--expires", s, relay_check_expiry(s, relay_now_iso(g_pool), out), 0);
 }
 
-/* A --by value: the same rule as a key name (required, 100 characters, no controls). */
+/* A --by value: the same rule as a key name (required, RELAY_NAME_MAX_CHARS, no controls). */
 static void check_by(const char *by)
 {
     check_opt("--by", by, relay_check_name(by), RELAY_NAME_MAX_CHARS);
@@ -817,31 +829,40 @@ static void print_table(relay_key_record *const *recs, int n, const char *now_is
     }
 }
 
-/* Oldest first (createdAt), then by id: the order list has always printed. */
-static int oldest_first(const void *a, const void *b)
-{
-    const relay_key_record *x = *(relay_key_record *const *)a;
-    const relay_key_record *y = *(relay_key_record *const *)b;
-    int c = strcmp(x->created_at, y->created_at);
-    return c != 0 ? c : strcmp(x->id, y->id);
-}
-
-/* `list`: every key with its status and live concurrency. */
+/* `list [--search TEXT]`: every key (or those matching), oldest first, with its status. */
 static int cmd_list(const options *o, int argc, char **argv)
 {
-    int json = json_args("list", argc, argv, NULL);
-    const char *err = NULL, *now_iso;
+    const char *err = NULL, *now_iso, *val;
+    relay_key_query q;
+    relay_key_page page;
     apr_array_header_t *keys;
     relay_key_record **recs;
-    int total = 0, i;
+    int json = 0, i;
 
-    keys = relay_keystore_list(connect_redis(o), -1, &total, g_pool, &err);
-    if (keys == NULL) {
+    memset(&q, 0, sizeof(q));
+    for (i = 0; i < argc; i++) {
+        if (take_opt(argc, argv, &i, "--search", &val)) {
+            q.search = val;
+        }
+        else if (strcmp(argv[i], "--json") == 0) {
+            json = 1;
+        }
+        else {
+            usage_error("list: unexpected argument \"%s\".", argv[i]);
+        }
+    }
+    if (q.search != NULL) {
+        check_opt("--search", q.search, relay_check_search(q.search), RELAY_SEARCH_MAX_CHARS);
+    }
+    /* every match on one page, oldest first: the order list has always printed */
+    q.sort = RELAY_SORT_CREATED;
+    q.page = 1;
+    if (relay_keystore_query(connect_redis(o), &q, &page, g_pool, &err) != 0) {
         store_failed("listing the keys", err);
     }
+    keys = page.keys;
     now_iso = relay_now_iso(g_pool);
     recs = (relay_key_record **)keys->elts;
-    qsort(recs, keys->nelts, sizeof(*recs), oldest_first);
     if (json) {
         json_object *arr = json_object_new_array();
         for (i = 0; i < keys->nelts; i++) {
@@ -850,7 +871,7 @@ static int cmd_list(const options *o, int argc, char **argv)
         print_json(arr);
     }
     else if (keys->nelts == 0) {
-        printf("No relay keys.\n");
+        printf(q.search != NULL ? "No relay key matches.\n" : "No relay keys.\n");
     }
     else {
         print_table(recs, keys->nelts, now_iso);
@@ -937,14 +958,23 @@ static void pair_add(apr_array_header_t *pairs, const char *field, const char *v
 static int cmd_edit(const options *o, int argc, char **argv)
 {
     const char *id = NULL, *by = DEFAULT_BY, *val;
-    const char *conc_opt = NULL, *tokens_opt = NULL;
+    const char *conc_opt = NULL, *tokens_opt = NULL, *name = NULL, *description = NULL;
     int have_expires = 0, i;
     char expires[RELAY_ISO_LEN + 1] = "";
     long conc = 0, tokens = 0;
     apr_array_header_t *pairs = apr_array_make(g_pool, 8, sizeof(const char *));
 
     for (i = 0; i < argc; i++) {
-        if (take_opt(argc, argv, &i, "--concurrency-limit", &val)) {
+        if (take_opt(argc, argv, &i, "--name", &val)) {
+            name = val;
+            check_opt("--name", name, relay_check_name(name), RELAY_NAME_MAX_CHARS);
+        }
+        else if (take_opt(argc, argv, &i, "--description", &val)) {
+            description = val;
+            check_opt("--description", description, relay_check_description(description),
+                      RELAY_DESCRIPTION_MAX_CHARS);
+        }
+        else if (take_opt(argc, argv, &i, "--concurrency-limit", &val)) {
             conc_opt = val;
             conc = limit_opt("--concurrency-limit", val);
         }
@@ -970,11 +1000,19 @@ static int cmd_edit(const options *o, int argc, char **argv)
         usage_error("edit needs a key id.");
     }
     check_id(id);
-    if (conc_opt == NULL && tokens_opt == NULL && !have_expires) {
-        usage_error("edit needs at least one of --concurrency-limit, --token-limit, --expires.");
+    if (name == NULL && description == NULL && conc_opt == NULL && tokens_opt == NULL &&
+        !have_expires) {
+        usage_error("edit needs at least one of --name, --description, --concurrency-limit, "
+                    "--token-limit, --expires.");
     }
     check_by(by);
 
+    if (name != NULL) {
+        pair_add(pairs, RELAY_F_NAME, name);
+    }
+    if (description != NULL) {
+        pair_add(pairs, RELAY_F_DESCRIPTION, description);
+    }
     if (conc_opt != NULL) {
         pair_add(pairs, RELAY_F_CONCURRENCY_LIMIT, apr_ltoa(g_pool, conc));
     }
@@ -1015,6 +1053,99 @@ static int cmd_set_active(const options *o, int argc, char **argv, int active)
     pair_add(pairs, RELAY_F_IS_ACTIVE, active ? RELAY_ACTIVE_TRUE : RELAY_ACTIVE_FALSE);
     update_key(o, id, pairs, by);
     printf("%s key %s.\n", active ? "Enabled" : "Disabled", id);
+    return 0;
+}
+
+/* The key id and --by of a command taking "ID [--by USER]" (and --json when json is not NULL). */
+static const char *id_and_by(const char *cmd, int argc, char **argv, const char **by, int *json)
+{
+    const char *id = NULL, *val;
+    int i;
+
+    *by = DEFAULT_BY;
+    for (i = 0; i < argc; i++) {
+        if (take_opt(argc, argv, &i, "--by", &val)) {
+            *by = val;
+        }
+        else if (json != NULL && strcmp(argv[i], "--json") == 0) {
+            *json = 1;
+        }
+        else if (argv[i][0] != '-' && id == NULL) {
+            id = argv[i];
+        }
+        else {
+            usage_error("%s: unexpected argument \"%s\".", cmd, argv[i]);
+        }
+    }
+    if (id == NULL) {
+        usage_error("%s needs exactly one key id.", cmd);
+    }
+    check_id(id);
+    check_by(*by);
+    return id;
+}
+
+/* `release-slots ID`: delete the key's leases, so its count starts again from 0. */
+static int cmd_release(const options *o, int argc, char **argv)
+{
+    const char *by, *id = id_and_by("release-slots", argc, argv, &by, NULL), *err = NULL;
+    long released = 0;
+    relay_ks_result done =
+        relay_keystore_release(connect_redis(o), id, by, &released, g_pool, &err);
+
+    if (done == RELAY_KS_NOT_FOUND) {
+        fail("no key with id %s.", id);
+    }
+    if (done != RELAY_KS_DONE) {
+        store_failed("releasing the slots", err);
+    }
+    printf("Released %ld slot(s) of key %s; requests still in flight run uncounted until they "
+           "end.\n",
+           released, id);
+    return 0;
+}
+
+/* `regenerate ID`: a new key for the same id, printed once; the old one stops working. */
+static int cmd_regenerate(const options *o, int argc, char **argv)
+{
+    const char *by, *secret, *plain = NULL, *preview = NULL, *err = NULL, *id;
+    unsigned char rnd[RELAY_KEY_RANDOM_BYTES];
+    relay_ks_result done;
+    apr_status_t rv;
+    int json = 0;
+
+    id = id_and_by("regenerate", argc, argv, &by, &json);
+    secret = get_secret(o, "regenerate");
+    if ((rv = apr_generate_random_bytes(rnd, sizeof(rnd))) != APR_SUCCESS) {
+        char why[120];
+        fail("no random bytes available: %s", apr_strerror(rv, why, sizeof(why)));
+    }
+    done = relay_keystore_regenerate(connect_redis(o), id, secret, rnd, by, &plain, &preview,
+                                     g_pool, &err);
+    explicit_bzero(rnd, sizeof(rnd));
+    if (done == RELAY_KS_NOT_FOUND) {
+        fail("no key with id %s.", id);
+    }
+    if (done == RELAY_KS_EXISTS) {
+        fail("cannot regenerate the key: %s. Run regenerate again.", err);
+    }
+    if (done != RELAY_KS_DONE) {
+        store_failed("regenerating the key", err);
+    }
+    if (json) {
+        json_object *j = json_object_new_object();
+        json_object_object_add(j, RELAY_F_ID, json_object_new_string(id));
+        json_object_object_add(j, "apiKey", json_object_new_string(plain));
+        json_object_object_add(j, RELAY_F_KEY_PREVIEW, json_object_new_string(preview));
+        print_json(j);
+    }
+    else {
+        printf("New key for id %s (the old key is refused from the next request on)\n", id);
+        printf("%s\n", plain);
+        printf("Store it now: it will not be shown again.\n");
+    }
+    fflush(stdout);
+    explicit_bzero((char *)plain, strlen(plain));
     return 0;
 }
 
@@ -1217,6 +1348,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "enable") == 0) {
         return cmd_set_active(&o, argc, argv, 1);
+    }
+    if (strcmp(cmd, "release-slots") == 0) {
+        return cmd_release(&o, argc, argv);
+    }
+    if (strcmp(cmd, "regenerate") == 0) {
+        return cmd_regenerate(&o, argc, argv);
     }
     if (strcmp(cmd, "delete") == 0) {
         return cmd_delete(&o, argc, argv);

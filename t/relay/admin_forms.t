@@ -93,8 +93,8 @@ like($html, qr/<code>cr_[0-9a-f]{4}\x{2026}[0-9a-f]{4}<\/code>|<code>cr_[0-9a-f]
 
 # edit the concurrency limit in the form; it applies to the next request
 $r = admin('GET', "/relay-admin/keys/$id/edit");
-like($r->decoded_content, qr/name="name" type="text" value="&lt;script&gt;[^"]*" readonly/,
-     'the edit form shows the name read-only');
+like($r->decoded_content, qr/name="name" type="text" value="&lt;script&gt;[^"]*" maxlength="100" required>/,
+     'the edit form shows the name, escaped, to edit');
 $r = post_form("/relay-admin/keys/$id/edit", csrf => csrf_of($r->decoded_content),
                tokenLimit => '', concurrencyLimit => '1', isActive => 'true');
 is($r->code, 303, 'saving the edit form redirects to the list');

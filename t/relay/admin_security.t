@@ -9,7 +9,7 @@ use Apache::Test qw(-withtestmore);
 use Digest::SHA ();
 use RelayTest;
 
-plan tests => 107, need_module 'claude_relay', 'relay_mock';
+plan tests => 129, need_module 'claude_relay', 'relay_mock';
 
 my $origin = base_url();
 my $hdir = "$ENV{RELAY_TEST_STAGE}/t/htdocs/htaccess";
@@ -181,8 +181,8 @@ is(store_state(), $before, 'none of them changed anything in Redis');
 # under make test-asan (UBSan with float-cast-overflow) a cast of NaN is reported;
 # the children write the report to the error log or to run/sanitizer
 my $ub = error_log() . join '', map { slurp($_) } glob "$ENV{RELAY_TEST_STAGE}/run/sanitizer/*";
-is(join("\n", grep { /relay_admin\.c:\d+:\d+: runtime error/ } split /\n/, $ub), '',
-   'no undefined behaviour reported in relay_admin.c');
+is(join("\n", grep { /relay_admin\w*\.c:\d+:\d+: runtime error/ } split /\n/, $ub), '',
+   'no undefined behaviour reported in relay_admin*.c');
 
 # --- 4. isActive other than "true" means disabled ---------------------------
 
@@ -271,7 +271,7 @@ is(anon('GET', "/relay-admin/api/inflight?ids=$a1->{id}")->code, 401,
 like(admin('GET', '/relay-admin/')->decoded_content, qr/data-live="\/relay-admin\/api\/inflight"/,
      'the list page points its live refresh at the inflight endpoint');
 
-# more keys than one list loads: the newest 1000 and the total
+# more keys than one page: pages of the list, every key on exactly one of them
 my $real = key_count();
 redis('EVAL', <<'LUA', 0, 1100);
 for i = 1, tonumber(ARGV[1]) do
@@ -286,24 +286,53 @@ my $total = $real + 1100;
 is(key_count(), $total, "$total keys in Redis");
 my $newest = make_key(name => 'the newest key');
 $total++;
-($res, $b) = admin_json('GET', '/relay-admin/api/keys');
+($res, $b) = admin_json('GET', '/relay-admin/api/keys?perPage=200');
 is($res->code, 200, 'the list API answers');
-is(scalar @{ $b->{data} || [] }, 1000, 'with 1000 keys');
-is($b->{total}, $total, 'and the total count');
-is($b->{limit}, 1000, 'and the cap');
-ok((grep { $_->{id} eq $newest->{id} } @{ $b->{data} || [] }), 'the newest key is among them');
-is(scalar(grep { $_->{name} !~ /^bulk / } @{ $b->{data} || [] }), $real + 1,
-   'every key newer than the bulk ones is listed');
+is(scalar @{ $b->{data} || [] }, 200, 'with a page of 200 keys');
+is("$b->{total} $b->{page} $b->{perPage} $b->{pages}", "$total 1 200 " . int(($total + 199) / 200),
+   'and the total, the page, its size and the number of pages');
+is($b->{overview}{keys}, $total, 'the overview counts every key');
+is($b->{data}[0]{id}, $newest->{id}, 'newest first: the newest key opens page 1');
+my (%seen, $dups);
+for my $page (1 .. $b->{pages}) {
+    my (undef, $pb) = admin_json('GET', "/relay-admin/api/keys?perPage=200&page=$page");
+    $dups += grep { $seen{$_->{id}}++ } @{ $pb->{data} || [] };
+}
+is(scalar(keys %seen) . ' ' . ($dups // 0), "$total 0", 'walking the pages lists every key once');
+($res, $b) = admin_json('GET', '/relay-admin/api/keys?perPage=200&page=' . (int($total / 200) + 2));
+is($res->code . ' ' . scalar @{ $b->{data} || [] }, '200 0', 'a page past the last one is empty');
 $r = admin('GET', '/relay-admin/');
 $list_html = $r->decoded_content;
-like($list_html, qr/Showing the newest 1000 of $total keys/, 'the page says it shows 1000 of the total');
+like($list_html, qr/Keys 1\x{2013}50 of $total|Keys 1\xe2\x80\x9350 of $total/,
+     'the page says which keys of how many it shows');
 my $rows = () = $list_html =~ /<tr data-id=/g;
-is($rows, 1000, 'and has 1000 rows');
+is($rows, 50, 'and has 50 rows');
+my $pages = int(($total + 49) / 50);
+like($list_html, qr/Page 1 of $pages<\/span><a class="next" rel="next" href="\/relay-admin\/\?sort=created&amp;order=desc&amp;perPage=50&amp;page=2">/,
+     'with a link to the next page');
+
+# list parameters are checked, and what is echoed is escaped
+for my $case (['page=0', 'page'], ['page=x', 'page'], ['perPage=201', 'perPage'],
+              ['perPage=0', 'perPage'], ['sort=apiKey', 'sort'], ['order=up', 'order'],
+              ['search=a%0Ab', 'search'], ['search=' . ('s' x 101), 'search'],
+              ['search=%FF', 'search']) {
+    my ($q, $param) = @$case;
+    ($res, $b) = admin_json('GET', "/relay-admin/api/keys?$q");
+    is($res->code . ' ' . ($b->{field} // ''), "400 $param", "API ?$q: 400 naming $param");
+    $r = admin('GET', "/relay-admin/?$q");
+    ok($r->code == 400 && $r->decoded_content =~ /the value of \Q$param\E is not valid/,
+       "page ?$q: 400 naming $param");
+}
+$r = admin('GET', '/relay-admin/?search=%3Cscript%3Ealert(1)%3C%2Fscript%3E%22');
+unlike($r->decoded_content, qr/<script>alert/, 'a search is echoed escaped, never as markup');
+like($r->decoded_content, qr/value="&lt;script&gt;alert\(1\)&lt;\/script&gt;&quot;"/,
+     'in the search field');
+
 redis('EVAL', <<'LUA', 0, 1100);
 for i = 1, tonumber(ARGV[1]) do
   redis.call('DEL', 'apikey:' .. string.format('%08x-0000-4000-8000-bbbbbbbbbbbb', i))
 end
 return 1
 LUA
-unlike(admin('GET', '/relay-admin/')->decoded_content, qr/Showing the newest/,
-       'below the cap the page says nothing of it');
+unlike(admin('GET', '/relay-admin/')->decoded_content, qr/class="pager"/,
+       'when every key fits on one page there are no page links');

@@ -86,6 +86,53 @@ int main(void)
     CHECK(relay_check_expiry("31/12/2030", "2026-01-01T00:00:00.000Z", exp) == RELAY_INVALID_DATE,
           "not a date");
 
+    /* the one table of field rules the forms, the API and relay-keys share */
+    {
+        const char *now = "2026-01-01T00:00:00.000Z", *stored = "";
+        char out[RELAY_FIELD_STORED_MAX];
+
+        CHECK(relay_field_find("name") == RELAY_FIELD_NAME, "the name field is found");
+        CHECK(relay_field_find("isActive") == RELAY_FIELD_IS_ACTIVE, "the switch is found");
+        CHECK(relay_field_find("apiKey") == -1, "the key hash is no field admins set");
+        CHECK(relay_field_rules[RELAY_FIELD_NAME].max_chars == RELAY_NAME_MAX_CHARS,
+              "the name rule holds the name's length");
+        CHECK(!relay_field_rules[RELAY_FIELD_IS_ACTIVE].on_create, "isActive is not set on create");
+        CHECK(relay_field_check(RELAY_FIELD_TOKEN_LIMIT, " 12 ", now, out, &stored) == RELAY_VALID &&
+                  strcmp(stored, "12") == 0,
+              "a limit is stored as its digits");
+        CHECK(relay_field_check(RELAY_FIELD_CONCURRENCY_LIMIT, "", now, out, &stored) == RELAY_VALID &&
+                  strcmp(stored, "0") == 0,
+              "an empty limit is stored as 0");
+        CHECK(relay_field_check(RELAY_FIELD_CONCURRENCY_LIMIT, "-1", now, out, &stored) ==
+                      RELAY_INVALID_NUMBER &&
+                  stored == NULL,
+              "a negative limit is refused and nothing is to be stored");
+        CHECK(relay_field_check(RELAY_FIELD_EXPIRES_AT, "2999-01-31", now, out, &stored) ==
+                      RELAY_VALID &&
+                  strcmp(stored, "2999-01-31T23:59:59.999Z") == 0,
+              "a date is stored as the end of its day");
+        CHECK(relay_field_check(RELAY_FIELD_EXPIRES_AT, "2025-12-31", now, out, &stored) ==
+                  RELAY_INVALID_PAST,
+              "a past date is refused");
+        CHECK(relay_field_check(RELAY_FIELD_IS_ACTIVE, "false", now, out, &stored) == RELAY_VALID &&
+                  strcmp(stored, "false") == 0,
+              "the switch takes false");
+        CHECK(relay_field_check(RELAY_FIELD_IS_ACTIVE, "yes", now, out, &stored) ==
+                  RELAY_INVALID_CHOICE,
+              "the switch refuses yes");
+        CHECK(relay_field_check(RELAY_FIELD_DESCRIPTION, "a\tb\nc", now, out, &stored) ==
+                      RELAY_VALID &&
+                  strcmp(stored, "a\tb\nc") == 0,
+              "a description keeps tabs and line breaks");
+        repeat(buf, "n", RELAY_NAME_MAX_CHARS + 1);
+        CHECK(relay_field_check(RELAY_FIELD_NAME, buf, now, out, &stored) == RELAY_INVALID_TOO_LONG,
+              "a name one character too long is refused");
+        CHECK(relay_check_search("") == RELAY_VALID, "an empty search is every key");
+        CHECK(relay_check_search("a\nb") == RELAY_INVALID_ENCODING, "a search is one line");
+        repeat(buf, "s", RELAY_SEARCH_MAX_CHARS + 1);
+        CHECK(relay_check_search(buf) == RELAY_INVALID_TOO_LONG, "a search has a length limit");
+    }
+
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }

@@ -1,0 +1,102 @@
+# The admin with 10,000 keys in Redis (made directly by a script, as a big
+# installation holds them): a page of the list and of the JSON API answers in
+# under 300 ms (curl's time_total, the median of 5 after a first call), reads
+# whole records only for the page's keys, and the overview still counts all.
+use strict;
+use warnings FATAL => 'all';
+use Apache::Test qw(-withtestmore);
+use RelayTest;
+use POSIX ();
+
+plan tests => 12, need_module 'claude_relay', 'relay_mock';
+
+my $n = 10_000;
+my $suffix = 'cccccccccccc';
+my ($sec) = redis_lines('TIME');
+my $today = POSIX::strftime('%Y-%m-%d', gmtime $sec);
+# every key a full record with a hash-map entry and usage; every tenth has
+# usage today, every hundredth two requests in flight
+redis('EVAL', <<'LUA', 0, $n, $today, ($sec + 300) * 1000, $suffix);
+local n, today, expiry, suffix = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
+for i = 1, n do
+  local id = string.format('%08x-0000-4000-8000-', i) .. suffix
+  local hash = string.format('%064x', i)
+  redis.call('HSET', 'apikey:' .. id, 'id', id, 'name', 'scale key ' .. i,
+             'description', 'made for the scale test, number ' .. i, 'apiKey', hash,
+             'keyPreview', 'cr_0000…0000', 'tokenLimit', '0', 'concurrencyLimit', '10',
+             'isActive', 'true', 'createdAt', string.format('2021-01-01T00:%02d:%02d.000Z',
+             math.floor(i / 60) % 60, i % 60), 'updatedAt', '2021-01-01T00:00:00.000Z',
+             'lastUsedAt', '', 'expiresAt', '', 'createdBy', 'scale')
+  redis.call('HSET', 'apikey:hash_map', hash, id)
+  redis.call('HSET', 'usage:' .. id, 'totalTokens', i, 'totalRequests', 1)
+  if i % 10 == 0 then
+    redis.call('HSET', 'usage:daily:' .. id .. ':' .. today, 'tokens', 5, 'requests', 1)
+  end
+  if i % 100 == 0 then
+    redis.call('ZADD', 'concurrency:' .. id, expiry, 'scale-a', expiry, 'scale-b')
+  end
+end
+return 1
+LUA
+my $keys = grep { /-$suffix$/ } redis_lines('--scan', '--pattern', 'apikey:*');
+is($keys, $n, "$n keys made in Redis");
+
+# seconds curl takes for one admin GET (the response body discarded)
+sub curl_time {
+    my $path = shift;
+    my $t = `curl -s -o /dev/null -w '%{time_total} %{http_code}' -u '$ENV{RELAY_TEST_ADMIN_USER}:$ENV{RELAY_TEST_ADMIN_PASSWORD}' '@{[base_url()]}$path'`;
+    my ($secs, $code) = split ' ', $t;
+    return $code eq '200' ? $secs : 99;
+}
+sub median { my @s = sort { $a <=> $b } @_; return $s[int(@s / 2)] }
+for my $case (['the list page', '/relay-admin/?page=3'],
+              ['the API page', '/relay-admin/api/keys?page=3'],
+              ['the API page sorted by tokens today', '/relay-admin/api/keys?page=3&sort=tokensToday'],
+              ['the API page searching descriptions', '/relay-admin/api/keys?search=number%20999']) {
+    my ($what, $path) = @$case;
+    curl_time($path);
+    my @t = map { curl_time($path) } 1 .. 5;
+    my $ms = int(median(@t) * 1000 + 0.5);
+    diag(sprintf '%s with %d keys: median %d ms, mean %d ms (%s)', $what, $n, $ms,
+         int(1000 * (eval { my $s = 0; $s += $_ for @t; $s } / @t) + 0.5),
+         join(' ', map { int($_ * 1000 + 0.5) } @t));
+    cmp_ok($ms, '<', 300, "$what answers in under 300 ms ($ms ms)");
+}
+
+# what a page costs Redis: whole records only for the page's keys
+my ($res, $body) = admin_json('GET', '/relay-admin/api/keys?sort=inFlight');
+ok(@{ $body->{data} || [] } == 50 && $body->{total} >= $n, "a page holds 50 keys of $body->{total}");
+is(scalar(grep { $_->{currentConcurrency} >= 2 } @{ $body->{data} || [] }), 50,
+   'sorted by in flight: the first page holds keys with requests in flight');
+my $ov = $body->{overview};
+ok($ov->{inFlight} >= 2 * $n / 100 && $ov->{keysInFlight} >= $n / 100,
+   "the overview counts every lease: $ov->{inFlight} in flight on $ov->{keysInFlight} keys");
+my $seen = monitor_during(sub { admin_json('GET', '/relay-admin/api/keys?page=7') });
+my @reads = grep { !/\[\d+ lua\]/ && /"EVALSHA"/ } split /\n/, $seen;
+my @hgetall_page = grep { /\[\d+ lua\].*"HGETALL" "apikey:/ } split /\n/, $seen;
+ok(@reads <= int($n / 500) + 3, scalar(@reads) . ' script calls for one page of ' . $n . ' keys');
+is(scalar @hgetall_page, 50, 'whole records are read for the 50 keys of the page only');
+
+# how long Redis runs nothing else while the list reads: the time of its calls
+redis('CONFIG', 'RESETSTAT');
+admin_json('GET', '/relay-admin/api/keys?page=7');
+my %stat = map { /^cmdstat_(\w+):calls=(\d+),usec=(\d+)/ ? ($1 => [$2, $3]) : () }
+           redis_lines('INFO', 'commandstats');
+my ($calls, $usec) = @{ $stat{evalsha} || [0, 0] };
+diag(sprintf 'one page of %d keys cost Redis %d script calls, %.1f ms in all, %.1f ms per call, '
+             . 'and %d SCAN calls, %.1f ms', $n, $calls, $usec / 1000, $usec / 1000 / ($calls || 1),
+     @{ $stat{scan} || [0, 0] }[0], (@{ $stat{scan} || [0, 0] })[1] / 1000);
+cmp_ok($usec / 1000 / ($calls || 1), '<', 20, 'a script call of the list holds Redis for under 20 ms');
+
+redis('EVAL', <<'LUA', 0, $n, $today, $suffix);
+local n, today, suffix = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+for i = 1, n do
+  local id = string.format('%08x-0000-4000-8000-', i) .. suffix
+  redis.call('HDEL', 'apikey:hash_map', string.format('%064x', i))
+  redis.call('DEL', 'apikey:' .. id, 'usage:' .. id, 'usage:daily:' .. id .. ':' .. today,
+             'concurrency:' .. id)
+end
+return 1
+LUA
+is(scalar(grep { /-$suffix$/ } redis_lines('--scan', '--pattern', 'apikey:*')), 0,
+   'the scale keys are gone again');
