@@ -79,7 +79,7 @@ deps:
 # build/deb (the tree itself is left as it was) and checked by lintian; the
 # package lands in build/.
 DEB_SOURCES = VERSION Makefile Makefile.apxs README.md $(wildcard *.c *.h) tools conf htdocs \
-              man debian
+              man debian lua scripts/embed-lua
 deb:
 	scripts/install-deps --deb
 	t/unit/check_version.sh
@@ -106,6 +106,7 @@ fuzz: $(BUILD)/fuzz_usage
 unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/test_endpoints \
       $(BUILD)/relay-keys \
       $(BUILD)/test-concurrency
+	luac5.1 -p lua/*.lua
 	$(BUILD)/test_keys
 	$(BUILD)/test_validate
 	$(BUILD)/test_usage
