@@ -864,10 +864,14 @@ static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     return OK;
 }
 
-/* Keeper log sink: lines go to the main server's error log. */
-static void keeper_log(void *baton, int level, const char *msg)
+/* The lease core's log sink: its lines go to the main server's error log. */
+static void keeper_log(void *baton, relay_lease_log_level level, const char *msg)
 {
-    ap_log_error(APLOG_MARK, level, 0, (server_rec *)baton, RLOG "%s", msg);
+    int aplevel = level == RELAY_LEASE_LOG_ERROR     ? APLOG_ERR
+                  : level == RELAY_LEASE_LOG_WARNING ? APLOG_WARNING
+                                                     : APLOG_NOTICE;
+
+    ap_log_error(APLOG_MARK, aplevel, 0, (server_rec *)baton, RLOG "%s", msg);
 }
 
 /* A text naming a Redis target fully, to share one pool per target. */
