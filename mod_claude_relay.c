@@ -551,7 +551,7 @@ static int admit_without_redis(request_rec *r, relay_server_conf *sc, const char
     const char *id = NULL;
     relay_request *rr;
 
-    if (!relay_lease_recently_valid(sc->store, hash, ALLOW_REMEMBER_MS, r->pool, &id)) {
+    if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS, r->pool, &id)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       RLOG "Redis unavailable (%s); RelayOnRedisError allow lets through only "
                            "keys this process admitted lately, and this one is not among them: "
@@ -586,6 +586,7 @@ static int relay_check_access(request_rec *r)
     request_rec *root;
     relay_request *rr;
     relay_admit_result res;
+    relay_lease_store *store;
     relay_lease *lease = NULL;
     const char *key, *where = NULL, *allow = NULL;
     char hash[RELAY_SHA256_HEX_LEN + 1];
@@ -633,13 +634,14 @@ static int relay_check_access(request_rec *r)
                       keylen);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL, NULL);
     }
-    if (!sc->store || !sc->secret) {
+    store = relay_server_store(r->server);
+    if (!store || !sc->secret) {
         /* only when the child could not build its store: logged at child start */
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
     relay_key_hash(key, keylen, sc->secret, hash);
 
-    switch (relay_lease_admit(sc->store, hash, r->pool, &res, &lease)) {
+    switch (relay_lease_admit(store, hash, r->pool, &res, &lease)) {
     case RELAY_ADMIT_OK:
         break;
     case RELAY_ADMIT_NOT_FOUND:
@@ -689,7 +691,7 @@ static int relay_check_access(request_rec *r)
                       res.id);
     }
     rr = apr_pcalloc(r->pool, sizeof(*rr));
-    rr->store = sc->store;
+    rr->store = store;
     rr->lease = lease;
     rr->key_id = res.id;
     rr->server = r->server;
@@ -874,6 +876,28 @@ static void keeper_log(void *baton, relay_lease_log_level level, const char *msg
     ap_log_error(APLOG_MARK, aplevel, 0, (server_rec *)baton, RLOG "%s", msg);
 }
 
+/*
+ * The lease store of each server in this child (server_rec * -> store):
+ * filled by child_init before any request, only read after. Kept here, not
+ * in the server config, which is the configuration's and shared by all
+ * children.
+ */
+static apr_hash_t *child_stores;
+
+relay_lease_store *relay_server_store(const server_rec *s)
+{
+    return child_stores ? apr_hash_get(child_stores, &s, sizeof(s)) : NULL;
+}
+
+/* Note the store of a server in the child's table. */
+static void set_store(server_rec *s, relay_lease_store *store, apr_pool_t *pchild)
+{
+    const server_rec **k = apr_palloc(pchild, sizeof(*k));
+
+    *k = s;
+    apr_hash_set(child_stores, k, sizeof(*k), store);
+}
+
 /* A text naming a Redis target fully, to share one pool per target. */
 static const char *target_signature(const relay_server_conf *sc, int lease, apr_pool_t *p)
 {
@@ -905,6 +929,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
     int threads = 0;
     server_rec *v;
 
+    child_stores = apr_hash_make(pchild);
     relay_keystore_init();
     relay_throttle_init(pchild);
     if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS || threads < 1) {
@@ -925,7 +950,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
         sig = target_signature(sc, lease, pchild);
         store = apr_hash_get(stores, sig, APR_HASH_KEY_STRING);
         if (store) {
-            sc->store = store;
+            set_store(v, store, pchild);
             continue;
         }
         /*
@@ -950,7 +975,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
             continue;
         }
         apr_hash_set(stores, sig, APR_HASH_KEY_STRING, store);
-        sc->store = store;
+        set_store(v, store, pchild);
     }
 }
 

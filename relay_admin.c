@@ -203,16 +203,18 @@ static int same_origin(request_rec *r)
 /* Borrow a connection for this request; NULL (with *err) when Redis is down. */
 static relay_redis_conn *borrow(admin_ctx *a, const char **err)
 {
-    if (!a->sc->store) {
+    relay_lease_store *store = relay_server_store(a->r->server);
+
+    if (!store) {
         *err = "the relay has no Redis pool in this server";
         return NULL;
     }
-    return relay_redis_acquire(relay_lease_store_redis(a->sc->store), a->r->pool, err);
+    return relay_redis_acquire(relay_lease_store_redis(store), a->r->pool, err);
 }
 
 static void give_back(admin_ctx *a, relay_redis_conn *c)
 {
-    relay_redis_release(relay_lease_store_redis(a->sc->store), c);
+    relay_redis_release(relay_lease_store_redis(relay_server_store(a->r->server)), c);
 }
 
 /* ---------------------------------------------------------------------- */
