@@ -62,6 +62,18 @@ $(BUILD)/test_endpoints: t/unit/test_endpoints.c relay_endpoints.c relay_endpoin
 $(BUILD)/test_usage: t/unit/test_usage.c relay_usage.c relay_usage.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_usage.c relay_usage.c
 
+# the lease core below httpd, against a redis-server it starts itself
+LEASE_SRC = relay_lease.c relay_lease_batch.c relay_lease_wire.c relay_lease_cache.c \
+            relay_lease_valid.c relay_lease_tracker.c relay_lease_keeper.c
+LUA_SRC = lua/batch.lua lua/renew.lua lua/check.lua
+$(BUILD)/relay_lease_lua.h: $(LUA_SRC) scripts/embed-lua | $(BUILD)
+	scripts/embed-lua $@ $(LUA_SRC)
+
+$(BUILD)/test_lease: t/unit/test_lease.c $(LEASE_SRC) relay_lease.h relay_lease_int.h \
+                     relay_redis.c relay_redis.h relay_keys.c $(BUILD)/relay_lease_lua.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -I$(BUILD) $(APR_CFLAGS) -o $@ t/unit/test_lease.c $(LEASE_SRC) \
+	    relay_redis.c relay_keys.c $(APR_LIBS) -lhiredis -lpthread
+
 # always rebuild the module through Makefile.apxs, which tracks its sources
 .PHONY: $(BUILD)/mod_claude_relay.so
 
@@ -104,13 +116,14 @@ fuzz: $(BUILD)/fuzz_usage
 	    $(BUILD)/fuzz-corpus 2>&1 | tail -n 12
 
 unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/test_endpoints \
-      $(BUILD)/relay-keys \
+      $(BUILD)/test_lease $(BUILD)/relay-keys \
       $(BUILD)/test-concurrency
-	luac5.1 -p lua/*.lua
+	luac5.1 -p $(LUA_SRC)
 	$(BUILD)/test_keys
 	$(BUILD)/test_validate
 	$(BUILD)/test_usage
 	$(BUILD)/test_endpoints
+	$(BUILD)/test_lease
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh

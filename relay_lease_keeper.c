@@ -237,13 +237,25 @@ static int keeper_pass(relay_lease_store *st, keeper_timers *k, apr_interval_tim
     return 0;
 }
 
-/* The child is going (lock held): send what is queued, kept slots and the usage counted so far. */
+/*
+ * The child is going (lock held): send what is queued, kept slots and the
+ * usage counted so far. Giving back the kept slots (here or in the tracker
+ * as it stops) hands the lead to the keeper: it leads then, as asked.
+ */
 static void keeper_drain(relay_lease_store *st)
 {
     relay_lease_cache_forget_all(st);
     st->batch.usage_due = 1;
-    while (!st->batch.leading &&
-           (st->batch.usage_due || !APR_RING_EMPTY(&st->batch.queue, lease_op, link))) {
+    for (;;) {
+        if (st->batch.keeper_leads) {
+            st->batch.keeper_leads = 0;
+            relay_lease_lead(st, LEAD_KEEPER_DRAIN);
+            continue;
+        }
+        if (st->batch.leading ||
+            (!st->batch.usage_due && APR_RING_EMPTY(&st->batch.queue, lease_op, link))) {
+            return;
+        }
         st->batch.leading = 1;
         relay_lease_lead(st, LEAD_KEEPER_DRAIN);
     }
