@@ -1,16 +1,21 @@
 /*
  * mod_claude_relay.c - an API-key gateway for the Claude API.
  *
- * In a location with "RelayEngine On" the access hook refuses any endpoint
- * the location does not relay, authenticates the client's relay key against
- * Redis and takes a per-key concurrency lease in one atomic script. The
+ * This file is the httpd glue; the lease core (relay_lease*.c, no httpd
+ * header) decides. In a location with "RelayEngine On" the access hook
+ * refuses any endpoint the location does not relay, hashes the client's
+ * relay key and asks the core for a per-key concurrency lease: Redis checks
+ * the key and takes the lease in one atomic script call, or the child takes
+ * it from its key cache while Redis has not reported the key changed. The
  * client's credentials are removed at once; the upstream credential is put
  * in by the fixups hook, only into a request that mod_proxy is about to
  * carry. The usage filter counts the answer's tokens and gives the lease
  * back as the answer's end passes, before the client has it; a cleanup on
- * the request pool gives it back on every other path (hang-ups, errors); a
- * keeper thread per child renews the leases of long requests; a killed
- * child's leases expire by themselves.
+ * the request pool gives it back on every other path (hang-ups, errors).
+ * child_init builds one lease store per Redis target, kept in a per-child
+ * table (relay_server_store), whose keeper thread sends queued releases and
+ * usage and renews the leases of long requests; a killed child's leases
+ * expire by themselves.
  */
 #include "relay_admin.h"
 #include "relay_config.h"

@@ -161,8 +161,8 @@ static int admit_known(relay_lease_store *st, key_entry *e, const char *member, 
  * Admit from the key cache when Redis's word on the key holds (lock held).
  * Returns 1 when admitted; 0 when Redis must be asked.
  */
-static int admit_cached(relay_lease_store *st, const char *hash, const char *member,
-                        apr_pool_t *p, relay_admit_result *res, relay_lease **lease_out)
+static int admit_cached(relay_lease_store *st, const char *hash, const char *member, apr_pool_t *p,
+                        relay_admit_result *res, relay_lease **lease_out)
 {
     key_entry *e;
 
@@ -231,8 +231,8 @@ static relay_lease *admitted(relay_lease_store *st, const lease_op *op, apr_pool
                   r->limit >= REUSE_MIN_LIMIT && r->current * 4 <= r->limit;
     /* a token limit needs the usage now; a limit without room its slot */
     lease->urgency = lease->token_limited || (lease->limited && !roomy) ? URGENCY_NOW
-                     : lease->limited                                  ? URGENCY_SOON
-                                                                       : URGENCY_DEFERRED;
+                     : lease->limited                                   ? URGENCY_SOON
+                                                                        : URGENCY_DEFERRED;
     apr_thread_mutex_lock(st->lock);
     /*
      * Nothing changed since Redis said so: track a key without any limit,
@@ -244,8 +244,7 @@ static relay_lease *admitted(relay_lease_store *st, const lease_op *op, apr_pool
     }
     if ((lease->keep || (!lease->limited && !lease->token_limited)) && st->track.on &&
         st->track.epoch == op->epoch) {
-        relay_lease_cache_track(st, op->hash, r->found_id, r->expires ? r->expires : "",
-                                r->limit);
+        relay_lease_cache_track(st, op->hash, r->found_id, r->expires ? r->expires : "", r->limit);
     }
     else if (lease->limited) {
         relay_lease_cache_forget(st, op->hash);
@@ -371,8 +370,8 @@ static lease_op *give_back(relay_lease_store *st, relay_lease *lease,
         sent = 0;
     }
     /* one block: the request and its pool are gone when this is sent */
-    op = relay_lease_op_new(sent ? OP_RELEASE : OP_USAGE, lease->id,
-                            sent ? lease->member : NULL, usage);
+    op = relay_lease_op_new(sent ? OP_RELEASE : OP_USAGE, lease->id, sent ? lease->member : NULL,
+                            usage);
     if (!op) {
         *err = "out of memory";
         return NULL;

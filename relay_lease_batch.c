@@ -113,8 +113,8 @@ static int run_batch(relay_lease_store *st, struct op_ring *batch, int with_usag
         else if (op->kind == OP_RELEASE) {
             /* a token limit needs the usage now; the rest is summed and written later */
             relay_lease_usage_sum(op->token_limited ? now_usage : st->batch.usage,
-                                  op->token_limited ? p : st->batch.usage_pool, op->id,
-                                  &op->usage, 1);
+                                  op->token_limited ? p : st->batch.usage_pool, op->id, &op->usage,
+                                  1);
         }
         /* a kept slot given back: its requests were counted already */
     }

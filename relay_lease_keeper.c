@@ -42,8 +42,8 @@ static void timers_of_queue(relay_lease_store *st, keeper_timers *k, apr_time_t 
     k->due[TIMER_DEFERRED] =
         st->batch.deferred_since ? st->batch.deferred_since + apr_time_from_msec(DEFER_MS) : 0;
     k->due[TIMER_SOON] = st->batch.soon_since ? st->batch.soon_since + RIDE_US : 0;
-    k->due[TIMER_TICK] = now < st->batch.soon_seen + apr_time_from_msec(DEFER_MS) ? now + RIDE_US
-                                                                                   : 0;
+    k->due[TIMER_TICK] =
+        now < st->batch.soon_seen + apr_time_from_msec(DEFER_MS) ? now + RIDE_US : 0;
 }
 
 /* The earliest armed timer. */
@@ -115,9 +115,9 @@ static void report_lost(relay_lease_store *st, const char **keys, const char **m
 
 /* What is renewed: the live leases in Redis first (nlive of them), then the kept slots. */
 typedef struct {
-    const char **keys;                 /* concurrency:{id} */
-    const char **members;              /* set to NULL when Redis no longer had it */
-    const char **was;                  /* the members, as they were */
+    const char **keys;    /* concurrency:{id} */
+    const char **members; /* set to NULL when Redis no longer had it */
+    const char **was;     /* the members, as they were */
     int n, nlive;
 } renewal;
 
@@ -229,7 +229,8 @@ static int keeper_pass(relay_lease_store *st, keeper_timers *k, apr_interval_tim
         return 1;
     }
     timers_of_queue(st, k, now);
-    if (!st->batch.leading && (timer_due(k, TIMER_DEFERRED, now) || timer_due(k, TIMER_SOON, now))) {
+    if (!st->batch.leading &&
+        (timer_due(k, TIMER_DEFERRED, now) || timer_due(k, TIMER_SOON, now))) {
         st->batch.leading = 1;
         relay_lease_lead(st, LEAD_KEEPER_DRAIN);
         return 1;

@@ -87,7 +87,7 @@ static redisReply *setup_command(redisContext *ctx, int type, const char *what, 
     *last = rep;
     if (!rep || rep->type != type) {
         *err = rep && rep->type == REDIS_REPLY_ERROR ? apr_pstrdup(p, rep->str)
-                                                       : apr_pstrcat(p, what, " failed", NULL);
+                                                     : apr_pstrcat(p, what, " failed", NULL);
         return NULL;
     }
     return rep;
@@ -187,10 +187,9 @@ static int listening(relay_lease_store *st, apr_pool_t *rp, apr_time_t *next_rec
     stop = st->keeper.stopping || st->track.reset;
     if (!stop && st->valid.changed && st->cf.now() >= *next_recheck) {
         apr_pool_clear(rp);
-        *next_recheck =
-            st->cf.now() + apr_time_from_msec(relay_lease_valid_recheck(st, rp)
-                                                  ? VALID_RECHECK_MS
-                                                  : VALID_RECHECK_BACKOFF_MS);
+        *next_recheck = st->cf.now() + apr_time_from_msec(relay_lease_valid_recheck(st, rp)
+                                                              ? VALID_RECHECK_MS
+                                                              : VALID_RECHECK_BACKOFF_MS);
     }
     apr_thread_mutex_unlock(st->lock);
     return !stop;

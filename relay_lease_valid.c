@@ -59,8 +59,7 @@ static int valid_set_expires(relay_lease_store *st, valid_key *v, const char *ex
 }
 
 /* Remember a key not remembered yet, dropping the oldest when full. */
-static void valid_add(relay_lease_store *st, const char *hash, const char *id,
-                      const char *expires)
+static void valid_add(relay_lease_store *st, const char *hash, const char *id, const char *expires)
 {
     size_t hl = strlen(hash) + 1, il = strlen(id) + 1;
     valid_key *v, *other;
@@ -200,8 +199,8 @@ int relay_lease_recently_valid(relay_lease_store *st, const char *hash, apr_int6
 }
 
 /* Take the check script's answer for the n pairs in args (see lua/check.lua). */
-static void recheck_answered(relay_lease_store *st, const redisReply *rep, const char **args,
-                             int n, unsigned long epoch)
+static void recheck_answered(relay_lease_store *st, const redisReply *rep, const char **args, int n,
+                             unsigned long epoch)
 {
     int i;
 

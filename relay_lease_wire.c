@@ -132,16 +132,16 @@ const char *relay_lease_reply_text(const redisReply *rep, size_t i, apr_pool_t *
 /* Usage of one key and model, summed over requests (see relay_lease_usage_sum). */
 typedef struct {
     const char *id;
-    relay_usage_counts c;              /* c.model is "" when none */
+    relay_usage_counts c; /* c.model is "" when none */
     long long requests;
 } usage_entry;
 
 /* What one batch holds, counted while its ARGV is written. */
 typedef struct {
-    int nadmit;                        /* admissions */
-    int nrelease;                      /* lease members given back or added */
-    int nusage;                        /* requests whose usage is written */
-    int written;                       /* keys whose usage is written */
+    int nadmit;   /* admissions */
+    int nrelease; /* lease members given back or added */
+    int nusage;   /* requests whose usage is written */
+    int written;  /* keys whose usage is written */
 } batch_counts;
 
 #define PUSH_ARG(a, v) (APR_ARRAY_PUSH((a), const char *) = (v))
@@ -161,8 +161,8 @@ static void add_to_group(apr_hash_t *h, apr_array_header_t *order, const char *i
 }
 
 /* Push the lease members of one kind of op as the script reads them: count, then per key. */
-static void push_groups(apr_array_header_t *args, struct op_ring *batch, enum op_kind kind,
-                        int *n, apr_pool_t *p)
+static void push_groups(apr_array_header_t *args, struct op_ring *batch, enum op_kind kind, int *n,
+                        apr_pool_t *p)
 {
     apr_hash_t *h = apr_hash_make(p);
     apr_array_header_t *order = apr_array_make(p, 4, sizeof(const char *));
@@ -373,8 +373,8 @@ int relay_lease_send_batch(relay_lease_store *st, struct op_ring *batch, apr_has
     size_t a = 0;
 
     if (n.nadmit || n.nrelease || n.written) {
-        rep = st->cf.send(st, &batch_script, 0, NULL, args->nelts,
-                          (const char *const *)args->elts, p, &err);
+        rep = st->cf.send(st, &batch_script, 0, NULL, args->nelts, (const char *const *)args->elts,
+                          p, &err);
         if (rep && (rep->type != REDIS_REPLY_ARRAY || rep->elements < (size_t)n.nadmit)) {
             err = "unexpected reply from the admit/release script";
             freeReplyObject(rep);

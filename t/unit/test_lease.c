@@ -44,7 +44,7 @@ static int failed, passed;
 
 static pid_t redis_pid;
 static int redis_port;
-static redisContext *R;                /* the test's own connection */
+static redisContext *R; /* the test's own connection */
 
 /* A free loopback port: bound once by the kernel's choice, then let go. */
 static int free_port(void)
@@ -89,8 +89,8 @@ static void start_redis(const char *bin)
         if (!freopen("/dev/null", "w", stdout)) {
             _exit(127);
         }
-        execlp(bin, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly",
-               "no", "--loglevel", "warning", (char *)NULL);
+        execlp(bin, bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--loglevel", "warning", (char *)NULL);
         _exit(127);
     }
     atexit(stop_redis);
@@ -209,12 +209,12 @@ typedef struct {
 static struct {
     apr_thread_mutex_t *mu;
     apr_thread_cond_t *cond;
-    int batches, renews, rechecks;     /* script calls, by script */
-    batch_shape shape[MAX_SHAPES];     /* of each batch call */
-    int renewed;                       /* leases sent to the renew script */
-    int hold;                          /* batch calls wait while set */
-    int held;                          /* batch calls waiting now */
-    int fail;                          /* calls to answer as Redis down: -1 all, n the next n */
+    int batches, renews, rechecks; /* script calls, by script */
+    batch_shape shape[MAX_SHAPES]; /* of each batch call */
+    int renewed;                   /* leases sent to the renew script */
+    int hold;                      /* batch calls wait while set */
+    int held;                      /* batch calls waiting now */
+    int fail;                      /* calls to answer as Redis down: -1 all, n the next n */
 } seam;
 
 /* Count a group section of the batch ARGV: returns the members, moves *i past it. */
@@ -368,7 +368,7 @@ static apr_pool_t *root;
 static relay_redis_target target;
 
 typedef struct {
-    apr_pool_t *pool;                  /* its "pchild" */
+    apr_pool_t *pool; /* its "pchild" */
     relay_redis_pool *redis;
     relay_lease_store *st;
 } child;
@@ -493,8 +493,7 @@ static void test_within_store(apr_pool_t *p)
           "third admission: over the limit, nothing taken (got %d)", res.code);
     CHECK(leases(&k) == 2, "Redis holds 2 leases (holds %lld)", leases(&k));
     CHECK(relay_lease_live_count(c.st) == 2, "the store counts 2 live leases");
-    CHECK(relay_lease_release_sent(c.st, a, &no_usage, p, &err) == APR_SUCCESS &&
-              leases(&k) == 1,
+    CHECK(relay_lease_release_sent(c.st, a, &no_usage, p, &err) == APR_SUCCESS && leases(&k) == 1,
           "a release at the answer's end is in Redis when it returns (%lld leases)", leases(&k));
     CHECK(relay_lease_release(c.st, a, &no_usage, &err) == APR_SUCCESS && leases(&k) == 1 &&
               relay_lease_live_count(c.st) == 1,
@@ -705,7 +704,10 @@ static void test_renewal(apr_pool_t *p)
     child_start(&c, 30, 0);
     for (i = 0; i < 7; i++) {
         admit(&c, i < 3 ? &k1 : i < 6 ? &k2 : &k3, p, &res, &l[i]);
-        rcmd("ZADD concurrency:%s XX 1 %s", i < 3 ? k1.id : i < 6 ? k2.id : k3.id,
+        rcmd("ZADD concurrency:%s XX 1 %s",
+             i < 3   ? k1.id
+             : i < 6 ? k2.id
+                     : k3.id,
              relay_lease_member(l[i]));
     }
     rcmd("ZREM concurrency:%s %s", k2.id, relay_lease_member(l[3]));
