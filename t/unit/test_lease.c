@@ -144,6 +144,22 @@ static long long rint_(const char *fmt, ...)
     return v;
 }
 
+/* Now on Redis's clock, in milliseconds (the scores of leases). */
+static long long redis_ms(void)
+{
+    redisReply *rep = redisCommand(R, "TIME");
+    long long ms = 0;
+
+    if (rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2) {
+        ms = strtoll(rep->element[0]->str, NULL, 10) * 1000 +
+             strtoll(rep->element[1]->str, NULL, 10) / 1000;
+    }
+    if (rep) {
+        freeReplyObject(rep);
+    }
+    return ms;
+}
+
 /* Run a command on the test's connection, answer ignored. */
 static void rcmd(const char *fmt, ...)
 {
@@ -337,6 +353,17 @@ static int log_has(const char *what)
         _ok;                                                                                       \
     })
 
+/* Whether the keeper has read the clock and set its timers. */
+static int keeper_running(relay_lease_store *st)
+{
+    int on;
+
+    apr_thread_mutex_lock(st->lock);
+    on = st->keeper.renew_due != 0;
+    apr_thread_mutex_unlock(st->lock);
+    return on;
+}
+
 static int tracking(relay_lease_store *st)
 {
     int on;
@@ -385,6 +412,8 @@ static void child_start(child *c, int lease_seconds, int reuse_ms)
     relay_lease_set_seams(c->st, fake_clock, seam_send);
     relay_lease_keeper_start(c->st, log_sink, NULL, c->pool);
     CHECK(WAIT_FOR(tracking(c->st)), "the tracking connection comes up");
+    /* its timers count from the clock it read when it started: before any advance() */
+    CHECK(WAIT_FOR(keeper_running(c->st)), "the keeper runs");
 }
 
 /* The child exits: its keeper drains the queue before the pool goes. */
@@ -438,7 +467,8 @@ static apr_thread_t *admit_async(admit_job *j, child *c, const test_key *k, apr_
     memset(j, 0, sizeof(*j));
     j->c = c;
     j->k = k;
-    j->p = p;
+    /* a pool of its own: APR pools are not shared between threads */
+    apr_pool_create(&j->p, p);
     apr_thread_create(&t, NULL, admit_thread, j, p);
     return t;
 }
@@ -655,7 +685,8 @@ static void test_kept_slots(apr_pool_t *p)
 
     fresh("kept slots under invalidation");
     make_key(&k, "kept", 100, 0);
-    child_start(&c, 30, 3000);
+    /* RelayReuseSlots shorter than the usage timer: a lastUsedAt write gives kept slots back */
+    child_start(&c, 30, 500);
     CHECK(admit(&c, &k, p, &res, &l1) == RELAY_ADMIT_OK && !res.known, "admitted by Redis");
     m1 = relay_lease_member(l1);
     relay_lease_release(c.st, l1, &no_usage, &err);
@@ -681,7 +712,7 @@ static void test_kept_slots(apr_pool_t *p)
     admit(&c, &k, p, &res, &l1);
     relay_lease_release(c.st, l1, &no_usage, &err);
     CHECK(leases(&k) == 1, "a slot is kept again");
-    advance(c.st, apr_time_from_msec(2999));
+    advance(c.st, apr_time_from_msec(499));
     CHECK(leases(&k) == 1, "kept until RelayReuseSlots has passed");
     advance(c.st, apr_time_from_msec(2));
     CHECK(WAIT_FOR(leases(&k) == 0), "a kept slot nobody takes goes back after RelayReuseSlots");
@@ -694,6 +725,7 @@ static void test_renewal(apr_pool_t *p)
     relay_admit_result res;
     relay_lease *l[7];
     test_key k1, k2, k3;
+    long long soon;
     child c;
     int i;
 
@@ -704,11 +736,11 @@ static void test_renewal(apr_pool_t *p)
     child_start(&c, 30, 0);
     for (i = 0; i < 7; i++) {
         admit(&c, i < 3 ? &k1 : i < 6 ? &k2 : &k3, p, &res, &l[i]);
-        rcmd("ZADD concurrency:%s XX 1 %s",
-             i < 3   ? k1.id
-             : i < 6 ? k2.id
-                     : k3.id,
-             relay_lease_member(l[i]));
+    }
+    /* expiring in 5 s on Redis's clock: a renewal moves that to 30 s */
+    soon = redis_ms() + 5000;
+    for (i = 0; i < 7; i++) {
+        rcmd("ZADD concurrency:%s XX %lld %s", l[i]->id, soon, relay_lease_member(l[i]));
     }
     rcmd("ZREM concurrency:%s %s", k2.id, relay_lease_member(l[3]));
     advance(c.st, apr_time_from_sec(10));
@@ -716,8 +748,8 @@ static void test_renewal(apr_pool_t *p)
           "the lease Redis lost is told");
     CHECK(seam.renews == 1 && seam.renewed == 7, "seven leases renewed in one call (%d, %d)",
           seam.renews, seam.renewed);
-    CHECK(rint_("ZSCORE concurrency:%s %s", k1.id, relay_lease_member(l[0])) > 1000000 &&
-              rint_("ZSCORE concurrency:%s %s", k3.id, relay_lease_member(l[6])) > 1000000,
+    CHECK(rint_("ZSCORE concurrency:%s %s", k1.id, relay_lease_member(l[0])) > soon + 20000 &&
+              rint_("ZSCORE concurrency:%s %s", k3.id, relay_lease_member(l[6])) > soon + 20000,
           "their expiry moved forward");
     CHECK(leases(&k2) == 2, "the lost lease is not brought back");
     seam_set(&seam.fail, -1);
@@ -801,7 +833,7 @@ static void test_release_sent(apr_pool_t *p)
     memset(&rj, 0, sizeof(rj));
     rj.c = &c;
     rj.lease = l;
-    rj.p = p;
+    apr_pool_create(&rj.p, p);
     rj.rv = -1;
     apr_thread_create(&tr, NULL, release_thread, &rj, p);
     CHECK(WAIT_FOR(queued(c.st) == 1), "the release waits behind it");
@@ -882,6 +914,7 @@ static void run_cases(void)
 
 int main(int argc, char **argv)
 {
+    setvbuf(stdout, NULL, _IOLBF, 0);
     apr_initialize();
     atexit(apr_terminate);
     apr_pool_create(&root, NULL);
