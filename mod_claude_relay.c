@@ -556,7 +556,8 @@ static int admit_without_redis(request_rec *r, relay_server_conf *sc, const char
     const char *id = NULL;
     relay_request *rr;
 
-    if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS, r->pool, &id)) {
+    if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS,
+                                    r->pool, &id)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       RLOG "Redis unavailable (%s); RelayOnRedisError allow lets through only "
                            "keys this process admitted lately, and this one is not among them: "
