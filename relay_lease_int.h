@@ -265,7 +265,7 @@ struct relay_lease_store {
     } keeper;
 };
 
-/* relay_lease_wire.c */
+/* relay_lease_wire.c: no lock needed; the calls to Redis are made without it */
 apr_status_t relay_lease_scripts_init(void);
 redisReply *relay_lease_send_redis(relay_lease_store *st, const relay_script *s, int nkeys,
                                    const char *const *keys, int nargs, const char *const *args,
@@ -285,14 +285,14 @@ void relay_lease_usage_sum(apr_hash_t *h, apr_pool_t *p, const char *id,
                            const relay_usage_counts *u, long long requests);
 void relay_lease_usage_merge(apr_hash_t *into, apr_pool_t *p, apr_hash_t *from);
 
-/* relay_lease_batch.c */
+/* relay_lease_batch.c: lock held (relay_lease_lead drops it while a batch is sent) */
 lease_op *relay_lease_op_new(enum op_kind kind, const char *id, const char *member,
                              const relay_usage_counts *usage);
 void relay_lease_queue(relay_lease_store *st, lease_op *op);
 void relay_lease_lead(relay_lease_store *st, enum lead_role role);
 void relay_lease_hurry(relay_lease_store *st, const redisReply *keys);
 
-/* relay_lease_cache.c */
+/* relay_lease_cache.c: lock held, except cache_id, cache_put_id, cache_drop: they take it */
 apr_status_t relay_lease_cache_init(relay_lease_store *st, apr_pool_t *pool, apr_pool_t *pchild);
 const char *relay_lease_cache_id(relay_lease_store *st, const char *hash, apr_pool_t *p);
 void relay_lease_cache_put_id(relay_lease_store *st, const char *hash, const char *id);
@@ -309,7 +309,7 @@ int relay_lease_keep_slot(relay_lease_store *st, const relay_lease *lease);
 apr_time_t relay_lease_kept_expire(relay_lease_store *st, apr_time_t now);
 void relay_lease_kept_lost(relay_lease_store *st, const char *id, const char *member);
 
-/* relay_lease_valid.c */
+/* relay_lease_valid.c: lock held (valid_recheck drops it during its call) */
 apr_status_t relay_lease_valid_init(relay_lease_store *st, apr_pool_t *pool, apr_pool_t *pchild);
 void relay_lease_valid_admitted(relay_lease_store *st, const char *hash, const char *id,
                                 const char *expires, unsigned long epoch);
@@ -318,12 +318,12 @@ void relay_lease_valid_changed(relay_lease_store *st, const char *id, size_t idl
 void relay_lease_valid_changed_all(relay_lease_store *st);
 int relay_lease_valid_recheck(relay_lease_store *st, apr_pool_t *p);
 
-/* relay_lease_tracker.c */
+/* relay_lease_tracker.c: tracker_has_news with the lock held */
 int relay_lease_tracker_has_news(relay_lease_store *st);
 apr_status_t relay_lease_tracker_start(relay_lease_store *st, apr_threadattr_t *attr,
                                        apr_pool_t *pchild);
 
-/* relay_lease_keeper.c */
+/* relay_lease_keeper.c: takes the lock */
 void relay_lease_keeper_poke(relay_lease_store *st);
 
 /*
