@@ -73,6 +73,19 @@ $(BUILD)/test_metrics: t/unit/test_metrics.c relay_metrics.c relay_metrics.h rel
 	$(CC) $(CFLAGS_TOOLS) $(APR_CFLAGS) -o $@ t/unit/test_metrics.c relay_metrics.c relay_redis.c \
 	    $(APR_LIBS) -lhiredis
 
+# the lease core below httpd, against a redis-server it starts itself
+LEASE_SRC = relay_lease.c relay_lease_batch.c relay_lease_wire.c relay_lease_cache.c \
+            relay_lease_valid.c relay_lease_tracker.c relay_lease_keeper.c
+LUA_SRC = lua/batch.lua lua/renew.lua lua/check.lua
+$(BUILD)/relay_lease_lua.h: $(LUA_SRC) scripts/embed-lua | $(BUILD)
+	scripts/embed-lua $@ $(LUA_SRC)
+
+$(BUILD)/test_lease: t/unit/test_lease.c $(LEASE_SRC) relay_lease.h relay_lease_int.h \
+                     relay_redis.c relay_redis.h relay_keys.c relay_metrics.c \
+                     $(BUILD)/relay_lease_lua.h | $(BUILD)
+	$(CC) $(CFLAGS_TOOLS) -I$(BUILD) $(APR_CFLAGS) -o $@ t/unit/test_lease.c $(LEASE_SRC) \
+	    relay_redis.c relay_keys.c relay_metrics.c $(APR_LIBS) -lhiredis -lpthread
+
 # always rebuild the module through Makefile.apxs, which tracks its sources
 .PHONY: $(BUILD)/mod_claude_relay.so
 
@@ -90,7 +103,7 @@ deps:
 # build/deb (the tree itself is left as it was) and checked by lintian; the
 # package lands in build/.
 DEB_SOURCES = VERSION Makefile Makefile.apxs README.md $(wildcard *.c *.h) tools conf htdocs \
-              man debian
+              man debian lua scripts/embed-lua
 deb:
 	scripts/install-deps --deb
 	t/unit/check_version.sh
@@ -115,14 +128,15 @@ fuzz: $(BUILD)/fuzz_usage
 	    $(BUILD)/fuzz-corpus 2>&1 | tail -n 12
 
 unit: $(BUILD)/test_keys $(BUILD)/test_validate $(BUILD)/test_usage $(BUILD)/test_endpoints \
-      $(BUILD)/test_metrics \
-      $(BUILD)/relay-keys \
+      $(BUILD)/test_metrics $(BUILD)/test_lease $(BUILD)/relay-keys \
       $(BUILD)/test-concurrency
+	luac5.1 -p $(LUA_SRC)
 	$(BUILD)/test_keys
 	$(BUILD)/test_validate
 	$(BUILD)/test_usage
 	$(BUILD)/test_endpoints
 	$(BUILD)/test_metrics
+	$(BUILD)/test_lease
 	t/unit/test_relay_keys.sh $(BUILD)/relay-keys
 	t/unit/test_concurrency_tool.sh $(BUILD)/test-concurrency
 	t/unit/check_directives.sh

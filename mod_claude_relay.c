@@ -1,16 +1,21 @@
 /*
  * mod_claude_relay.c - an API-key gateway for the Claude API.
  *
- * In a location with "RelayEngine On" the access hook refuses any endpoint
- * the location does not relay, authenticates the client's relay key against
- * Redis and takes a per-key concurrency lease in one atomic script. The
+ * This file is the httpd glue; the lease core (relay_lease*.c, no httpd
+ * header) decides. In a location with "RelayEngine On" the access hook
+ * refuses any endpoint the location does not relay, hashes the client's
+ * relay key and asks the core for a per-key concurrency lease: Redis checks
+ * the key and takes the lease in one atomic script call, or the child takes
+ * it from its key cache while Redis has not reported the key changed. The
  * client's credentials are removed at once; the upstream credential is put
  * in by the fixups hook, only into a request that mod_proxy is about to
  * carry. The usage filter counts the answer's tokens and gives the lease
  * back as the answer's end passes, before the client has it; a cleanup on
- * the request pool gives it back on every other path (hang-ups, errors); a
- * keeper thread per child renews the leases of long requests; a killed
- * child's leases expire by themselves.
+ * the request pool gives it back on every other path (hang-ups, errors).
+ * child_init builds one lease store per Redis target, kept in a per-child
+ * table (relay_server_store), whose keeper thread sends queued releases and
+ * usage and renews the leases of long requests; a killed child's leases
+ * expire by themselves.
  */
 #include "relay_admin.h"
 #include "relay_config.h"
@@ -429,9 +434,11 @@ static relay_request *admission_of(request_rec *r)
 }
 
 /* Count a request's outcome for this server and, when its key is known, for the key. */
-static void count_outcome(const relay_server_conf *sc, const char *key_id, relay_outcome o)
+static void count_outcome(const request_rec *r, const char *key_id, relay_outcome o)
 {
-    relay_metrics_request(sc->store ? relay_lease_store_redis(sc->store) : NULL, key_id, o);
+    relay_lease_store *store = relay_server_store(r->server);
+
+    relay_metrics_request(store ? relay_lease_store_redis(store) : NULL, key_id, o);
 }
 
 /*
@@ -553,22 +560,23 @@ static void log_limited(request_rec *r, const char *what, const relay_admit_resu
  * RelayOnRedisError allow, with Redis failing: a key this child admitted
  * lately goes through unlimited; any other key is refused as under deny.
  */
-static int admit_without_redis(request_rec *r, relay_server_conf *sc, const char *hash,
+static int admit_without_redis(request_rec *r, const char *hash,
                                const relay_admit_result *res)
 {
     const char *id = NULL;
     relay_request *rr;
 
-    if (!relay_lease_recently_valid(sc->store, hash, ALLOW_REMEMBER_MS, r->pool, &id)) {
+    if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS,
+                                    r->pool, &id)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       RLOG "Redis unavailable (%s); RelayOnRedisError allow lets through only "
                            "keys this process admitted lately, and this one is not among them: "
                            "refusing (503)",
                       res->error ? res->error : "unknown error");
-        count_outcome(sc, NULL, RELAY_OUTCOME_UNAVAILABLE);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
-    count_outcome(sc, id, RELAY_OUTCOME_ADMITTED_UNCHECKED);
+    count_outcome(r, id, RELAY_OUTCOME_ADMITTED_UNCHECKED);
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                   RLOG "Redis unavailable (%s); RelayOnRedisError allow: passing key %s, "
                        "admitted lately, through unchecked and unlimited",
@@ -596,6 +604,7 @@ static int relay_check_access(request_rec *r)
     request_rec *root;
     relay_request *rr;
     relay_admit_result res;
+    relay_lease_store *store;
     relay_lease *lease = NULL;
     const char *key, *where = NULL, *allow = NULL;
     char hash[RELAY_SHA256_HEX_LEN + 1];
@@ -619,21 +628,21 @@ static int relay_check_access(request_rec *r)
     case RELAY_ENDPOINT_BAD_METHOD:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: method %s is not relayed here",
                       ap_escape_logitem(r->pool, r->method));
-        count_outcome(sc, NULL, RELAY_OUTCOME_NOT_ALLOWED);
+        count_outcome(r, NULL, RELAY_OUTCOME_NOT_ALLOWED);
         return refuse(r, HTTP_METHOD_NOT_ALLOWED, BODY_BAD_METHOD, NULL, allow);
     case RELAY_ENDPOINT_UNKNOWN:
     default:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: %s %s is not an endpoint relayed here",
                       ap_escape_logitem(r->pool, r->method), ap_escape_logitem(r->pool, r->uri));
-        count_outcome(sc, NULL, RELAY_OUTCOME_NOT_ALLOWED);
+        count_outcome(r, NULL, RELAY_OUTCOME_NOT_ALLOWED);
         return refuse(r, HTTP_NOT_FOUND, BODY_NO_ENDPOINT, NULL, NULL);
     }
 
     key = presented_key(r, &where);
     if (!key) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: no API key presented");
-        count_outcome(sc, NULL, RELAY_OUTCOME_UNAUTHORIZED);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL, NULL);
     }
     keylen = strlen(key);
@@ -644,40 +653,41 @@ static int relay_check_access(request_rec *r)
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: malformed API key in %s (%" APR_SIZE_T_FMT " bytes)", where,
                       keylen);
-        count_outcome(sc, NULL, RELAY_OUTCOME_UNAUTHORIZED);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL, NULL);
     }
-    if (!sc->store || !sc->secret) {
+    store = relay_server_store(r->server);
+    if (!store || !sc->secret) {
         /* only when the child could not build its store: logged at child start */
-        count_outcome(sc, NULL, RELAY_OUTCOME_UNAVAILABLE);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
     relay_key_hash(key, keylen, sc->secret, hash);
 
-    switch (relay_lease_admit(sc->store, hash, r->pool, &res, &lease)) {
+    switch (relay_lease_admit(store, hash, r->pool, &res, &lease)) {
     case RELAY_ADMIT_OK:
         break;
     case RELAY_ADMIT_NOT_FOUND:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       RLOG "refused: unknown API key (hash prefix %.8s)", hash);
-        count_outcome(sc, NULL, RELAY_OUTCOME_UNAUTHORIZED);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL, NULL);
     case RELAY_ADMIT_DISABLED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s is disabled", res.id);
-        count_outcome(sc, res.id, RELAY_OUTCOME_DISABLED);
+        count_outcome(r, res.id, RELAY_OUTCOME_DISABLED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL, NULL);
     case RELAY_ADMIT_EXPIRED:
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s has expired", res.id);
-        count_outcome(sc, res.id, RELAY_OUTCOME_EXPIRED);
+        count_outcome(r, res.id, RELAY_OUTCOME_EXPIRED);
         return refuse(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL, NULL);
     case RELAY_ADMIT_LIMITED:
         log_limited(r, "concurrency", &res, "in flight");
-        count_outcome(sc, res.id, RELAY_OUTCOME_CONCURRENCY_LIMITED);
+        count_outcome(r, res.id, RELAY_OUTCOME_CONCURRENCY_LIMITED);
         return refuse(r, HTTP_TOO_MANY_REQUESTS, limited_body(r, &res), "1", NULL);
     case RELAY_ADMIT_TOKENS:
         /* no Retry-After: waiting does not help, only a higher limit does */
         log_limited(r, "token", &res, "tokens used");
-        count_outcome(sc, res.id, RELAY_OUTCOME_TOKEN_LIMITED);
+        count_outcome(r, res.id, RELAY_OUTCOME_TOKEN_LIMITED);
         return refuse(
             r, HTTP_TOO_MANY_REQUESTS,
             apr_psprintf(r->pool,
@@ -693,15 +703,15 @@ static int relay_check_access(request_rec *r)
             ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                           RLOG "refusing (503): a Redis record of this key is unusable: %s",
                           res.error ? res.error : "unknown error");
-            count_outcome(sc, res.id, RELAY_OUTCOME_UNAVAILABLE);
+            count_outcome(r, res.id, RELAY_OUTCOME_UNAVAILABLE);
             return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
         }
         if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
-            return admit_without_redis(r, sc, hash, &res);
+            return admit_without_redis(r, hash, &res);
         }
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "Redis unavailable, refusing (503): %s",
                       res.error ? res.error : "unknown error");
-        count_outcome(sc, NULL, RELAY_OUTCOME_UNAVAILABLE);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
         return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
     }
 
@@ -711,7 +721,7 @@ static int relay_check_access(request_rec *r)
                       res.id);
     }
     rr = apr_pcalloc(r->pool, sizeof(*rr));
-    rr->store = sc->store;
+    rr->store = store;
     rr->lease = lease;
     rr->key_id = res.id;
     rr->server = r->server;
@@ -725,7 +735,7 @@ static int relay_check_access(request_rec *r)
 
     apr_table_setn(r->notes, "relay-key-id", res.id);
     apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
-    count_outcome(sc, res.id, RELAY_OUTCOME_ADMITTED);
+    count_outcome(r, res.id, RELAY_OUTCOME_ADMITTED);
     if (res.known && res.limit) {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
                       RLOG "admitted key %s (limit %" APR_INT64_T_FMT ", unchanged in Redis) on "
@@ -839,10 +849,36 @@ static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *p
     return relay_config_check(s);
 }
 
-/* Keeper log sink: lines go to the main server's error log. */
-static void keeper_log(void *baton, int level, const char *msg)
+/* The lease core's log sink: its lines go to the main server's error log. */
+static void keeper_log(void *baton, relay_lease_log_level level, const char *msg)
 {
-    ap_log_error(APLOG_MARK, level, 0, (server_rec *)baton, RLOG "%s", msg);
+    int aplevel = level == RELAY_LEASE_LOG_ERROR     ? APLOG_ERR
+                  : level == RELAY_LEASE_LOG_WARNING ? APLOG_WARNING
+                                                     : APLOG_NOTICE;
+
+    ap_log_error(APLOG_MARK, aplevel, 0, (server_rec *)baton, RLOG "%s", msg);
+}
+
+/*
+ * The lease store of each server in this child (server_rec * -> store):
+ * filled by child_init before any request, only read after. Kept here, not
+ * in the server config, which is the configuration's and shared by all
+ * children.
+ */
+static apr_hash_t *child_stores;
+
+relay_lease_store *relay_server_store(const server_rec *s)
+{
+    return child_stores ? apr_hash_get(child_stores, &s, sizeof(s)) : NULL;
+}
+
+/* Note the store of a server in the child's table. */
+static void set_store(server_rec *s, relay_lease_store *store, apr_pool_t *pchild)
+{
+    const server_rec **k = apr_palloc(pchild, sizeof(*k));
+
+    *k = s;
+    apr_hash_set(child_stores, k, sizeof(*k), store);
 }
 
 /*
@@ -855,6 +891,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
     int threads = 0;
     server_rec *v;
 
+    child_stores = apr_hash_make(pchild);
     relay_keystore_init();
     relay_throttle_init(pchild);
     if (ap_mpm_query(AP_MPMQ_MAX_THREADS, &threads) != APR_SUCCESS || threads < 1) {
@@ -877,7 +914,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
                            lease, sc->connections, relay_reuse_ms(sc));
         store = apr_hash_get(stores, sig, APR_HASH_KEY_STRING);
         if (store) {
-            sc->store = store;
+            set_store(v, store, pchild);
             continue;
         }
         /*
@@ -902,7 +939,7 @@ static void relay_child_init(apr_pool_t *pchild, server_rec *s)
             continue;
         }
         apr_hash_set(stores, sig, APR_HASH_KEY_STRING, store);
-        sc->store = store;
+        set_store(v, store, pchild);
     }
     relay_monitor_child_init(pchild, s);
 }

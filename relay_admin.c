@@ -296,11 +296,11 @@ relay_redis_conn *relay_admin_redis(admin_ctx *a, const char **err)
     if (a->redis) {
         return a->redis;
     }
-    if (!a->sc->store) {
+    if (!relay_server_store(a->r->server)) {
         *err = "the relay has no Redis pool in this server";
         return NULL;
     }
-    pool = relay_lease_store_redis(a->sc->store);
+    pool = relay_lease_store_redis(relay_server_store(a->r->server));
     if (!(c = relay_redis_acquire(pool, a->r->pool, err))) {
         return NULL;
     }

@@ -79,7 +79,6 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->connections = add->connections != RELAY_UNSET ? add->connections : base->connections;
     /* engine_seen describes the sections of this server only: not inherited */
     sc->engine_seen = add->engine_seen;
-    sc->store = NULL;
     return sc;
 }
 

@@ -53,7 +53,6 @@ typedef struct {
     int reuse_ms;               /* RelayReuseSlots; RELAY_UNSET = default */
     int engine_seen;            /* a RelayEngine On appears in this server's sections */
     const char *admin_assets;   /* RelayAdminAssets: folder of admin.css/admin.js; NULL = default */
-    relay_lease_store *store;   /* per child, built in child_init; not merged */
 } relay_server_conf;
 
 /* Per-location policy. */
@@ -108,5 +107,12 @@ int relay_lease_seconds(const relay_server_conf *sc);
 
 /* Effective RelayReuseSlots of a server config, in milliseconds (0 = off). */
 int relay_reuse_ms(const relay_server_conf *sc);
+
+/*
+ * The lease store of a server in this child process: built by child_init
+ * (in mod_claude_relay.c), one per distinct Redis target, and only read
+ * after; NULL for a server without the relay or when it could not be built.
+ */
+relay_lease_store *relay_server_store(const server_rec *s);
 
 #endif

@@ -15,7 +15,7 @@
 
 #define RELAY_KEY_PREFIX "cr_"
 #define RELAY_KEY_RANDOM_BYTES 32
-/* "cr_" + 64 hex characters + NUL */
+/* "cr_" + 64 hex characters; a buffer for one needs a byte more for the NUL */
 #define RELAY_KEY_LEN (3 + 2 * RELAY_KEY_RANDOM_BYTES)
 #define RELAY_SHA256_LEN 32
 #define RELAY_SHA256_HEX_LEN (2 * RELAY_SHA256_LEN)

@@ -48,8 +48,18 @@ typedef struct {
                                   should not let it through */
 } relay_admit_result;
 
-/* Called by the keeper thread to report trouble; level is an APLOG_* value. */
-typedef void (*relay_log_fn)(void *baton, int level, const char *msg);
+/* How serious a line the lease core reports is; the caller maps it to its own levels. */
+typedef enum {
+    RELAY_LEASE_LOG_ERROR = 1, /* something the relay promised did not happen */
+    RELAY_LEASE_LOG_WARNING,   /* trouble the core rides out: Redis slow, a record bad */
+    RELAY_LEASE_LOG_NOTICE     /* worth knowing once: a Redis without tracking */
+} relay_lease_log_level;
+
+/*
+ * Where the lease core reports trouble, one line per call, from any of its
+ * threads (the line names key ids, never a key).
+ */
+typedef void (*relay_lease_log_fn)(void *baton, relay_lease_log_level level, const char *msg);
 
 /*
  * Create the store of one child for one Redis pool. reuse_ms: how long a
@@ -60,13 +70,17 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
                                       int lease_seconds, int reuse_ms, apr_pool_t *pchild);
 
 /*
- * Start the keeper thread: it sends queued releases and summed usage, and
- * renews the leases of this child's live requests, all of them in one Redis
- * command per interval. It stops when pchild is destroyed, after sending
- * what is still queued.
+ * Start the keeper thread and the tracking thread, and say where trouble is
+ * told. The keeper sends the queued releases no request sends (within
+ * 100 ms at most), the summed usage once a second, gives back kept slots
+ * when they are due, and every third of a lease renews the leases of this
+ * child's live requests and kept slots, 4000 to a script call. The tracker
+ * holds a connection on which Redis tells of every change to a key. Both
+ * stop when pchild is destroyed, the keeper after sending what is still
+ * queued.
  */
-apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_log_fn log, void *baton,
-                                      apr_pool_t *pchild);
+apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_lease_log_fn log,
+                                      void *baton, apr_pool_t *pchild);
 
 /*
  * Authenticate a key by its stored hash and, if it is usable and under its

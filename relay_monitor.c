@@ -109,16 +109,16 @@ void relay_monitor_child_init(apr_pool_t *pchild, server_rec *s)
 
     child_stores = apr_array_make(pchild, 2, sizeof(relay_lease_store *));
     for (v = s; v; v = v->next) {
-        relay_server_conf *sc = ap_get_module_config(v->module_config, &claude_relay_module);
+        relay_lease_store *store = relay_server_store(v);
 
-        for (i = 0; sc->store && i < child_stores->nelts; i++) {
-            if (APR_ARRAY_IDX(child_stores, i, relay_lease_store *) == sc->store) {
+        for (i = 0; store && i < child_stores->nelts; i++) {
+            if (APR_ARRAY_IDX(child_stores, i, relay_lease_store *) == store) {
                 break;
             }
         }
-        if (sc->store && i == child_stores->nelts) {
-            APR_ARRAY_PUSH(child_stores, relay_lease_store *) = sc->store;
-            APR_ARRAY_PUSH(pools, relay_redis_pool *) = relay_lease_store_redis(sc->store);
+        if (store && i == child_stores->nelts) {
+            APR_ARRAY_PUSH(child_stores, relay_lease_store *) = store;
+            APR_ARRAY_PUSH(pools, relay_redis_pool *) = relay_lease_store_redis(store);
         }
     }
     rv = relay_metrics_child_start(pchild, (relay_redis_pool *const *)pools->elts, pools->nelts,
@@ -133,9 +133,9 @@ void relay_monitor_child_init(apr_pool_t *pchild, server_rec *s)
 /* The Redis pool of a request's server, or NULL when it has none. */
 static relay_redis_pool *redis_of(request_rec *r)
 {
-    relay_server_conf *sc = ap_get_module_config(r->server->module_config, &claude_relay_module);
+    relay_lease_store *store = relay_server_store(r->server);
 
-    return sc->store ? relay_lease_store_redis(sc->store) : NULL;
+    return store ? relay_lease_store_redis(store) : NULL;
 }
 
 /* Bytes of each buffer a scrape is rendered into. */

@@ -2,7 +2,8 @@
  * relay_redis.h - a per-child pool of Redis connections and the one way the
  * module talks to Redis: argv-form commands and cached Lua scripts.
  *
- * Uses APR and hiredis only (no httpd header), so a test links it alone.
+ * Uses APR and hiredis only (no httpd header), so relay-keys and the C lease
+ * test (t/unit/test_lease.c) link it without httpd.
  */
 #ifndef RELAY_REDIS_H
 #define RELAY_REDIS_H
