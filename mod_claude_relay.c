@@ -65,21 +65,21 @@ typedef struct {
     int status;
     const char *body;
     const char *retry_after;
-    const char *allow;         /* Allow header of a 405, or NULL */
+    const char *allow; /* Allow header of a 405, or NULL */
 } relay_refusal;
 
 /* The state of an admitted request, kept on its initial request. */
 typedef struct {
-    relay_lease_store *store;   /* where the lease lives */
-    relay_lease *lease;         /* NULL when admitted without one (Redis down, allow) */
-    const char *key_id;         /* for log lines */
-    server_rec *server;         /* for log lines from the cleanup */
-    request_rec *r;             /* the request, for notes */
-    filter_state filter;        /* what the usage filter does with the answer */
-    relay_usage usage;          /* its parser: fixed size, no allocation */
-    relay_refusal *refusal;     /* a refusal still to be answered (Satisfy Any), or NULL */
-    apr_off_t expected;         /* the answer's Content-Length, or -1 */
-    apr_off_t passed;           /* bytes of the answer passed on so far */
+    relay_lease_store *store; /* where the lease lives */
+    relay_lease *lease;       /* NULL when admitted without one (Redis down, allow) */
+    const char *key_id;       /* for log lines */
+    server_rec *server;       /* for log lines from the cleanup */
+    request_rec *r;           /* the request, for notes */
+    filter_state filter;      /* what the usage filter does with the answer */
+    relay_usage usage;        /* its parser: fixed size, no allocation */
+    relay_refusal *refusal;   /* a refusal still to be answered (Satisfy Any), or NULL */
+    apr_off_t expected;       /* the answer's Content-Length, or -1 */
+    apr_off_t passed;         /* bytes of the answer passed on so far */
 } relay_request;
 
 /* The request a client sent: the root of redirects and sub-requests. */
@@ -267,8 +267,8 @@ static void release_at_end(relay_request *rr, request_rec *r)
 }
 
 /* Bodies of the relay's own error answers. */
-#define BODY_UNCOUNTABLE                                                                       \
-    "{\"error\":\"Bad gateway\",\"message\":\"The upstream sent a compressed answer, which " \
+#define BODY_UNCOUNTABLE                                                                           \
+    "{\"error\":\"Bad gateway\",\"message\":\"The upstream sent a compressed answer, which "       \
     "the relay cannot count; it asked for an uncompressed one\"}"
 
 /*
@@ -290,8 +290,8 @@ static apr_status_t replace_with_502(ap_filter_t *f, apr_bucket_brigade *bb)
     ap_set_content_type(r, "application/json");
     ap_set_content_length(r, (apr_off_t)len);
     if (!r->header_only) {
-        APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_immortal_create(BODY_UNCOUNTABLE, len,
-                                                               c->bucket_alloc));
+        APR_BRIGADE_INSERT_TAIL(bb,
+                                apr_bucket_immortal_create(BODY_UNCOUNTABLE, len, c->bucket_alloc));
     }
     APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(c->bucket_alloc));
     return ap_pass_brigade(f->next, bb);
@@ -400,23 +400,23 @@ static void relay_insert_filter(request_rec *r)
 }
 
 /* Bodies of the 401 answers. */
-#define BODY_MISSING                                                                           \
-    "{\"error\":\"Missing API key\",\"message\":\"Please provide an API key in the x-api-key " \
+#define BODY_MISSING                                                                               \
+    "{\"error\":\"Missing API key\",\"message\":\"Please provide an API key in the x-api-key "     \
     "header or Authorization header\"}"
 #define BODY_FORMAT "{\"error\":\"Invalid API key\",\"message\":\"Invalid API key format\"}"
 #define BODY_NOT_FOUND "{\"error\":\"Invalid API key\",\"message\":\"API key not found\"}"
 #define BODY_DISABLED "{\"error\":\"Invalid API key\",\"message\":\"API key is disabled\"}"
 #define BODY_EXPIRED "{\"error\":\"Invalid API key\",\"message\":\"API key has expired\"}"
-#define BODY_UNAVAILABLE                                                                       \
-    "{\"error\":\"Service temporarily unavailable\",\"message\":\"The relay cannot reach its " \
+#define BODY_UNAVAILABLE                                                                           \
+    "{\"error\":\"Service temporarily unavailable\",\"message\":\"The relay cannot reach its "     \
     "key store right now; please retry shortly\"}"
 
-#define BODY_NO_ENDPOINT                                                                       \
+#define BODY_NO_ENDPOINT                                                                           \
     "{\"error\":\"Not found\",\"message\":\"This relay does not serve that endpoint\"}"
-#define BODY_BAD_METHOD                                                                        \
-    "{\"error\":\"Method not allowed\",\"message\":\"This relay does not serve that method on " \
+#define BODY_BAD_METHOD                                                                            \
+    "{\"error\":\"Method not allowed\",\"message\":\"This relay does not serve that method on "    \
     "that endpoint\"}"
-#define BODY_NOT_ADMITTED                                                                      \
+#define BODY_NOT_ADMITTED                                                                          \
     "{\"error\":\"Internal server error\",\"message\":\"The relay did not admit this request\"}"
 
 /* The admission of a request: its own, or that of the request it derives from. */
@@ -528,13 +528,12 @@ static relay_endpoint_verdict judge_endpoint(request_rec *r, const relay_dir_con
 /* The answer of a 429 for a concurrency limit. */
 static const char *limited_body(request_rec *r, const relay_admit_result *res)
 {
-    return apr_psprintf(r->pool,
-                        "{\"error\":\"Concurrency limit exceeded\",\"message\":\"Too many "
-                        "concurrent requests. Limit: %" APR_INT64_T_FMT " concurrent requests\","
-                        "\"currentConcurrency\":%" APR_INT64_T_FMT ",\"concurrencyLimit\":%"
-                        APR_INT64_T_FMT "}",
-                        (apr_int64_t)res->limit, (apr_int64_t)res->current,
-                        (apr_int64_t)res->limit);
+    return apr_psprintf(
+        r->pool,
+        "{\"error\":\"Concurrency limit exceeded\",\"message\":\"Too many "
+        "concurrent requests. Limit: %" APR_INT64_T_FMT " concurrent requests\","
+        "\"currentConcurrency\":%" APR_INT64_T_FMT ",\"concurrencyLimit\":%" APR_INT64_T_FMT "}",
+        (apr_int64_t)res->limit, (apr_int64_t)res->current, (apr_int64_t)res->limit);
 }
 
 /*
@@ -550,8 +549,8 @@ static void log_limited(request_rec *r, const char *what, const relay_admit_resu
         return;
     }
     ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                  RLOG "%s limit reached for key %s (%s): %" APR_INT64_T_FMT " %s, limit %"
-                       APR_INT64_T_FMT " (%lu more refusals of this key not logged)",
+                  RLOG "%s limit reached for key %s (%s): %" APR_INT64_T_FMT
+                       " %s, limit %" APR_INT64_T_FMT " (%lu more refusals of this key not logged)",
                   what, res->id, ap_escape_logitem(r->pool, res->name), (apr_int64_t)res->current,
                   unit, (apr_int64_t)res->limit, skipped);
 }
@@ -560,14 +559,13 @@ static void log_limited(request_rec *r, const char *what, const relay_admit_resu
  * RelayOnRedisError allow, with Redis failing: a key this child admitted
  * lately goes through unlimited; any other key is refused as under deny.
  */
-static int admit_without_redis(request_rec *r, const char *hash,
-                               const relay_admit_result *res)
+static int admit_without_redis(request_rec *r, const char *hash, const relay_admit_result *res)
 {
     const char *id = NULL;
     relay_request *rr;
 
-    if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS,
-                                    r->pool, &id)) {
+    if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS, r->pool,
+                                    &id)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
                       RLOG "Redis unavailable (%s); RelayOnRedisError allow lets through only "
                            "keys this process admitted lately, and this one is not among them: "
@@ -690,11 +688,12 @@ static int relay_check_access(request_rec *r)
         count_outcome(r, res.id, RELAY_OUTCOME_TOKEN_LIMITED);
         return refuse(
             r, HTTP_TOO_MANY_REQUESTS,
-            apr_psprintf(r->pool,
-                         "{\"error\":\"Token limit exceeded\",\"message\":\"Token limit of %"
-                         APR_INT64_T_FMT " tokens reached\",\"tokenLimit\":%" APR_INT64_T_FMT
-                         ",\"totalTokens\":%" APR_INT64_T_FMT "}",
-                         (apr_int64_t)res.limit, (apr_int64_t)res.limit, (apr_int64_t)res.current),
+            apr_psprintf(
+                r->pool,
+                "{\"error\":\"Token limit exceeded\",\"message\":\"Token limit of %" APR_INT64_T_FMT
+                " tokens reached\",\"tokenLimit\":%" APR_INT64_T_FMT
+                ",\"totalTokens\":%" APR_INT64_T_FMT "}",
+                (apr_int64_t)res.limit, (apr_int64_t)res.limit, (apr_int64_t)res.current),
             NULL, NULL);
     case RELAY_ADMIT_ERROR:
     default:
@@ -749,8 +748,7 @@ static int relay_check_access(request_rec *r)
     }
     else {
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                      RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT
-                           "), lease %s",
+                      RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT "), lease %s",
                       res.id, (apr_int64_t)res.current, (apr_int64_t)res.limit,
                       relay_lease_member(lease));
     }
@@ -837,11 +835,8 @@ static int relay_fixups_credential(request_rec *r)
     return DECLINED;
 }
 
-
-
 /* check_config: the checks live beside the directives (relay_config.c). */
-static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp,
-                              server_rec *s)
+static int relay_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t *ptemp, server_rec *s)
 {
     (void)pconf;
     (void)plog;

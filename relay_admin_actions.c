@@ -108,12 +108,12 @@ static int release_key(admin_ctx *a, const char *id)
         if (!(k = relay_admin_load_key(a, id, &rc))) {
             return rc;
         }
-        return confirm_page(
-            a, k, AM_RELEASE_TITLE,
-            relay_admin_textf(a, AM_RELEASE_CONFIRM, k->current_concurrency,
-                         atol(k->concurrency_limit) > 0 ? k->concurrency_limit
-                                                        : relay_admin_text(a, AM_UNLIMITED)),
-            "release", AM_RELEASE);
+        return confirm_page(a, k, AM_RELEASE_TITLE,
+                            relay_admin_textf(a, AM_RELEASE_CONFIRM, k->current_concurrency,
+                                              atol(k->concurrency_limit) > 0
+                                                  ? k->concurrency_limit
+                                                  : relay_admin_text(a, AM_UNLIMITED)),
+                            "release", AM_RELEASE);
     }
     if (relay_admin_read_trusted_form(a, NULL, 0, "a release of slots", &form)) {
         return OK;

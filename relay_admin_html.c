@@ -369,9 +369,8 @@ int relay_admin_list_page(admin_ctx *a)
     int i;
 
     if ((bad = relay_admin_list_params(a, &q))) {
-        return relay_admin_message_page(
-            a, HTTP_BAD_REQUEST,
-            relay_admin_textf(a, AM_ERR_LIST_PARAM, bad));
+        return relay_admin_message_page(a, HTTP_BAD_REQUEST,
+                                        relay_admin_textf(a, AM_ERR_LIST_PARAM, bad));
     }
     if (!(c = relay_admin_redis(a, &err)) || relay_keystore_query(c, &q, &pg, r->pool, &err)) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "admin: cannot list keys: %s", err);
@@ -396,7 +395,8 @@ int relay_admin_list_page(admin_ctx *a)
                    relay_admin_escape(a, relay_admin_textf(a, AM_MATCHING, pg.matched, q.search)));
     }
     if (pg.keys->nelts > 0) {
-        ap_rputs(relay_admin_escape(a, relay_admin_textf(a, AM_SHOWING, first + 1, first + pg.keys->nelts, pg.matched)),
+        ap_rputs(relay_admin_escape(a, relay_admin_textf(a, AM_SHOWING, first + 1,
+                                                         first + pg.keys->nelts, pg.matched)),
                  r);
     }
     else {

@@ -140,18 +140,19 @@ static const char *const admin_text[AM_COUNT][2] = {
     [AM_CANCEL] = {"Cancel", "取消"},
     [AM_LIMIT_PLACEHOLDER] = {"0 or empty = unlimited", "0 或留空 = 无限制"},
     [AM_EXPIRY_HINT] = {"Empty = never. A date (YYYY-MM-DD) expires at the end of that day, UTC.",
-                       "留空 = 永不过期。日期 (YYYY-MM-DD) 在当天结束时 (UTC) 过期。"},
+                        "留空 = 永不过期。日期 (YYYY-MM-DD) 在当天结束时 (UTC) 过期。"},
     [AM_CREATED_TITLE] = {"Key created", "密钥已创建"},
     [AM_SHOWN_ONCE] = {"Copy this key now: it will not be shown again.",
-                      "请立即复制此密钥：它不会再次显示。"},
+                       "请立即复制此密钥：它不会再次显示。"},
     [AM_COPY] = {"Copy", "复制"},
     [AM_BACK] = {"Back to the keys", "返回密钥列表"},
     [AM_EDIT_TITLE] = {"Edit key", "编辑密钥"},
     [AM_ENABLED_LABEL] = {"Enabled", "启用"},
     [AM_DELETE_TITLE] = {"Delete key", "删除密钥"},
-    [AM_DELETE_CONFIRM] = {"Delete this key? Clients using it are refused from the next request on. "
-                          "This cannot be undone.",
-                          "删除此密钥？使用它的客户端从下一个请求起将被拒绝。此操作无法撤销。"},
+    [AM_DELETE_CONFIRM] =
+        {"Delete this key? Clients using it are refused from the next request on. "
+         "This cannot be undone.",
+         "删除此密钥？使用它的客户端从下一个请求起将被拒绝。此操作无法撤销。"},
     [AM_ERR_REQUIRED] = {"Required.", "必填。"},
     /* a format: the field's most characters (relay_field_rules) */
     [AM_ERR_TOO_LONG] = {"At most %ld characters.", "最多 %ld 个字符。"},
@@ -163,17 +164,17 @@ static const char *const admin_text[AM_COUNT][2] = {
     [AM_ERR_PAST] = {"This date has already passed.", "该日期已经过去。"},
     [AM_ERR_CHOICE] = {"Either true or false.", "只能是 true 或 false。"},
     [AM_ERR_FORM] = {"Nothing was saved: please correct the fields marked below.",
-                    "未保存：请更正下面标出的字段。"},
+                     "未保存：请更正下面标出的字段。"},
     [AM_NOT_FOUND] = {"No such key.", "没有这个密钥。"},
     [AM_FORBIDDEN] = {"This request was refused: the form did not come from this admin page "
-                     "(missing or stale security token, or another site). Nothing was changed.",
-                     "请求被拒绝：表单不是来自本管理页面（安全令牌缺失或过期，或来自其他网站）。"
-                     "未做任何更改。"},
+                      "(missing or stale security token, or another site). Nothing was changed.",
+                      "请求被拒绝：表单不是来自本管理页面（安全令牌缺失或过期，或来自其他网站）。"
+                      "未做任何更改。"},
     [AM_UNAVAILABLE] = {"The key store (Redis) cannot be reached right now.",
-                       "目前无法连接密钥存储 (Redis)。"},
+                        "目前无法连接密钥存储 (Redis)。"},
     [AM_ERR_EXISTS] = {"A key with this id or key hash exists already; nothing was changed. "
-                      "Please try again.",
-                      "已存在相同 ID 或哈希的密钥，未做任何更改。请重试。"},
+                       "Please try again.",
+                       "已存在相同 ID 或哈希的密钥，未做任何更改。请重试。"},
     [AM_SIGNED_IN_AS] = {"Signed in as", "当前用户"},
     [AM_IN_FLIGHT_HINT] = {"in flight / limit", "进行中 / 上限"},
     [AM_REQUESTS] = {"requests", "次请求"},

@@ -63,18 +63,18 @@ void *relay_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
     sc->redis.master_name = from->redis.master_name;
     sc->redis.password = add->redis.password ? add->redis.password : base->redis.password;
     sc->redis.username = add->redis.username ? add->redis.username : base->redis.username;
-    sc->redis.sentinel_password = add->redis.sentinel_password ? add->redis.sentinel_password
-                                                                : base->redis.sentinel_password;
-    sc->redis.sentinel_username = add->redis.sentinel_username ? add->redis.sentinel_username
-                                                                : base->redis.sentinel_username;
-    sc->redis.database = add->redis.database != RELAY_UNSET ? add->redis.database
-                                                             : base->redis.database;
-    sc->redis.timeout_ms = add->redis.timeout_ms != RELAY_UNSET ? add->redis.timeout_ms
-                                                                 : base->redis.timeout_ms;
+    sc->redis.sentinel_password =
+        add->redis.sentinel_password ? add->redis.sentinel_password : base->redis.sentinel_password;
+    sc->redis.sentinel_username =
+        add->redis.sentinel_username ? add->redis.sentinel_username : base->redis.sentinel_username;
+    sc->redis.database =
+        add->redis.database != RELAY_UNSET ? add->redis.database : base->redis.database;
+    sc->redis.timeout_ms =
+        add->redis.timeout_ms != RELAY_UNSET ? add->redis.timeout_ms : base->redis.timeout_ms;
     sc->secret = add->secret ? add->secret : base->secret;
     sc->admin_assets = add->admin_assets ? add->admin_assets : base->admin_assets;
-    sc->lease_seconds = add->lease_seconds != RELAY_UNSET ? add->lease_seconds
-                                                           : base->lease_seconds;
+    sc->lease_seconds =
+        add->lease_seconds != RELAY_UNSET ? add->lease_seconds : base->lease_seconds;
     sc->reuse_ms = add->reuse_ms != RELAY_UNSET ? add->reuse_ms : base->reuse_ms;
     sc->connections = add->connections != RELAY_UNSET ? add->connections : base->connections;
     /* engine_seen describes the sections of this server only: not inherited */
@@ -113,8 +113,9 @@ int relay_needs_redis(server_rec *s)
 /* Log why a server's configuration cannot work; returns HTTP_INTERNAL_SERVER_ERROR. */
 static int refuse_config(server_rec *v, const char *why)
 {
-    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL, "%s (server %s, defined at %s:%d)",
-                 why, v->server_hostname ? v->server_hostname : "(main)",
+    ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_EMERG, 0, NULL,
+                 "%s (server %s, defined at %s:%d)", why,
+                 v->server_hostname ? v->server_hostname : "(main)",
                  v->defn_name ? v->defn_name : "main config", v->defn_line_number);
     return HTTP_INTERNAL_SERVER_ERROR;
 }
@@ -168,12 +169,12 @@ void *relay_merge_dir_conf(apr_pool_t *p, void *basev, void *addv)
 
     dc->engine = add->engine != RELAY_UNSET ? add->engine : base->engine;
     /* the two credential forms replace each other as one setting */
-    dc->upstream_key = add->upstream_key || add->upstream_bearer ? add->upstream_key
-                                                                 : base->upstream_key;
-    dc->upstream_bearer = add->upstream_key || add->upstream_bearer ? add->upstream_bearer
-                                                                    : base->upstream_bearer;
-    dc->on_redis_error = add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error
-                                                                  : base->on_redis_error;
+    dc->upstream_key =
+        add->upstream_key || add->upstream_bearer ? add->upstream_key : base->upstream_key;
+    dc->upstream_bearer =
+        add->upstream_key || add->upstream_bearer ? add->upstream_bearer : base->upstream_bearer;
+    dc->on_redis_error =
+        add->on_redis_error != RELAY_ONERR_UNSET ? add->on_redis_error : base->on_redis_error;
     dc->endpoints = add->endpoints ? add->endpoints : base->endpoints;
     /* the location travels with the RelayEngine that named it */
     dc->location = add->engine != RELAY_UNSET ? add->location : base->location;
@@ -312,9 +313,8 @@ static const char *set_redis_server(cmd_parms *cmd, void *dummy, const char *arg
     }
     if (strncmp(arg, "unix:", 5) == 0) {
         if (arg[5] != '/') {
-            return apr_psprintf(cmd->pool,
-                                "RelayRedisServer: '%s' needs an absolute socket path after unix:",
-                                arg);
+            return apr_psprintf(
+                cmd->pool, "RelayRedisServer: '%s' needs an absolute socket path after unix:", arg);
         }
         sc->redis.unix_path = arg + 5;
         sc->redis.host = NULL;
@@ -349,9 +349,8 @@ static const char *set_redis_sentinel(cmd_parms *cmd, void *dummy, int argc, cha
                "server (which one wins would be ambiguous); keep one of them";
     }
     if (argc == 0) {
-        return apr_psprintf(cmd->pool,
-                            "RelayRedisSentinel: needs a sentinel list and a master name %s",
-                            usage);
+        return apr_psprintf(
+            cmd->pool, "RelayRedisSentinel: needs a sentinel list and a master name %s", usage);
     }
     if (argc == 1) {
         return apr_psprintf(cmd->pool, "RelayRedisSentinel: '%s' needs a master name after it %s",
@@ -500,8 +499,10 @@ static const char *set_reuse_slots(cmd_parms *cmd, void *dummy, const char *arg)
         return NULL;
     }
     if (parse_int(cmd, arg, 0, 60000, &sc->reuse_ms)) {
-        return apr_psprintf(cmd->pool, "RelayReuseSlots: '%s' is neither Off nor a whole number "
-                                       "of milliseconds from 0 to 60000", arg);
+        return apr_psprintf(cmd->pool,
+                            "RelayReuseSlots: '%s' is neither Off nor a whole number "
+                            "of milliseconds from 0 to 60000",
+                            arg);
     }
     return NULL;
 }

@@ -29,42 +29,42 @@
 /* What to do when Redis cannot be reached. */
 typedef enum {
     RELAY_ONERR_UNSET = RELAY_UNSET,
-    RELAY_ONERR_DENY = 0,   /* answer 503 */
-    RELAY_ONERR_ALLOW = 1   /* let the request through, unlimited, with a warning */
+    RELAY_ONERR_DENY = 0, /* answer 503 */
+    RELAY_ONERR_ALLOW = 1 /* let the request through, unlimited, with a warning */
 } relay_onerr;
 
 /* Whether a section serves the admin (RelayAdmin). */
 typedef enum {
     RELAY_ADMIN_UNSET = RELAY_UNSET,
-    RELAY_ADMIN_OFF = 0,  /* never: SetHandler claude-relay-admin gets 404 here */
-    RELAY_ADMIN_ON = 1,   /* to users Apache has authenticated (r->user); 500 without one */
-    RELAY_ADMIN_OPEN = 2  /* to anyone, changes recorded as made by "anonymous" */
+    RELAY_ADMIN_OFF = 0, /* never: SetHandler claude-relay-admin gets 404 here */
+    RELAY_ADMIN_ON = 1,  /* to users Apache has authenticated (r->user); 500 without one */
+    RELAY_ADMIN_OPEN = 2 /* to anyone, changes recorded as made by "anonymous" */
 } relay_admin_mode;
 
 /* Server-wide settings: one Redis, one secret, per virtual host. */
 typedef struct {
-    relay_redis_target redis;   /* RelayRedisServer/Sentinel/Password/Username/Database/
-                                   Timeout: host and unix_path NULL and no sentinels = unset,
-                                   passwords and users NULL = unset, database and timeout_ms
-                                   RELAY_UNSET; relay_config_check fills the defaults in */
-    int connections;            /* RelayRedisConnections: pool size per child; RELAY_UNSET */
-    const char *secret;         /* RelayKeyHashSecret; NULL = unset */
-    int lease_seconds;          /* RelayLeaseSeconds; RELAY_UNSET = default */
-    int reuse_ms;               /* RelayReuseSlots; RELAY_UNSET = default */
-    int engine_seen;            /* a RelayEngine On appears in this server's sections */
-    const char *admin_assets;   /* RelayAdminAssets: folder of admin.css/admin.js; NULL = default */
+    relay_redis_target redis; /* RelayRedisServer/Sentinel/Password/Username/Database/
+                                 Timeout: host and unix_path NULL and no sentinels = unset,
+                                 passwords and users NULL = unset, database and timeout_ms
+                                 RELAY_UNSET; relay_config_check fills the defaults in */
+    int connections;          /* RelayRedisConnections: pool size per child; RELAY_UNSET */
+    const char *secret;       /* RelayKeyHashSecret; NULL = unset */
+    int lease_seconds;        /* RelayLeaseSeconds; RELAY_UNSET = default */
+    int reuse_ms;             /* RelayReuseSlots; RELAY_UNSET = default */
+    int engine_seen;          /* a RelayEngine On appears in this server's sections */
+    const char *admin_assets; /* RelayAdminAssets: folder of admin.css/admin.js; NULL = default */
 } relay_server_conf;
 
 /* Per-location policy. */
 typedef struct {
-    int engine;                 /* RelayEngine: RELAY_UNSET, 0 or 1 */
-    const char *upstream_key;   /* RelayUpstreamApiKey value; NULL = unset */
-    const char *upstream_bearer;/* RelayUpstreamBearer value; NULL = unset */
-    relay_onerr on_redis_error; /* RelayOnRedisError */
+    int engine;                    /* RelayEngine: RELAY_UNSET, 0 or 1 */
+    const char *upstream_key;      /* RelayUpstreamApiKey value; NULL = unset */
+    const char *upstream_bearer;   /* RelayUpstreamBearer value; NULL = unset */
+    relay_onerr on_redis_error;    /* RelayOnRedisError */
     apr_array_header_t *endpoints; /* RelayAllowEndpoints: relay_endpoint; NULL = default */
-    const char *location;       /* the <Location> path RelayEngine was set in; NULL when
-                                   set in another kind of section (a regex, a directory) */
-    relay_admin_mode admin;     /* RelayAdmin; never from .htaccess */
+    const char *location;          /* the <Location> path RelayEngine was set in; NULL when
+                                      set in another kind of section (a regex, a directory) */
+    relay_admin_mode admin;        /* RelayAdmin; never from .htaccess */
 } relay_dir_conf;
 
 extern module AP_MODULE_DECLARE_DATA claude_relay_module;

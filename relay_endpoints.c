@@ -22,8 +22,8 @@ const size_t relay_default_endpoints_count =
 /* Whether c may appear in a path segment of an endpoint. */
 static int path_char_ok(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '/' || c == '_' || c == '-' || c == '.' || c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '/' ||
+           c == '_' || c == '-' || c == '.' || c == '~';
 }
 
 const char *relay_endpoint_parse(const char *text, relay_endpoint *out)

@@ -40,14 +40,13 @@ static const char read_lua[] = LUA_NOW LUA_LIVE
  * History: KEYS = usage:daily:{id}:{date} x d, then usage:{id}:model:daily:{model}:{date}
  * for each model and date. Returns the flat HGETALL of each, in order.
  */
-static const char history_lua[] =
-    "local out = {}\n"
-    "for i, key in ipairs(KEYS) do\n"
-    "  local f = redis.pcall('HGETALL', key)\n"
-    "  if type(f) ~= 'table' or f.err then f = {} end\n"
-    "  out[i] = f\n"
-    "end\n"
-    "return out\n";
+static const char history_lua[] = "local out = {}\n"
+                                  "for i, key in ipairs(KEYS) do\n"
+                                  "  local f = redis.pcall('HGETALL', key)\n"
+                                  "  if type(f) ~= 'table' or f.err then f = {} end\n"
+                                  "  out[i] = f\n"
+                                  "end\n"
+                                  "return out\n";
 
 /*
  * Create: KEYS apikey:{id}, apikey:hash_map; ARGV hash, id, field, value, ...
@@ -66,10 +65,9 @@ static const char create_lua[] =
  * Update: KEYS apikey:{id}; ARGV field, value, ... Only an existing key
  * changes, so a key deleted meanwhile is not brought back half-empty.
  */
-static const char update_lua[] =
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
-    "redis.call('HSET', KEYS[1], unpack(ARGV))\n"
-    "return 1\n";
+static const char update_lua[] = "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end\n"
+                                 "redis.call('HSET', KEYS[1], unpack(ARGV))\n"
+                                 "return 1\n";
 
 /*
  * Delete: KEYS apikey:{id}, apikey:hash_map, concurrency:{id}; ARGV id.
@@ -202,14 +200,18 @@ static void period_from(const redisReply *h, relay_usage_period *u, apr_pool_t *
     for (i = 0; i + 1 < h->elements; i += 2) {
         const char *f = relay_ks_elem_str(h->element[i], p);
         long long v = strtoll(relay_ks_elem_str(h->element[i + 1], p), NULL, 10);
-        if (!strcmp(f, RELAY_U_TOTAL_TOKENS) || !strcmp(f, RELAY_U_TOKENS)) u->tokens = v;
-        else if (!strcmp(f, RELAY_U_TOTAL_INPUT) || !strcmp(f, RELAY_U_INPUT)) u->input = v;
-        else if (!strcmp(f, RELAY_U_TOTAL_OUTPUT) || !strcmp(f, RELAY_U_OUTPUT)) u->output = v;
+        if (!strcmp(f, RELAY_U_TOTAL_TOKENS) || !strcmp(f, RELAY_U_TOKENS))
+            u->tokens = v;
+        else if (!strcmp(f, RELAY_U_TOTAL_INPUT) || !strcmp(f, RELAY_U_INPUT))
+            u->input = v;
+        else if (!strcmp(f, RELAY_U_TOTAL_OUTPUT) || !strcmp(f, RELAY_U_OUTPUT))
+            u->output = v;
         else if (!strcmp(f, RELAY_U_TOTAL_CACHE_CREATE) || !strcmp(f, RELAY_U_CACHE_CREATE))
             u->cache_create = v;
         else if (!strcmp(f, RELAY_U_TOTAL_CACHE_READ) || !strcmp(f, RELAY_U_CACHE_READ))
             u->cache_read = v;
-        else if (!strcmp(f, RELAY_U_TOTAL_ALL) || !strcmp(f, RELAY_U_ALL)) u->all = v;
+        else if (!strcmp(f, RELAY_U_TOTAL_ALL) || !strcmp(f, RELAY_U_ALL))
+            u->all = v;
         else if (!strcmp(f, RELAY_U_TOTAL_REQUESTS) || !strcmp(f, RELAY_U_REQUESTS))
             u->requests = v;
     }
@@ -237,18 +239,30 @@ static void record_set(relay_key_record *k, apr_array_header_t *fields, const ch
     }
     APR_ARRAY_PUSH(fields, const char *) = f;
     APR_ARRAY_PUSH(fields, const char *) = v;
-    if (!strcmp(f, RELAY_F_NAME)) k->name = v;
-    else if (!strcmp(f, RELAY_F_DESCRIPTION)) k->description = v;
-    else if (!strcmp(f, RELAY_F_KEY_PREVIEW)) k->key_preview = v;
-    else if (!strcmp(f, RELAY_F_TOKEN_LIMIT)) k->token_limit = v;
-    else if (!strcmp(f, RELAY_F_CONCURRENCY_LIMIT)) k->concurrency_limit = v;
-    else if (!strcmp(f, RELAY_F_IS_ACTIVE)) k->is_active = v;
-    else if (!strcmp(f, RELAY_F_CREATED_AT)) k->created_at = v;
-    else if (!strcmp(f, RELAY_F_UPDATED_AT)) k->updated_at = v;
-    else if (!strcmp(f, RELAY_F_LAST_USED_AT)) k->last_used_at = v;
-    else if (!strcmp(f, RELAY_F_EXPIRES_AT)) k->expires_at = v;
-    else if (!strcmp(f, RELAY_F_CREATED_BY)) k->created_by = v;
-    else if (!strcmp(f, RELAY_F_UPDATED_BY)) k->updated_by = v;
+    if (!strcmp(f, RELAY_F_NAME))
+        k->name = v;
+    else if (!strcmp(f, RELAY_F_DESCRIPTION))
+        k->description = v;
+    else if (!strcmp(f, RELAY_F_KEY_PREVIEW))
+        k->key_preview = v;
+    else if (!strcmp(f, RELAY_F_TOKEN_LIMIT))
+        k->token_limit = v;
+    else if (!strcmp(f, RELAY_F_CONCURRENCY_LIMIT))
+        k->concurrency_limit = v;
+    else if (!strcmp(f, RELAY_F_IS_ACTIVE))
+        k->is_active = v;
+    else if (!strcmp(f, RELAY_F_CREATED_AT))
+        k->created_at = v;
+    else if (!strcmp(f, RELAY_F_UPDATED_AT))
+        k->updated_at = v;
+    else if (!strcmp(f, RELAY_F_LAST_USED_AT))
+        k->last_used_at = v;
+    else if (!strcmp(f, RELAY_F_EXPIRES_AT))
+        k->expires_at = v;
+    else if (!strcmp(f, RELAY_F_CREATED_BY))
+        k->created_by = v;
+    else if (!strcmp(f, RELAY_F_UPDATED_BY))
+        k->updated_by = v;
 }
 
 /* Build a record from one entry of the read script's reply; NULL if the key is gone. */
@@ -273,9 +287,8 @@ static relay_key_record *record_from(const redisReply *entry, const char *id, ap
                    relay_ks_elem_str(h->element[i + 1], p));
     }
     k->fields = fields;
-    k->current_concurrency = entry->element[1]->type == REDIS_REPLY_INTEGER
-                                 ? (long)entry->element[1]->integer
-                                 : 0;
+    k->current_concurrency =
+        entry->element[1]->type == REDIS_REPLY_INTEGER ? (long)entry->element[1]->integer : 0;
     period_from(entry->element[2], &k->total, p);
     period_from(entry->element[3], &k->today, p);
     period_from(entry->element[4], &k->month, p);
@@ -474,8 +487,7 @@ relay_ks_result relay_keystore_update(relay_redis_conn *c, const char *id,
 }
 
 int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_pool_t *p,
-                           apr_array_header_t **days, apr_array_header_t **models,
-                           const char **err)
+                           apr_array_header_t **days, apr_array_header_t **models, const char **err)
 {
     const char *argv[2];
     size_t lens[2];
@@ -579,8 +591,8 @@ relay_ks_result relay_keystore_delete(relay_redis_conn *c, const char *id, apr_p
 
 relay_ks_result relay_keystore_regenerate(relay_redis_conn *c, const char *id, const char *secret,
                                           const unsigned char rnd[RELAY_KEY_RANDOM_BYTES],
-                                          const char *by, const char **plain,
-                                          const char **preview, apr_pool_t *p, const char **err)
+                                          const char *by, const char **plain, const char **preview,
+                                          apr_pool_t *p, const char **err)
 {
     char *key = apr_palloc(p, RELAY_KEY_LEN + 1);
     char *hash = apr_palloc(p, RELAY_SHA256_HEX_LEN + 1);

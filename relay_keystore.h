@@ -17,9 +17,9 @@
 
 /* Usage counters of one period, as relay_lease's release script keeps them. */
 typedef struct {
-    long long tokens;          /* input + output */
+    long long tokens; /* input + output */
     long long input, output, cache_create, cache_read;
-    long long all;             /* every kind */
+    long long all; /* every kind */
     long long requests;
 } relay_usage_period;
 
@@ -35,15 +35,15 @@ typedef struct {
     const char *created_at;
     const char *updated_at;
     const char *last_used_at;
-    const char *expires_at;        /* "" = never */
+    const char *expires_at; /* "" = never */
     const char *created_by;
     const char *updated_by;
     /* every stored field but apiKey, as read: name, value, name, value, ... */
     const apr_array_header_t *fields;
-    long current_concurrency;      /* live leases (an older relay's plain counter: its value) */
-    relay_usage_period total;      /* usage:{id} */
-    relay_usage_period today;      /* usage:daily:{id}:{today, UTC} */
-    relay_usage_period month;      /* usage:monthly:{id}:{this month, UTC} */
+    long current_concurrency; /* live leases (an older relay's plain counter: its value) */
+    relay_usage_period total; /* usage:{id} */
+    relay_usage_period today; /* usage:daily:{id}:{today, UTC} */
+    relay_usage_period month; /* usage:monthly:{id}:{this month, UTC} */
 } relay_key_record;
 
 /* Fields of a new key, already validated. */
@@ -52,7 +52,7 @@ typedef struct {
     const char *description;
     long token_limit;
     long concurrency_limit;
-    const char *expires_at;        /* "" or canonical ISO-8601 */
+    const char *expires_at; /* "" or canonical ISO-8601 */
     const char *created_by;
 } relay_key_new;
 
@@ -174,7 +174,7 @@ relay_ks_result relay_keystore_update(relay_redis_conn *c, const char *id,
 
 /* One day of a key's usage history. */
 typedef struct {
-    const char *date;              /* YYYY-MM-DD */
+    const char *date; /* YYYY-MM-DD */
     relay_usage_period usage;
 } relay_usage_day;
 
@@ -203,8 +203,8 @@ int relay_keystore_history(relay_redis_conn *c, const char *id, int ndays, apr_p
  */
 relay_ks_result relay_keystore_regenerate(relay_redis_conn *c, const char *id, const char *secret,
                                           const unsigned char rnd[RELAY_KEY_RANDOM_BYTES],
-                                          const char *by, const char **plain,
-                                          const char **preview, apr_pool_t *p, const char **err);
+                                          const char *by, const char **plain, const char **preview,
+                                          apr_pool_t *p, const char **err);
 
 /*
  * Free every slot of key id now: delete concurrency:{id} (and set updatedAt,

@@ -21,31 +21,31 @@ typedef struct relay_lease relay_lease;
 
 /* Outcome of an admission attempt. */
 typedef enum {
-    RELAY_ADMIT_OK = 1,        /* lease taken */
-    RELAY_ADMIT_NOT_FOUND,     /* no key with that hash */
-    RELAY_ADMIT_DISABLED,      /* isActive is anything but "true" */
-    RELAY_ADMIT_EXPIRED,       /* expiresAt is in the past */
-    RELAY_ADMIT_LIMITED,       /* concurrency limit reached; nothing taken */
-    RELAY_ADMIT_TOKENS,        /* token limit reached; nothing taken */
-    RELAY_ADMIT_ERROR          /* Redis unreachable or failing, or a record of this key
-                                  unusable (error names the key and the Redis key) */
+    RELAY_ADMIT_OK = 1,    /* lease taken */
+    RELAY_ADMIT_NOT_FOUND, /* no key with that hash */
+    RELAY_ADMIT_DISABLED,  /* isActive is anything but "true" */
+    RELAY_ADMIT_EXPIRED,   /* expiresAt is in the past */
+    RELAY_ADMIT_LIMITED,   /* concurrency limit reached; nothing taken */
+    RELAY_ADMIT_TOKENS,    /* token limit reached; nothing taken */
+    RELAY_ADMIT_ERROR      /* Redis unreachable or failing, or a record of this key
+                              unusable (error names the key and the Redis key) */
 } relay_admit_code;
 
 typedef struct {
     relay_admit_code code;
-    const char *id;            /* key id (when found) */
-    const char *name;          /* key name (when found) */
-    long long current;         /* in flight (incl. this request); tokens used for _TOKENS */
-    long long limit;           /* concurrencyLimit (0 = unlimited); tokenLimit for _TOKENS */
-    int legacy_replaced;       /* a plain-counter concurrency key was replaced */
-    int known;                 /* admitted by the child alone, for a key Redis has not
-                                  reported changed since it was read: one without any
-                                  limit, or one with a limit on a kept slot (see
-                                  relay_lease_release); current is then 0 */
-    const char *error;         /* sentence, for RELAY_ADMIT_ERROR; safe to log as is */
-    int record_bad;            /* RELAY_ADMIT_ERROR because a record of this key is unusable
-                                  (Redis answered): no outage, so RelayOnRedisError allow
-                                  should not let it through */
+    const char *id;      /* key id (when found) */
+    const char *name;    /* key name (when found) */
+    long long current;   /* in flight (incl. this request); tokens used for _TOKENS */
+    long long limit;     /* concurrencyLimit (0 = unlimited); tokenLimit for _TOKENS */
+    int legacy_replaced; /* a plain-counter concurrency key was replaced */
+    int known;           /* admitted by the child alone, for a key Redis has not
+                            reported changed since it was read: one without any
+                            limit, or one with a limit on a kept slot (see
+                            relay_lease_release); current is then 0 */
+    const char *error;   /* sentence, for RELAY_ADMIT_ERROR; safe to log as is */
+    int record_bad;      /* RELAY_ADMIT_ERROR because a record of this key is unusable
+                            (Redis answered): no outage, so RelayOnRedisError allow
+                            should not let it through */
 } relay_admit_result;
 
 /* How serious a line the lease core reports is; the caller maps it to its own levels. */
@@ -79,8 +79,8 @@ apr_status_t relay_lease_store_create(relay_lease_store **out, relay_redis_pool 
  * stop when pchild is destroyed, the keeper after sending what is still
  * queued.
  */
-apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_lease_log_fn log,
-                                      void *baton, apr_pool_t *pchild);
+apr_status_t relay_lease_keeper_start(relay_lease_store *store, relay_lease_log_fn log, void *baton,
+                                      apr_pool_t *pchild);
 
 /*
  * Authenticate a key by its stored hash and, if it is usable and under its
@@ -104,11 +104,11 @@ relay_admit_code relay_lease_admit(relay_lease_store *store, const char *hash, a
 
 /* What one request consumed, as the upstream reported it. */
 typedef struct {
-    long long input;           /* input_tokens */
-    long long output;          /* output_tokens */
-    long long cache_create;    /* cache_creation_input_tokens */
-    long long cache_read;      /* cache_read_input_tokens */
-    const char *model;         /* the model that answered, or NULL */
+    long long input;        /* input_tokens */
+    long long output;       /* output_tokens */
+    long long cache_create; /* cache_creation_input_tokens */
+    long long cache_read;   /* cache_read_input_tokens */
+    const char *model;      /* the model that answered, or NULL */
 } relay_usage_counts;
 
 /*
@@ -186,7 +186,7 @@ int relay_lease_live_count(relay_lease_store *store);
  * through Redis: max_age_ms then bounds how stale the answer may be.
  * A concurrency or token limit is not checked here. Thread-safe.
  */
-int relay_lease_recently_valid(relay_lease_store *store, const char *hash,
-                               apr_int64_t max_age_ms, apr_pool_t *p, const char **id);
+int relay_lease_recently_valid(relay_lease_store *store, const char *hash, apr_int64_t max_age_ms,
+                               apr_pool_t *p, const char **id);
 
 #endif

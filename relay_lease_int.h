@@ -67,12 +67,12 @@ APR_RING_HEAD(valid_ring, valid_key);
 
 /* What a queued operation does; each kind is one entry in the batch script's ARGV. */
 enum op_kind {
-    OP_ADMIT,      /* look a key up and take a lease, if under its limits */
-    OP_ADD,        /* add the lease of a request admitted from the key cache */
-    OP_RELEASE,    /* give a request's lease back, and count its usage */
-    OP_USAGE,      /* count a request's usage only: its lease never reached
-                      Redis, or its slot was kept */
-    OP_GIVE_BACK   /* give back a kept slot: no request left to count */
+    OP_ADMIT,    /* look a key up and take a lease, if under its limits */
+    OP_ADD,      /* add the lease of a request admitted from the key cache */
+    OP_RELEASE,  /* give a request's lease back, and count its usage */
+    OP_USAGE,    /* count a request's usage only: its lease never reached
+                    Redis, or its slot was kept */
+    OP_GIVE_BACK /* give back a kept slot: no request left to count */
 };
 
 /* How soon a queued op (other than an admission) must reach Redis. */
@@ -84,42 +84,42 @@ enum op_urgency {
 
 /* Who leads a batch, and how far (see relay_lease_lead). */
 enum lead_role {
-    LEAD_REQUEST,      /* a request thread: one batch, then hand on */
-    LEAD_KEEPER,       /* the keeper: on while a limit waits for a queued op */
-    LEAD_KEEPER_DRAIN  /* the keeper: until the queue is empty */
+    LEAD_REQUEST,     /* a request thread: one batch, then hand on */
+    LEAD_KEEPER,      /* the keeper: on while a limit waits for a queued op */
+    LEAD_KEEPER_DRAIN /* the keeper: until the queue is empty */
 };
 
 /* A lease of a request of this child. */
 struct relay_lease {
-    APR_RING_ENTRY(relay_lease) link;  /* in live.ring */
-    const char *id;                    /* key id */
-    const char *conc_key;              /* concurrency:{id} */
-    const char *member;                /* this request's member */
-    int released;                      /* given back already */
-    lease_op *add_op;                  /* its OP_ADD, while still queued */
-    int limited;                       /* its key had a concurrency limit */
-    int token_limited;                 /* its key had a token limit */
-    int keep;                          /* its slot may be kept for the next request */
-    enum op_urgency urgency;           /* how soon its release must reach Redis */
+    APR_RING_ENTRY(relay_lease) link; /* in live.ring */
+    const char *id;                   /* key id */
+    const char *conc_key;             /* concurrency:{id} */
+    const char *member;               /* this request's member */
+    int released;                     /* given back already */
+    lease_op *add_op;                 /* its OP_ADD, while still queued */
+    int limited;                      /* its key had a concurrency limit */
+    int token_limited;                /* its key had a token limit */
+    int keep;                         /* its slot may be kept for the next request */
+    enum op_urgency urgency;          /* how soon its release must reach Redis */
 };
 
 /* What the batch script answered for one admission. */
 typedef struct {
-    long code;                         /* the script's code, or -99: no answer */
+    long code; /* the script's code, or -99: no answer */
     long long current, limit;
-    const char *name;                  /* key name */
-    const char *found_id;              /* key id, or NULL */
-    const char *error;                 /* sentence, for -99 and -3 */
-    const char *expires;               /* the key's expiresAt, "" for never */
-    int legacy;                        /* a plain counter was replaced */
-    int token_limited;                 /* the key has a token limit */
+    const char *name;     /* key name */
+    const char *found_id; /* key id, or NULL */
+    const char *error;    /* sentence, for -99 and -3 */
+    const char *expires;  /* the key's expiresAt, "" for never */
+    int legacy;           /* a plain counter was replaced */
+    int token_limited;    /* the key has a token limit */
 } admit_reply;
 
 /* The caller of relay_lease_release_sent, waiting for its release to reach Redis. */
 struct release_waiter {
-    apr_thread_cond_t *cond;           /* signalled when sent (or failed) */
-    int done;                          /* the batch carrying it has run */
-    int failed;                        /* Redis did not take it */
+    apr_thread_cond_t *cond; /* signalled when sent (or failed) */
+    int done;                /* the batch carrying it has run */
+    int failed;              /* Redis did not take it */
 };
 
 /*
@@ -128,30 +128,30 @@ struct release_waiter {
  * once sent.
  */
 struct lease_op {
-    APR_RING_ENTRY(lease_op) link;     /* in batch.queue, then in a batch */
+    APR_RING_ENTRY(lease_op) link; /* in batch.queue, then in a batch */
     enum op_kind kind;
-    const char *id;                    /* key id (admission: the cached one, or NULL) */
-    const char *member;                /* lease member (NULL for OP_USAGE) */
-    unsigned long epoch;               /* track.epoch when its batch was sent */
+    const char *id;      /* key id (admission: the cached one, or NULL) */
+    const char *member;  /* lease member (NULL for OP_USAGE) */
+    unsigned long epoch; /* track.epoch when its batch was sent */
     /* OP_ADMIT */
-    const char *hash;                  /* key hash */
-    apr_pool_t *p;                     /* the requester's pool, for the reply */
-    apr_thread_cond_t *cond;           /* signalled when done or promoted */
-    int done;                          /* reply is in */
-    int promoted;                      /* this requester leads the next batch */
+    const char *hash;        /* key hash */
+    apr_pool_t *p;           /* the requester's pool, for the reply */
+    apr_thread_cond_t *cond; /* signalled when done or promoted */
+    int done;                /* reply is in */
+    int promoted;            /* this requester leads the next batch */
     admit_reply reply;
     /* the others */
     enum op_urgency urgency;
-    relay_usage_counts usage;          /* model copied into the same block */
-    int token_limited;                 /* its usage goes with it, not later */
-    relay_lease *lease;                /* OP_ADD: its lease, while queued */
-    struct release_waiter *waiter;     /* its caller waits until it is sent, or NULL */
+    relay_usage_counts usage;      /* model copied into the same block */
+    int token_limited;             /* its usage goes with it, not later */
+    relay_lease *lease;            /* OP_ADD: its lease, while queued */
+    struct release_waiter *waiter; /* its caller waits until it is sent, or NULL */
 };
 
 /* A kept slot: the lease of a finished request, waiting for the next one. */
 typedef struct {
-    char member[48];                   /* its member in concurrency:{id} */
-    apr_time_t since;                  /* when its request ended */
+    char member[48];  /* its member in concurrency:{id} */
+    apr_time_t since; /* when its request ended */
 } kept_slot;
 
 /*
@@ -161,13 +161,13 @@ typedef struct {
  * alone, one with a concurrency limit from its kept slots.
  */
 struct key_entry {
-    APR_RING_ENTRY(key_entry) link;    /* in cache.kept_keys while it has kept slots */
-    char *hash;                        /* key hash */
-    char *id;                          /* key id */
-    int tracked;                       /* the fields below are Redis's word */
-    char *expires;                     /* expiresAt, "" for never (malloc'ed) */
-    long long limit;                   /* concurrencyLimit, 0 for none */
-    kept_slot *kept;                   /* kept slots, oldest first (malloc'ed) */
+    APR_RING_ENTRY(key_entry) link; /* in cache.kept_keys while it has kept slots */
+    char *hash;                     /* key hash */
+    char *id;                       /* key id */
+    int tracked;                    /* the fields below are Redis's word */
+    char *expires;                  /* expiresAt, "" for never (malloc'ed) */
+    long long limit;                /* concurrencyLimit, 0 for none */
+    kept_slot *kept;                /* kept slots, oldest first (malloc'ed) */
     int nkept, cap;
 };
 
@@ -176,13 +176,13 @@ struct key_entry {
  * relay_lease_recently_valid: one malloc'ed block, its expiresAt apart.
  */
 struct valid_key {
-    APR_RING_ENTRY(valid_key) link;    /* in valid.order, oldest admission first */
-    char *hash;                        /* key hash */
-    char *id;                          /* key id */
-    char *expires;                     /* expiresAt, "" for never (malloc'ed: it changes) */
-    apr_time_t admitted;               /* when this child last admitted it */
-    int changed;                       /* Redis reported the key changed since it was read */
-    unsigned long changed_at;          /* track.epoch after the last such report */
+    APR_RING_ENTRY(valid_key) link; /* in valid.order, oldest admission first */
+    char *hash;                     /* key hash */
+    char *id;                       /* key id */
+    char *expires;                  /* expiresAt, "" for never (malloc'ed: it changes) */
+    apr_time_t admitted;            /* when this child last admitted it */
+    int changed;                    /* Redis reported the key changed since it was read */
+    unsigned long changed_at;       /* track.epoch after the last such report */
 };
 
 /* The clock of the core (apr_time_now unless a test sets another). */
@@ -192,76 +192,76 @@ typedef apr_time_t (*relay_lease_clock_fn)(void);
  * The seam in front of Redis: run one script, as relay_redis_script does,
  * on a connection of the store's pool. Tests put their own in front.
  */
-typedef redisReply *(*relay_lease_send_fn)(relay_lease_store *st, const relay_script *s,
-                                           int nkeys, const char *const *keys, int nargs,
+typedef redisReply *(*relay_lease_send_fn)(relay_lease_store *st, const relay_script *s, int nkeys,
+                                           const char *const *keys, int nargs,
                                            const char *const *args, apr_pool_t *p,
                                            const char **err);
 
 struct relay_lease_store {
-    struct {                           /* fixed */
-        relay_redis_pool *redis;       /* where leases live */
+    struct {                              /* fixed */
+        relay_redis_pool *redis;          /* where leases live */
         const relay_redis_target *target; /* where the tracking connection goes */
-        int lease_ms;                  /* lease length */
-        apr_interval_time_t reuse;     /* how long a finished request's slot is kept */
-        char prefix[17];               /* random per child: members are unique */
-        relay_lease_clock_fn now;      /* the clock */
-        relay_lease_send_fn send;      /* the seam in front of Redis */
-        relay_lease_log_fn log;        /* where trouble is told, or NULL */
+        int lease_ms;                     /* lease length */
+        apr_interval_time_t reuse;        /* how long a finished request's slot is kept */
+        char prefix[17];                  /* random per child: members are unique */
+        relay_lease_clock_fn now;         /* the clock */
+        relay_lease_send_fn send;         /* the seam in front of Redis */
+        relay_lease_log_fn log;           /* where trouble is told, or NULL */
         void *log_baton;
     } cf;
-    apr_uint32_t counter;              /* per child member counter (atomic) */
-    apr_thread_mutex_t *lock;          /* guards the groups marked "lock" */
+    apr_uint32_t counter;     /* per child member counter (atomic) */
+    apr_thread_mutex_t *lock; /* guards the groups marked "lock" */
 
-    struct {                           /* lock: live leases */
-        struct lease_ring ring;        /* of this child's running requests */
-        int count;                     /* entries in ring */
+    struct {                    /* lock: live leases */
+        struct lease_ring ring; /* of this child's running requests */
+        int count;              /* entries in ring */
     } live;
 
-    struct {                           /* lock, but see pool and usage */
-        struct op_ring queue;          /* ops not yet sent */
-        int leading;                   /* a thread is sending (or about to send) a batch */
-        int keeper_leads;              /* the keeper is asked to send the queued ops */
-        apr_time_t deferred_since;     /* deferred ops wait since, or 0 */
-        apr_time_t soon_since;         /* soon ops wait since, or 0 */
-        apr_time_t soon_seen;          /* when a soon op was last queued */
-        int usage_pending;             /* usage was counted since the last write */
-        int usage_due;                 /* the next batch writes the counted usage */
-        apr_pool_t *pool;              /* the leader's scratch (no lock: leader only) */
-        apr_pool_t *usage_pool;        /* holds usage (no lock: leader only) */
-        apr_hash_t *usage;             /* "id model" -> usage sum (no lock: leader only) */
+    struct {                       /* lock, but see pool and usage */
+        struct op_ring queue;      /* ops not yet sent */
+        int leading;               /* a thread is sending (or about to send) a batch */
+        int keeper_leads;          /* the keeper is asked to send the queued ops */
+        apr_time_t deferred_since; /* deferred ops wait since, or 0 */
+        apr_time_t soon_since;     /* soon ops wait since, or 0 */
+        apr_time_t soon_seen;      /* when a soon op was last queued */
+        int usage_pending;         /* usage was counted since the last write */
+        int usage_due;             /* the next batch writes the counted usage */
+        apr_pool_t *pool;          /* the leader's scratch (no lock: leader only) */
+        apr_pool_t *usage_pool;    /* holds usage (no lock: leader only) */
+        apr_hash_t *usage;         /* "id model" -> usage sum (no lock: leader only) */
     } batch;
 
-    struct {                           /* lock: the key cache */
-        apr_pool_t *pool;              /* holds the two hashes (entries are malloc'ed) */
-        apr_hash_t *by_hash;           /* key hash -> key_entry */
-        apr_hash_t *by_id;             /* key id -> key_entry, tracked ones only */
-        struct key_ring kept_keys;     /* entries with kept slots */
-        int kept;                      /* kept slots in all */
+    struct {                       /* lock: the key cache */
+        apr_pool_t *pool;          /* holds the two hashes (entries are malloc'ed) */
+        apr_hash_t *by_hash;       /* key hash -> key_entry */
+        apr_hash_t *by_id;         /* key id -> key_entry, tracked ones only */
+        struct key_ring kept_keys; /* entries with kept slots */
+        int kept;                  /* kept slots in all */
     } cache;
 
-    struct {                           /* lock: keys lately found valid */
-        apr_pool_t *pool;              /* holds the two hashes (entries are malloc'ed) */
-        apr_hash_t *by_hash;           /* key hash -> valid_key */
-        apr_hash_t *by_id;             /* key id -> valid_key */
-        struct valid_ring order;       /* the same, oldest admission first */
-        int changed;                   /* entries reported changed and not read again yet */
+    struct {                     /* lock: keys lately found valid */
+        apr_pool_t *pool;        /* holds the two hashes (entries are malloc'ed) */
+        apr_hash_t *by_hash;     /* key hash -> valid_key */
+        apr_hash_t *by_id;       /* key id -> valid_key */
+        struct valid_ring order; /* the same, oldest admission first */
+        int changed;             /* entries reported changed and not read again yet */
     } valid;
 
-    struct {                           /* lock: the tracking connection */
-        int on;                        /* Redis tells us of every change to apikey:* */
-        int fd;                        /* its socket, while on */
-        int reset;                     /* reconnect it */
-        unsigned long epoch;           /* counts reported changes */
-        apr_thread_cond_t *wake;       /* wakes the tracker to stop or reconnect */
-        apr_thread_t *thread;          /* the tracking thread, or NULL */
+    struct {                     /* lock: the tracking connection */
+        int on;                  /* Redis tells us of every change to apikey:* */
+        int fd;                  /* its socket, while on */
+        int reset;               /* reconnect it */
+        unsigned long epoch;     /* counts reported changes */
+        apr_thread_cond_t *wake; /* wakes the tracker to stop or reconnect */
+        apr_thread_t *thread;    /* the tracking thread, or NULL */
     } track;
 
-    struct {                           /* lock: the keeper thread */
-        apr_thread_cond_t *wake;       /* wakes it: ops queued, clock moved, or stop */
-        apr_time_t wakes;              /* when it wakes by itself */
-        apr_time_t renew_due;          /* when it renews next */
-        int stopping;                  /* the child is exiting */
-        apr_thread_t *thread;          /* or NULL */
+    struct {                     /* lock: the keeper thread */
+        apr_thread_cond_t *wake; /* wakes it: ops queued, clock moved, or stop */
+        apr_time_t wakes;        /* when it wakes by itself */
+        apr_time_t renew_due;    /* when it renews next */
+        int stopping;            /* the child is exiting */
+        apr_thread_t *thread;    /* or NULL */
     } keeper;
 };
 

@@ -52,16 +52,15 @@ const char *relay_redis_target_signature(const relay_redis_target *t, apr_pool_t
 
     /* with sentinels, the list and the master name say where; host/port are unused */
     for (i = 0; i < t->nsentinels; i++) {
-        sentinels = apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host,
-                                 t->sentinels[i].port);
+        sentinels =
+            apr_psprintf(p, "%s%s:%d,", sentinels, t->sentinels[i].host, t->sentinels[i].port);
     }
-    return apr_psprintf(p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d", t->unix_path ? t->unix_path : "",
-                        t->host ? t->host : "", t->port, sentinels,
-                        t->master_name ? t->master_name : "",
-                        t->sentinel_username ? t->sentinel_username : "",
-                        t->sentinel_password ? t->sentinel_password : "",
-                        t->username ? t->username : "", t->password ? t->password : "",
-                        t->database, t->timeout_ms);
+    return apr_psprintf(
+        p, "%s|%s|%d|%s|%s|%s|%s|%s|%s|%d|%d", t->unix_path ? t->unix_path : "",
+        t->host ? t->host : "", t->port, sentinels, t->master_name ? t->master_name : "",
+        t->sentinel_username ? t->sentinel_username : "",
+        t->sentinel_password ? t->sentinel_password : "", t->username ? t->username : "",
+        t->password ? t->password : "", t->database, t->timeout_ms);
 }
 
 const char *relay_redis_target_str(const relay_redis_target *t, apr_pool_t *p)
@@ -151,8 +150,8 @@ static redisContext *open_socket(const relay_redis_target *t, const char *host, 
 }
 
 /* AUTH [user] password on a fresh connection; 0 on success, else -1 with *err. */
-static int send_auth(redisContext *ctx, const char *user, const char *password,
-                     const char *what, apr_pool_t *p, const char **err)
+static int send_auth(redisContext *ctx, const char *user, const char *password, const char *what,
+                     apr_pool_t *p, const char **err)
 {
     redisReply *rep;
     const char *e;
@@ -329,8 +328,8 @@ static redisContext *connect_via_sentinels(const relay_redis_target *t, apr_pool
             continue;
         }
         tried[i] = addr;
-        what = apr_psprintf(p, "master '%s' at %s (named by sentinel %s:%d)", t->master_name,
-                            addr, s->host, s->port);
+        what = apr_psprintf(p, "master '%s' at %s (named by sentinel %s:%d)", t->master_name, addr,
+                            s->host, s->port);
         ctx = open_socket(t, host, port, NULL, what, p, &why);
         if (ctx && auth_and_select(ctx, t, what, p, &why) == 0) {
             if (is_master(ctx, p, &why)) {
@@ -847,8 +846,7 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
         /* one fresh try */
         redisFree(c->ctx);
         c->ctx = NULL;
-        if (s ? reopen(s, p, err) != 0
-              : !(c->ctx = relay_redis_connect(c->target, p, err))) {
+        if (s ? reopen(s, p, err) != 0 : !(c->ctx = relay_redis_connect(c->target, p, err))) {
             c->broken = 1;
             if (refusal) {
                 *err = apr_psprintf(p, "Redis answered %s; reconnecting failed: %s", refusal, *err);
@@ -893,8 +891,8 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
 
 /* Send EVALSHA or EVAL with the given keys and args. */
 static redisReply *eval(relay_redis_conn *c, const relay_script *s, int use_sha, int nkeys,
-                        const char *const *keys, int nargs, const char *const *args,
-                        apr_pool_t *p, const char **err)
+                        const char *const *keys, int nargs, const char *const *args, apr_pool_t *p,
+                        const char **err)
 {
     int argc = 3 + nkeys + nargs, i, n = 0;
     const char **argv = apr_palloc(p, sizeof(*argv) * argc);

@@ -13,21 +13,21 @@
 
 /* A TCP address: one sentinel of a RelayRedisSentinel list. */
 typedef struct {
-    const char *host;       /* host name or address */
-    int port;               /* TCP port */
+    const char *host; /* host name or address */
+    int port;         /* TCP port */
 } relay_redis_addr;
 
 /* Where and how to reach Redis; filled from the server config. */
 typedef struct {
-    const char *host;       /* host name or address; NULL when unix_path is set */
-    int port;               /* TCP port */
-    const char *unix_path;  /* unix socket path, or NULL */
-    const char *username;   /* ACL user for AUTH, or NULL */
-    const char *password;   /* AUTH password, or NULL */
-    int database;           /* SELECT index, 0 = default */
-    int timeout_ms;         /* connect and I/O timeout */
+    const char *host;                  /* host name or address; NULL when unix_path is set */
+    int port;                          /* TCP port */
+    const char *unix_path;             /* unix socket path, or NULL */
+    const char *username;              /* ACL user for AUTH, or NULL */
+    const char *password;              /* AUTH password, or NULL */
+    int database;                      /* SELECT index, 0 = default */
+    int timeout_ms;                    /* connect and I/O timeout */
     const relay_redis_addr *sentinels; /* sentinels naming the master; NULL = use host/port */
-    int nsentinels;         /* entries in sentinels; > 0 means host/port/unix_path are unused */
+    int nsentinels;          /* entries in sentinels; > 0 means host/port/unix_path are unused */
     const char *master_name; /* the name the sentinels monitor the master under */
     const char *sentinel_username; /* ACL user for AUTH on the sentinels, or NULL */
     const char *sentinel_password; /* AUTH password of the sentinels, or NULL */
@@ -35,9 +35,9 @@ typedef struct {
 
 /* A Lua script with its SHA1, so calls can use EVALSHA. */
 typedef struct {
-    const char *name;       /* for error messages */
-    const char *source;     /* the Lua text */
-    char sha1[41];          /* lowercase hex SHA1 of source */
+    const char *name;   /* for error messages */
+    const char *source; /* the Lua text */
+    char sha1[41];      /* lowercase hex SHA1 of source */
 } relay_script;
 
 typedef struct relay_redis_pool relay_redis_pool;
@@ -49,9 +49,9 @@ typedef struct relay_redis_pool relay_redis_pool;
 typedef struct {
     redisContext *ctx;
     const relay_redis_target *target; /* for reconnecting */
-    int broken;             /* set when the connection must not be reused */
-    unsigned long uses;     /* commands sent; > 0 means it may have gone stale */
-    int pooled;             /* it is a pool's (set by the pool only) */
+    int broken;                       /* set when the connection must not be reused */
+    unsigned long uses;               /* commands sent; > 0 means it may have gone stale */
+    int pooled;                       /* it is a pool's (set by the pool only) */
 } relay_redis_conn;
 
 /* Compute the SHA1 of a script's source once, at start-up. */

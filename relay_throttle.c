@@ -11,9 +11,9 @@
 #define THROTTLE_ID_MAX 64
 
 typedef struct {
-    char id[THROTTLE_ID_MAX];  /* the key id this slot counts for; "" = free */
-    apr_time_t last;           /* when its last line was logged */
-    unsigned long skipped;     /* refusals not logged since */
+    char id[THROTTLE_ID_MAX]; /* the key id this slot counts for; "" = free */
+    apr_time_t last;          /* when its last line was logged */
+    unsigned long skipped;    /* refusals not logged since */
 } throttle_slot;
 
 static throttle_slot slots[THROTTLE_SLOTS];

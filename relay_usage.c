@@ -14,8 +14,7 @@
 
 /* The four counts, in the order of the fields they fill. */
 static const char *const count_names[] = {"input_tokens", "output_tokens",
-                                          "cache_creation_input_tokens",
-                                          "cache_read_input_tokens"};
+                                          "cache_creation_input_tokens", "cache_read_input_tokens"};
 #define COUNT_KEYS 4
 
 /* The field for count_names[i]. */
@@ -105,8 +104,8 @@ static const char *js_ws(const char *p, const char *end)
 /* Whether c may appear in a number or a true/false/null literal. */
 static int js_bare_char(char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           c == '-' || c == '+' || c == '.';
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' ||
+           c == '+' || c == '.';
 }
 
 /* Skip the string starting at p (a '"'); NULL when it does not close before end. */
@@ -464,8 +463,8 @@ static void sse_field_value(struct relay_usage_sse *s, const char *p, size_t n)
 static void sse_field_end(struct relay_usage_sse *s)
 {
     if (s->field == SSE_F_EVENT) {
-        s->event_kind = s->event_len > sizeof(s->event) ? EV_OTHER
-                                                        : sse_kind(s->event, s->event_len);
+        s->event_kind =
+            s->event_len > sizeof(s->event) ? EV_OTHER : sse_kind(s->event, s->event_len);
     }
     s->line = SSE_LINE_START;
 }

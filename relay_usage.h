@@ -27,26 +27,26 @@ typedef enum { RELAY_USAGE_SSE, RELAY_USAGE_JSON } relay_usage_mode;
 
 /* Parser state of the event-stream reader; private to relay_usage.c. */
 struct relay_usage_sse {
-    int line;          /* where in the current line the next byte falls */
-    int field;         /* which field the current line sets */
-    int after_cr;      /* the last line ended with CR: an LF next is part of it */
-    int bom;           /* bytes of a leading UTF-8 BOM matched; 3 once decided */
-    size_t name_len;   /* > sizeof(name) when the field name is too long */
+    int line;        /* where in the current line the next byte falls */
+    int field;       /* which field the current line sets */
+    int after_cr;    /* the last line ended with CR: an LF next is part of it */
+    int bom;         /* bytes of a leading UTF-8 BOM matched; 3 once decided */
+    size_t name_len; /* > sizeof(name) when the field name is too long */
     char name[8];
-    size_t event_len;  /* > sizeof(event) when the event name is too long */
+    size_t event_len; /* > sizeof(event) when the event name is too long */
     char event[32];
     int event_seen;
     int event_kind;
     int data_lines;
-    int data_state;    /* data kept whole, skipped, or too big */
+    int data_state; /* data kept whole, skipped, or too big */
     size_t data_len;
     char data[RELAY_USAGE_DATA_MAX];
 };
 
 /* Parser state of the plain JSON scanner; private to relay_usage.c. */
 struct relay_usage_json {
-    int state;                 /* between tokens, in a string, escape, bare token */
-    int phase;                 /* what the current container expects next */
+    int state; /* between tokens, in a string, escape, bare token */
+    int phase; /* what the current container expects next */
     size_t depth;
     unsigned char objbits[32]; /* levels 1..256: set when that container is an object */
     int in_usage;              /* the level-2 container is the top-level "usage" */
@@ -62,14 +62,14 @@ struct relay_usage_json {
 typedef struct {
     long long input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens;
     char model[RELAY_USAGE_MODEL_MAX]; /* the answer's model, printable ASCII; "" if unknown */
-    int seen_usage; /* any usage figure was read */
-    int complete;   /* message_stop seen (SSE) or the whole JSON object parsed */
-    int error;      /* an SSE error event (counting stopped there), or a JSON error body */
-    int overflow;   /* an event's data was larger than RELAY_USAGE_DATA_MAX and was skipped */
+    int seen_usage;                    /* any usage figure was read */
+    int complete;                      /* message_stop seen (SSE) or the whole JSON object parsed */
+    int error;    /* an SSE error event (counting stopped there), or a JSON error body */
+    int overflow; /* an event's data was larger than RELAY_USAGE_DATA_MAX and was skipped */
 
     /* Private parser state below: read the fields above only. */
     relay_usage_mode mode;
-    int stopped;    /* nothing after this point can change the figures */
+    int stopped; /* nothing after this point can change the figures */
     int finished;
     struct relay_usage_sse sse;
     struct relay_usage_json json;

@@ -17,13 +17,13 @@
 
 typedef enum {
     RELAY_VALID = 0,
-    RELAY_INVALID_REQUIRED,    /* empty where a value is needed */
-    RELAY_INVALID_TOO_LONG,    /* more characters than allowed */
-    RELAY_INVALID_ENCODING,    /* not UTF-8, or control characters */
-    RELAY_INVALID_NUMBER,      /* not a whole number from 0 to 2^31-1 */
-    RELAY_INVALID_DATE,        /* not YYYY-MM-DD or an ISO-8601 UTC time */
-    RELAY_INVALID_PAST,        /* a date that has already passed */
-    RELAY_INVALID_CHOICE       /* a switch that is neither "true" nor "false" */
+    RELAY_INVALID_REQUIRED, /* empty where a value is needed */
+    RELAY_INVALID_TOO_LONG, /* more characters than allowed */
+    RELAY_INVALID_ENCODING, /* not UTF-8, or control characters */
+    RELAY_INVALID_NUMBER,   /* not a whole number from 0 to 2^31-1 */
+    RELAY_INVALID_DATE,     /* not YYYY-MM-DD or an ISO-8601 UTC time */
+    RELAY_INVALID_PAST,     /* a date that has already passed */
+    RELAY_INVALID_CHOICE    /* a switch that is neither "true" nor "false" */
 } relay_invalid;
 
 /* Characters in a UTF-8 string, or -1 when it is not valid UTF-8. */

@@ -31,18 +31,18 @@
 #include <strings.h>
 #include <unistd.h>
 
-#define MOCK_HANDLER        "claude-relay-mock"
-#define MOCK_MAX_BODY       (1024 * 1024)
-#define MOCK_LOG_BODY_MAX   65536
-#define MOCK_SLEEP_STEP     apr_time_from_msec(50)
-#define MOCK_DEFAULT_MODEL  "claude-sonnet-4-20250514"
-#define MOCK_JSON_FLAGS     (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+#define MOCK_HANDLER "claude-relay-mock"
+#define MOCK_MAX_BODY (1024 * 1024)
+#define MOCK_LOG_BODY_MAX 65536
+#define MOCK_SLEEP_STEP apr_time_from_msec(50)
+#define MOCK_DEFAULT_MODEL "claude-sonnet-4-20250514"
+#define MOCK_JSON_FLAGS (JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
 
 module AP_MODULE_DECLARE_DATA relay_mock_module;
 
 typedef struct {
-    const char *log_path;   /* NULL: no request log */
-    const char *api_key;    /* NULL: accept any credential */
+    const char *log_path; /* NULL: no request log */
+    const char *api_key;  /* NULL: accept any credential */
 } mock_srv_cfg;
 
 /* Per-request state shared by the handler, the log writer and the cleanup. */
@@ -87,8 +87,7 @@ static void *mock_merge_srv_cfg(apr_pool_t *p, void *basev, void *addv)
 /* RelayMockLog: relative paths are taken from ServerRoot, like httpd's own logs. */
 static const char *mock_set_log(cmd_parms *cmd, void *dummy, const char *arg)
 {
-    mock_srv_cfg *cfg = ap_get_module_config(cmd->server->module_config,
-                                             &relay_mock_module);
+    mock_srv_cfg *cfg = ap_get_module_config(cmd->server->module_config, &relay_mock_module);
     (void)dummy;
     if (!*arg) {
         return "RelayMockLog needs a file path";
@@ -103,8 +102,7 @@ static const char *mock_set_log(cmd_parms *cmd, void *dummy, const char *arg)
 /* RelayMockApiKey: whitespace could never arrive intact in a header, so refuse it early. */
 static const char *mock_set_key(cmd_parms *cmd, void *dummy, const char *arg)
 {
-    mock_srv_cfg *cfg = ap_get_module_config(cmd->server->module_config,
-                                             &relay_mock_module);
+    mock_srv_cfg *cfg = ap_get_module_config(cmd->server->module_config, &relay_mock_module);
     const char *c;
 
     (void)dummy;
@@ -125,8 +123,7 @@ static const command_rec mock_cmds[] = {
                   "File that receives one JSON line per request start and end"),
     AP_INIT_TAKE1("RelayMockApiKey", mock_set_key, NULL, RSRC_CONF,
                   "Credential clients must send as x-api-key or Bearer token"),
-    {NULL}
-};
+    {NULL}};
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                       */
@@ -137,13 +134,13 @@ static const char *mock_make_id(apr_pool_t *p)
 {
     apr_uint32_t n = apr_atomic_inc32(&mock_counter);
 
-    return apr_psprintf(p, "%06lx%08x%08x", (unsigned long)getpid(),
-                        (unsigned)mock_salt, (unsigned)n);
+    return apr_psprintf(p, "%06lx%08x%08x", (unsigned long)getpid(), (unsigned)mock_salt,
+                        (unsigned)n);
 }
 
 /* Bad values fall back to the default; out-of-range numbers are clamped. */
-static apr_int64_t mock_hdr_int(request_rec *r, const char *name, apr_int64_t def,
-                                apr_int64_t lo, apr_int64_t hi)
+static apr_int64_t mock_hdr_int(request_rec *r, const char *name, apr_int64_t def, apr_int64_t lo,
+                                apr_int64_t hi)
 {
     const char *v = apr_table_get(r->headers_in, name);
     char *end;
@@ -192,8 +189,8 @@ static const char *mock_model_in_uri(const char *uri)
 static json_object *mock_json_time(apr_pool_t *p)
 {
     apr_time_t now = apr_time_now();
-    const char *txt = apr_psprintf(p, "%" APR_TIME_T_FMT ".%06ld",
-                                   apr_time_sec(now), (long)apr_time_usec(now));
+    const char *txt =
+        apr_psprintf(p, "%" APR_TIME_T_FMT ".%06ld", apr_time_sec(now), (long)apr_time_usec(now));
 
     return json_object_new_double_s((double)now / APR_USEC_PER_SEC, txt);
 }
@@ -291,8 +288,7 @@ static void mock_log_write(mock_req *mr, json_object *obj)
     line = apr_palloc(tmp, len + 1);
     memcpy(line, js, len);
     line[len] = '\n';
-    rv = apr_file_open(&f, mr->cfg->log_path,
-                       APR_FOPEN_APPEND | APR_FOPEN_CREATE | APR_FOPEN_WRITE,
+    rv = apr_file_open(&f, mr->cfg->log_path, APR_FOPEN_APPEND | APR_FOPEN_CREATE | APR_FOPEN_WRITE,
                        APR_FPROT_OS_DEFAULT, tmp);
     if (rv == APR_SUCCESS) {
         n = len + 1;
@@ -303,8 +299,8 @@ static void mock_log_write(mock_req *mr, json_object *obj)
         apr_file_close(f);
     }
     if (rv != APR_SUCCESS) {
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, rv, r,
-                      "relay_mock: cannot write RelayMockLog %s", mr->cfg->log_path);
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, rv, r, "relay_mock: cannot write RelayMockLog %s",
+                      mr->cfg->log_path);
     }
     apr_pool_destroy(tmp);
 }
@@ -356,8 +352,9 @@ static void mock_log_start(mock_req *mr, const char *body, apr_size_t body_len, 
     json_object_object_add(o, "query", r->args ? json_object_new_string(r->args) : NULL);
     json_object_object_add(o, "headers", hdrs);
     json_object_object_add(o, "body_length", json_object_new_int64((int64_t)body_len));
-    json_object_object_add(o, "body", body_len <= MOCK_LOG_BODY_MAX
-                           ? json_object_new_string_len(body, (int)body_len) : NULL);
+    json_object_object_add(
+        o, "body",
+        body_len <= MOCK_LOG_BODY_MAX ? json_object_new_string_len(body, (int)body_len) : NULL);
     json_object_object_add(o, "stream", json_object_new_boolean(stream));
     mock_log_write(mr, o);
     json_object_put(o);
@@ -401,8 +398,8 @@ static void mock_set_status(request_rec *r, int status)
 
     r->status = status;
     if (!line || atoi(line) != status) {
-        r->status_line = apr_psprintf(r->pool, "%d %s", status,
-                                      status == 529 ? "Overloaded" : "Mock Error");
+        r->status_line =
+            apr_psprintf(r->pool, "%d %s", status, status == 529 ? "Overloaded" : "Mock Error");
     }
 }
 
@@ -453,19 +450,17 @@ static void mock_add_usage(json_object *o, const mock_usage *u, apr_int64_t outp
     json_object_object_add(us, "input_tokens", json_object_new_int64(u->input));
     json_object_object_add(us, "cache_creation_input_tokens",
                            json_object_new_int64(u->cache_create));
-    json_object_object_add(us, "cache_read_input_tokens",
-                           json_object_new_int64(u->cache_read));
+    json_object_object_add(us, "cache_read_input_tokens", json_object_new_int64(u->cache_read));
     json_object_object_add(us, "output_tokens", json_object_new_int64(output));
     json_object_object_add(o, "usage", us);
 }
 
-static json_object *mock_message(mock_req *mr, const char *model, const mock_usage *u,
-                                 int final)
+static json_object *mock_message(mock_req *mr, const char *model, const mock_usage *u, int final)
 {
     json_object *m = json_object_new_object(), *content = json_object_new_array();
 
-    json_object_object_add(m, "id", json_object_new_string(
-                               apr_pstrcat(mr->r->pool, "msg_mock_", mr->id, NULL)));
+    json_object_object_add(
+        m, "id", json_object_new_string(apr_pstrcat(mr->r->pool, "msg_mock_", mr->id, NULL)));
     json_object_object_add(m, "type", json_object_new_string("message"));
     json_object_object_add(m, "role", json_object_new_string("assistant"));
     json_object_object_add(m, "model", json_object_new_string(model));
@@ -478,8 +473,7 @@ static json_object *mock_message(mock_req *mr, const char *model, const mock_usa
         json_object_array_add(content, block);
     }
     json_object_object_add(m, "content", content);
-    json_object_object_add(m, "stop_reason",
-                           final ? json_object_new_string("end_turn") : NULL);
+    json_object_object_add(m, "stop_reason", final ? json_object_new_string("end_turn") : NULL);
     json_object_object_add(m, "stop_sequence", NULL);
     mock_add_usage(m, u, final ? u->output : 1);
     return m;
@@ -489,9 +483,9 @@ static int mock_sse_event(mock_req *mr, const char *name, const char *data)
 {
     request_rec *r = mr->r;
 
-    if (r->connection->aborted
-        || ap_rvputs(r, "event: ", name, "\ndata: ", data, "\n\n", NULL) < 0
-        || ap_rflush(r) < 0 || r->connection->aborted) {
+    if (r->connection->aborted ||
+        ap_rvputs(r, "event: ", name, "\ndata: ", data, "\n\n", NULL) < 0 || ap_rflush(r) < 0 ||
+        r->connection->aborted) {
         return -1;
     }
     mr->events_sent++;
@@ -500,8 +494,7 @@ static int mock_sse_event(mock_req *mr, const char *name, const char *data)
 
 static int mock_sse_json(mock_req *mr, const char *name, json_object *data)
 {
-    int rc = mock_sse_event(mr, name,
-                            json_object_to_json_string_ext(data, MOCK_JSON_FLAGS));
+    int rc = mock_sse_event(mr, name, json_object_to_json_string_ext(data, MOCK_JSON_FLAGS));
 
     json_object_put(data);
     return rc;
@@ -528,11 +521,11 @@ static int mock_send_stream(mock_req *mr, const char *model, const mock_usage *u
     o = json_object_new_object();
     json_object_object_add(o, "type", json_object_new_string("message_start"));
     json_object_object_add(o, "message", mock_message(mr, model, u, 0));
-    if (mock_sse_json(mr, "message_start", o) < 0
-        || mock_sse_event(mr, "content_block_start",
-                          "{\"type\":\"content_block_start\",\"index\":0,"
-                          "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}") < 0
-        || mock_sse_event(mr, "ping", "{\"type\":\"ping\"}") < 0) {
+    if (mock_sse_json(mr, "message_start", o) < 0 ||
+        mock_sse_event(mr, "content_block_start",
+                       "{\"type\":\"content_block_start\",\"index\":0,"
+                       "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}") < 0 ||
+        mock_sse_event(mr, "ping", "{\"type\":\"ping\"}") < 0) {
         goto gone;
     }
     for (k = 1; k <= events; k++) {
@@ -541,14 +534,15 @@ static int mock_send_stream(mock_req *mr, const char *model, const mock_usage *u
         }
         apr_snprintf(buf, sizeof(buf),
                      "{\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
-                     "{\"type\":\"text_delta\",\"text\":\"word%" APR_INT64_T_FMT " \"}}", k);
+                     "{\"type\":\"text_delta\",\"text\":\"word%" APR_INT64_T_FMT " \"}}",
+                     k);
         if (mock_sse_event(mr, "content_block_delta", buf) < 0) {
             goto gone;
         }
     }
-    if (mock_sleep_until(r, t0 + hold_us) < 0
-        || mock_sse_event(mr, "content_block_stop",
-                          "{\"type\":\"content_block_stop\",\"index\":0}") < 0) {
+    if (mock_sleep_until(r, t0 + hold_us) < 0 ||
+        mock_sse_event(mr, "content_block_stop", "{\"type\":\"content_block_stop\",\"index\":0}") <
+            0) {
         goto gone;
     }
     o = json_object_new_object();
@@ -646,7 +640,7 @@ static int mock_read_body(request_rec *r, char **body, apr_size_t *len)
             char *bigger;
 
             if (cap > MOCK_MAX_BODY) {
-                break;      /* one byte past the cap is enough to know it is too big */
+                break; /* one byte past the cap is enough to know it is too big */
             }
             cap = cap * 2 > MOCK_MAX_BODY ? MOCK_MAX_BODY + 1 : cap * 2;
             bigger = apr_palloc(r->pool, cap + 1);
@@ -703,12 +697,12 @@ static const char *mock_parse_body(request_rec *r, const char *body, apr_size_t 
         }
     }
     if (!err) {
-        if (json_object_object_get_ex(root, "model", &v)
-            && json_object_is_type(v, json_type_string)) {
+        if (json_object_object_get_ex(root, "model", &v) &&
+            json_object_is_type(v, json_type_string)) {
             *model = apr_pstrdup(r->pool, json_object_get_string(v));
         }
-        if (json_object_object_get_ex(root, "stream", &v)
-            && json_object_is_type(v, json_type_boolean)) {
+        if (json_object_object_get_ex(root, "stream", &v) &&
+            json_object_is_type(v, json_type_boolean)) {
             *stream = json_object_get_boolean(v);
         }
     }
@@ -776,7 +770,7 @@ static int mock_handler(request_rec *r)
 
     rc = mock_read_body(r, &body, &body_len);
     parse_err = body_len > MOCK_MAX_BODY ? "request body too large"
-                : mock_parse_body(r, body, body_len, &model, &stream);
+                                         : mock_parse_body(r, body, body_len, &model, &stream);
     mock_log_start(mr, body, body_len, stream);
     if (mr->start_logged) {
         /* Pre-cleanup: runs while the pool (and our subpool trick) is still intact. */
@@ -787,15 +781,13 @@ static int mock_handler(request_rec *r)
         /* Do not let httpd try to drain a huge or broken body afterwards. */
         r->connection->keepalive = AP_CONN_CLOSE;
         if (rc == OK || rc == HTTP_REQUEST_ENTITY_TOO_LARGE) {
-            return mock_send_error(mr, HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                   "request_too_large", "Request exceeds the maximum size");
+            return mock_send_error(mr, HTTP_REQUEST_ENTITY_TOO_LARGE, "request_too_large",
+                                   "Request exceeds the maximum size");
         }
-        return mock_send_error(mr, rc, "invalid_request_error",
-                               "could not read the request body");
+        return mock_send_error(mr, rc, "invalid_request_error", "could not read the request body");
     }
     if (mr->cfg->api_key && !mock_key_ok(r, mr->cfg->api_key)) {
-        return mock_send_error(mr, HTTP_UNAUTHORIZED, "authentication_error",
-                               "invalid x-api-key");
+        return mock_send_error(mr, HTTP_UNAUTHORIZED, "authentication_error", "invalid x-api-key");
     }
     if (route == R_NONE) {
         return mock_send_error(mr, HTTP_NOT_FOUND, "not_found_error", "Not found");
@@ -815,15 +807,15 @@ static int mock_handler(request_rec *r)
     u.cache_read = mock_hdr_int(r, "x-mock-cache-read-tokens", 0, 0, 1000000000);
 
     /* Streams spread the hold over their events; everything else waits up front. */
-    if (!(route == R_MESSAGES && stream && !parse_err && !(inject >= 400 && inject <= 599))
-        && hold_ms > 0
-        && mock_sleep_until(r, apr_time_now() + apr_time_from_msec(hold_ms)) < 0) {
+    if (!(route == R_MESSAGES && stream && !parse_err && !(inject >= 400 && inject <= 599)) &&
+        hold_ms > 0 && mock_sleep_until(r, apr_time_now() + apr_time_from_msec(hold_ms)) < 0) {
         mock_log_end(mr, r->status, 1, 0);
         return OK;
     }
     if (inject >= 400 && inject <= 599) {
-        const char *type = inject == 529 ? "overloaded_error"
-                           : inject == 429 ? "rate_limit_error" : "api_error";
+        const char *type = inject == 529   ? "overloaded_error"
+                           : inject == 429 ? "rate_limit_error"
+                                           : "api_error";
 
         if (inject == 429) {
             apr_table_setn(r->headers_out, "retry-after", "1");
@@ -874,13 +866,11 @@ static void mock_register_hooks(apr_pool_t *p)
     ap_hook_child_init(mock_child_init, NULL, NULL, APR_HOOK_MIDDLE);
 }
 
-AP_DECLARE_MODULE(relay_mock) = {
-    STANDARD20_MODULE_STUFF,
-    NULL,                   /* per-directory config: not needed */
-    NULL,
-    mock_create_srv_cfg,
-    mock_merge_srv_cfg,
-    mock_cmds,
-    mock_register_hooks,
-    AP_MODULE_FLAG_NONE
-};
+AP_DECLARE_MODULE(relay_mock) = {STANDARD20_MODULE_STUFF,
+                                 NULL, /* per-directory config: not needed */
+                                 NULL,
+                                 mock_create_srv_cfg,
+                                 mock_merge_srv_cfg,
+                                 mock_cmds,
+                                 mock_register_hooks,
+                                 AP_MODULE_FLAG_NONE};

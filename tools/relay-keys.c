@@ -140,8 +140,7 @@ static void usage(FILE *out)
           out);
 }
 
-static void usage_error(const char *fmt, ...)
-    __attribute__((noreturn, format(printf, 1, 2)));
+static void usage_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 static void fail(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
 
 /* Report a usage error and exit 2. */
@@ -268,8 +267,7 @@ static void parse_redis_addr(relay_redis_target *t, const char *s, const char *s
         }
         else if (colon != NULL) {
             if ((port = parse_port(colon + 1)) < 0) {
-                usage_error("%s: the port in \"%s\" is not a number from 1 to 65535.", source,
-                            s);
+                usage_error("%s: the port in \"%s\" is not a number from 1 to 65535.", source, s);
             }
             hostlen = (size_t)(colon - s);
         }
@@ -633,8 +631,8 @@ static json_object *record_json(const relay_key_record *k, const char *now_iso)
 /* Print a JSON value on one line and free it. */
 static void print_json(json_object *o)
 {
-    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN |
-                                               JSON_C_TO_STRING_NOSLASHESCAPE));
+    puts(
+        json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(o);
 }
 
@@ -785,8 +783,8 @@ static int cmd_create(const options *o, int argc, char **argv)
 /* Print the plain-text table of keys. */
 static void print_table(relay_key_record *const *recs, int n, const char *now_iso)
 {
-    static const char *const head[6] = {"ID", "NAME", "STATUS", "CONCURRENCY", "TOKEN LIMIT",
-                                        "CREATED"};
+    static const char *const head[6] = {"ID",          "NAME",        "STATUS",
+                                        "CONCURRENCY", "TOKEN LIMIT", "CREATED"};
     size_t w[6] = {36, 4, 6, 11, 11, 7};
     char buf[6][512];
     size_t len[6];
@@ -933,8 +931,7 @@ static int cmd_show(const options *o, int argc, char **argv)
 }
 
 /* Set field/value pairs of key id, recording by; exits 1 when the key does not exist. */
-static void update_key(const options *o, const char *id, apr_array_header_t *pairs,
-                       const char *by)
+static void update_key(const options *o, const char *id, apr_array_header_t *pairs, const char *by)
 {
     const char *err = NULL;
     relay_ks_result done = relay_keystore_update(connect_redis(o), id, pairs, by, g_pool, &err);

@@ -54,9 +54,9 @@
 #define DEFAULT_TIMEOUT_S 120
 #define MAX_TIMEOUT_S 86400
 #define MAX_HOLD_MS 600000
-#define BODY_KEEP 65536       /* bytes of each response body kept for messages */
-#define SSE_KEEP 1024         /* bytes kept of one SSE line and of an error event's data */
-#define MESSAGE_CHARS 200     /* characters of a body shown in a result line */
+#define BODY_KEEP 65536   /* bytes of each response body kept for messages */
+#define SSE_KEEP 1024     /* bytes kept of one SSE line and of an error event's data */
+#define MESSAGE_CHARS 200 /* characters of a body shown in a result line */
 #define ELLIPSIS "\xe2\x80\xa6"
 
 /* What became of one request. */
@@ -66,26 +66,26 @@ typedef enum { OUTCOME_PENDING, OUTCOME_OK, OUTCOME_LIMITED, OUTCOME_FAILED } ou
 typedef struct {
     bool stream;
     bool json;
-    long hold_ms;              /* -1: no x-mock-hold-ms header */
+    long hold_ms; /* -1: no x-mock-hold-ms header */
     long timeout_s;
     const char *key;
     long n;
-    char *server;              /* SERVER_URL without trailing slashes */
-    char *url;                 /* server + API_PATH */
-    char masked[64];           /* the key as shown */
+    char *server;    /* SERVER_URL without trailing slashes */
+    char *url;       /* server + API_PATH */
+    char masked[64]; /* the key as shown */
 } options_t;
 
 /* One request: its handle, what came back, and when. */
 typedef struct {
-    int index;                 /* 1-based, as shown */
+    int index; /* 1-based, as shown */
     CURL *easy;
-    char payload[256];         /* request body */
+    char payload[256]; /* request body */
     char errbuf[CURL_ERROR_SIZE];
-    bool stream;               /* parse the body as server-sent events */
-    char *body;                /* first BODY_KEEP bytes of the response, NUL-terminated */
+    bool stream; /* parse the body as server-sent events */
+    char *body;  /* first BODY_KEEP bytes of the response, NUL-terminated */
     size_t body_len;
     bool body_truncated;
-    char line[SSE_KEEP];       /* SSE: the line being read (prefix if longer) */
+    char line[SSE_KEEP]; /* SSE: the line being read (prefix if longer) */
     size_t line_len;
     char event_name[64];       /* SSE: "event:" of the event being read */
     char event_data[SSE_KEEP]; /* SSE: "data:" of the event being read (prefix) */
@@ -101,12 +101,12 @@ typedef struct {
     double last_byte_at;       /* ms after the start when the last byte came; -1 none */
     double done_at;            /* ms after the start when it finished */
     CURLcode curl_rc;
-    long status;               /* HTTP status, 0 if none */
-    long ms;                   /* duration as curl measured it */
+    long status; /* HTTP status, 0 if none */
+    long ms;     /* duration as curl measured it */
     outcome_t outcome;
-    char *message;             /* one-line message, key scrubbed; NULL for none */
+    char *message; /* one-line message, key scrubbed; NULL for none */
     bool has_limit, has_current;
-    long limit, current;       /* concurrencyLimit / currentConcurrency of a 429 body */
+    long limit, current; /* concurrencyLimit / currentConcurrency of a 429 body */
 } request_t;
 
 /* Totals and the verdict. */
@@ -114,10 +114,10 @@ typedef struct {
     long succeeded, limited, failed;
     bool has_limit, limits_differ, has_current;
     long limit, other_limit, max_current;
-    long limited_without_limit;    /* 429s whose body had no concurrencyLimit */
+    long limited_without_limit; /* 429s whose body had no concurrencyLimit */
     bool overlapped;
-    bool hold_counted;         /* the hold is taken off the first byte times */
-    double last_success_start, first_success_done;  /* -1 when no success */
+    bool hold_counted;                             /* the hold is taken off the first byte times */
+    double last_success_start, first_success_done; /* -1 when no success */
     bool good;
     char reason[512];
 } summary_t;
@@ -130,8 +130,8 @@ static double now_ms(void)
     struct timespec ts;
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)(ts.tv_sec - start_time.tv_sec) * 1000.0
-           + (double)(ts.tv_nsec - start_time.tv_nsec) / 1e6;
+    return (double)(ts.tv_sec - start_time.tv_sec) * 1000.0 +
+           (double)(ts.tv_nsec - start_time.tv_nsec) / 1e6;
 }
 
 /* Print the usage text to the given stream. */
@@ -158,8 +158,7 @@ static void usage(FILE *out)
 }
 
 /* Report a usage error, print the usage to stderr and exit 2. */
-__attribute__((format(printf, 1, 2), noreturn))
-static void usage_error(const char *fmt, ...)
+__attribute__((format(printf, 1, 2), noreturn)) static void usage_error(const char *fmt, ...)
 {
     va_list ap;
 
@@ -238,33 +237,41 @@ static void parse_args(int argc, char **argv, options_t *opts)
                      (int)(eq != NULL ? (size_t)(eq - arg) : strlen(arg)), arg);
             if (strcmp(arg, "--") == 0) {
                 options_done = true;
-            } else if (eq != NULL && (strcmp(name, "--help") == 0 || strcmp(name, "--stream") == 0
-                                      || strcmp(name, "--json") == 0)) {
+            }
+            else if (eq != NULL && (strcmp(name, "--help") == 0 || strcmp(name, "--stream") == 0 ||
+                                    strcmp(name, "--json") == 0)) {
                 usage_error("option %s takes no value", name);
-            } else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+            }
+            else if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
                 usage(stdout);
                 exit(EXIT_GOOD);
-            } else if (strcmp(arg, "--stream") == 0) {
+            }
+            else if (strcmp(arg, "--stream") == 0) {
                 opts->stream = true;
-            } else if (strcmp(arg, "--json") == 0) {
+            }
+            else if (strcmp(arg, "--json") == 0) {
                 opts->json = true;
-            } else if (strcmp(name, "--hold-ms") == 0) {
+            }
+            else if (strcmp(name, "--hold-ms") == 0) {
                 value = option_value(argc, argv, &i, name, value);
                 if (!parse_long(value, 0, MAX_HOLD_MS, &opts->hold_ms)) {
-                    usage_error("--hold-ms wants milliseconds from 0 to 600000, not '%s'",
-                                value);
+                    usage_error("--hold-ms wants milliseconds from 0 to 600000, not '%s'", value);
                 }
-            } else if (strcmp(name, "--timeout") == 0) {
+            }
+            else if (strcmp(name, "--timeout") == 0) {
                 value = option_value(argc, argv, &i, name, value);
                 if (!parse_long(value, 1, MAX_TIMEOUT_S, &opts->timeout_s)) {
                     usage_error("--timeout wants seconds from 1 to 86400, not '%s'", value);
                 }
-            } else {
+            }
+            else {
                 usage_error("unknown option %s", name);
             }
-        } else if (npos < 2) {
+        }
+        else if (npos < 2) {
             positional[npos++] = arg;
-        } else {
+        }
+        else {
             usage_error("too many arguments (from '%s' on)", arg);
         }
     }
@@ -293,8 +300,8 @@ static void parse_args(int argc, char **argv, options_t *opts)
     while (len > 0 && env[len - 1] == '/') {
         len--;
     }
-    if (asprintf(&opts->server, "%.*s", (int)len, env) < 0
-        || asprintf(&opts->url, "%s" API_PATH, opts->server) < 0) {
+    if (asprintf(&opts->server, "%.*s", (int)len, env) < 0 ||
+        asprintf(&opts->url, "%s" API_PATH, opts->server) < 0) {
         fprintf(stderr, PROG ": out of memory\n");
         exit(EXIT_BAD);
     }
@@ -306,15 +313,14 @@ static void raise_file_limit(long n)
     struct rlimit rl;
     rlim_t want = (rlim_t)n + 64;
 
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY
-        || rl.rlim_cur >= want) {
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want) {
         return;
     }
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur < want) {
         fprintf(stderr,
                 PROG ": warning: only %llu files may be open (ulimit -n), too few for %ld "
-                "connections: expect failed requests\n",
+                     "connections: expect failed requests\n",
                 (unsigned long long)rl.rlim_cur, n);
     }
 }
@@ -326,7 +332,8 @@ static void sse_dispatch(request_t *rq)
         rq->events++;
         if (strcmp(rq->event_name, "message_stop") == 0) {
             rq->saw_stop = true;
-        } else if (strcmp(rq->event_name, "error") == 0 && !rq->saw_error) {
+        }
+        else if (strcmp(rq->event_name, "error") == 0 && !rq->saw_error) {
             rq->saw_error = true;
             rq->events_before_error = rq->events - 1;
             memcpy(rq->error_data, rq->event_data, rq->event_data_len);
@@ -360,7 +367,8 @@ static void sse_line(request_t *rq, char *line, size_t len)
     }
     if (strncmp(line, "event:", 6) == 0) {
         snprintf(rq->event_name, sizeof(rq->event_name), "%s", value);
-    } else if (strncmp(line, "data:", 5) == 0) {
+    }
+    else if (strncmp(line, "data:", 5) == 0) {
         size_t vlen = strlen(value);
         size_t room = sizeof(rq->event_data) - 1 - rq->event_data_len;
 
@@ -386,7 +394,8 @@ static void sse_feed(request_t *rq, const char *data, size_t len)
             rq->line[rq->line_len] = '\0';
             sse_line(rq, rq->line, rq->line_len);
             rq->line_len = 0;
-        } else if (rq->line_len < sizeof(rq->line) - 1) {
+        }
+        else if (rq->line_len < sizeof(rq->line) - 1) {
             rq->line[rq->line_len++] = data[i];
         }
     }
@@ -468,13 +477,16 @@ static size_t copy_utf8_char(const unsigned char *s, size_t len, char *out, size
     if (s[0] >= 0xc2 && s[0] <= 0xdf) {
         need = 2;
         cp = s[0] & 0x1f;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+    }
+    else if (s[0] >= 0xe0 && s[0] <= 0xef) {
         need = 3;
         cp = s[0] & 0x0f;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+    }
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
         need = 4;
         cp = s[0] & 0x07;
-    } else {
+    }
+    else {
         out[(*olen)++] = '?';
         return 1;
     }
@@ -489,8 +501,8 @@ static size_t copy_utf8_char(const unsigned char *s, size_t len, char *out, size
         }
         cp = (cp << 6) | (s[k] & 0x3f);
     }
-    if ((need == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff)))
-        || (need == 4 && (cp < 0x10000 || cp > 0x10ffff))) {
+    if ((need == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (need == 4 && (cp < 0x10000 || cp > 0x10ffff))) {
         out[(*olen)++] = '?';
         return 1;
     }
@@ -519,7 +531,8 @@ static char *one_line(const char *text, size_t len, const options_t *opts)
                 clean[clen++] = ' ';
             }
             i++;
-        } else {
+        }
+        else {
             i += copy_utf8_char((const unsigned char *)text + i, len - i, clean, &clen);
         }
     }
@@ -539,7 +552,8 @@ static char *one_line(const char *text, size_t len, const options_t *opts)
             memcpy(scrubbed + slen, opts->masked, mlen);
             slen += mlen;
             i += klen;
-        } else {
+        }
+        else {
             scrubbed[slen++] = clean[i++];
         }
     }
@@ -560,7 +574,8 @@ static char *one_line(const char *text, size_t len, const options_t *opts)
         out = realloc(scrubbed, olen + sizeof(ELLIPSIS));
         if (out == NULL) {
             out = scrubbed;
-        } else {
+        }
+        else {
             memcpy(out + olen, ELLIPSIS, sizeof(ELLIPSIS));
         }
         return out;
@@ -598,9 +613,9 @@ static const char *json_error_message(json_object *obj)
         if (json_object_is_type(e, json_type_string)) {
             return json_object_get_string(e);
         }
-        if (json_object_is_type(e, json_type_object)
-            && json_object_object_get_ex(e, "message", &v)
-            && json_object_is_type(v, json_type_string)) {
+        if (json_object_is_type(e, json_type_object) &&
+            json_object_object_get_ex(e, "message", &v) &&
+            json_object_is_type(v, json_type_string)) {
             return json_object_get_string(v);
         }
     }
@@ -612,8 +627,8 @@ static bool json_int_field(json_object *obj, const char *name, long *out)
 {
     json_object *v;
 
-    if (obj == NULL || !json_object_is_type(obj, json_type_object)
-        || !json_object_object_get_ex(obj, name, &v) || !json_object_is_type(v, json_type_int)) {
+    if (obj == NULL || !json_object_is_type(obj, json_type_object) ||
+        !json_object_object_get_ex(obj, name, &v) || !json_object_is_type(v, json_type_int)) {
         return false;
     }
     *out = (long)json_object_get_int64(v);
@@ -645,8 +660,8 @@ static void classify(request_t *rq, const options_t *opts)
     }
     if (rq->curl_rc != CURLE_OK) {
         rq->outcome = OUTCOME_FAILED;
-        rq->message = message_from(rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(rq->curl_rc),
-                                   opts);
+        rq->message =
+            message_from(rq->errbuf[0] ? rq->errbuf : curl_easy_strerror(rq->curl_rc), opts);
         return;
     }
     if (rq->status == 429) {
@@ -671,30 +686,33 @@ static void classify(request_t *rq, const options_t *opts)
         if (rq->saw_error) {
             obj = json_tokener_parse(rq->error_data);
             msg = json_error_message(obj);
-            snprintf(buf, sizeof(buf), "error event after %ld events: ",
-                     rq->events_before_error);
+            snprintf(buf, sizeof(buf), "error event after %ld events: ", rq->events_before_error);
             if (asprintf(&rq->message, "%s%s", buf, msg != NULL ? msg : rq->error_data) >= 0) {
                 char *line = message_from(rq->message, opts);
 
                 free(rq->message);
                 rq->message = line;
-            } else {
+            }
+            else {
                 rq->message = NULL;
             }
             json_object_put(obj);
-        } else if (rq->events == 0) {
+        }
+        else if (rq->events == 0) {
             char *body = body_message(rq, opts);
 
-            if (asprintf(&rq->message, "200 without any SSE event: %s",
-                         body != NULL ? body : "") < 0) {
+            if (asprintf(&rq->message, "200 without any SSE event: %s", body != NULL ? body : "") <
+                0) {
                 rq->message = NULL;
             }
             free(body);
-        } else if (!rq->saw_stop) {
+        }
+        else if (!rq->saw_stop) {
             snprintf(buf, sizeof(buf), "stream ended without message_stop after %ld events",
                      rq->events);
             rq->message = strdup(buf);
-        } else {
+        }
+        else {
             rq->outcome = OUTCOME_OK;
         }
         return;
@@ -709,7 +727,8 @@ static void classify(request_t *rq, const options_t *opts)
             rq->message = NULL;
         }
         free(body);
-    } else {
+    }
+    else {
         rq->outcome = OUTCOME_OK;
     }
     json_object_put(obj);
@@ -749,14 +768,16 @@ static void print_result(const request_t *rq, const options_t *opts)
 
     if (rq->status > 0) {
         snprintf(status, sizeof(status), "%3ld", rq->status);
-    } else {
+    }
+    else {
         snprintf(status, sizeof(status), "---");
     }
-    printf("#%-*d  %s %-9s %5ld ms", digits(opts->n), rq->index, status,
-           outcome_name(rq->outcome), rq->ms);
+    printf("#%-*d  %s %-9s %5ld ms", digits(opts->n), rq->index, status, outcome_name(rq->outcome),
+           rq->ms);
     if (rq->outcome == OUTCOME_OK && rq->stream) {
         printf("  %ld events", rq->events);
-    } else if (rq->message != NULL) {
+    }
+    else if (rq->message != NULL) {
         printf("  %s", rq->message);
     }
     putchar('\n');
@@ -786,10 +807,8 @@ static bool setup_request(request_t *rq, int index, const options_t *opts,
     ok = ok && curl_easy_setopt(e, CURLOPT_URL, opts->url) == CURLE_OK;
     ok = ok && curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers) == CURLE_OK;
     ok = ok && curl_easy_setopt(e, CURLOPT_POSTFIELDS, rq->payload) == CURLE_OK;
-    ok = ok && curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(rq->payload))
-                   == CURLE_OK;
-    ok = ok && curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1)
-                   == CURLE_OK;
+    ok = ok && curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(rq->payload)) == CURLE_OK;
+    ok = ok && curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1) == CURLE_OK;
     ok = ok && curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L) == CURLE_OK;
     ok = ok && curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L) == CURLE_OK;
     ok = ok && curl_easy_setopt(e, CURLOPT_PIPEWAIT, 0L) == CURLE_OK;
@@ -948,9 +967,9 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
     for (long i = 0; i < opts->n && s->hold_counted; i++) {
         const request_t *rq = &reqs[i];
 
-        if (rq->outcome == OUTCOME_OK
-            && (rq->first_byte_at < 0 || rq->sent_at < 0
-                || rq->first_byte_at - rq->sent_at < (double)opts->hold_ms)) {
+        if (rq->outcome == OUTCOME_OK &&
+            (rq->first_byte_at < 0 || rq->sent_at < 0 ||
+             rq->first_byte_at - rq->sent_at < (double)opts->hold_ms)) {
             s->hold_counted = false;
         }
     }
@@ -970,14 +989,17 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
             if (s->first_success_done < 0 || rq->done_at < s->first_success_done) {
                 s->first_success_done = rq->done_at;
             }
-        } else if (rq->outcome == OUTCOME_LIMITED) {
+        }
+        else if (rq->outcome == OUTCOME_LIMITED) {
             s->limited++;
             if (!rq->has_limit) {
                 s->limited_without_limit++;
-            } else if (!s->has_limit) {
+            }
+            else if (!s->has_limit) {
                 s->has_limit = true;
                 s->limit = rq->limit;
-            } else if (rq->limit != s->limit) {
+            }
+            else if (rq->limit != s->limit) {
                 s->limits_differ = true;
                 s->other_limit = rq->limit;
             }
@@ -985,7 +1007,8 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
                 s->has_current = true;
                 s->max_current = rq->current;
             }
-        } else {
+        }
+        else {
             s->failed++;
         }
     }
@@ -994,25 +1017,28 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
 
     if (s->failed > 0) {
         s->good = false;
-        snprintf(base, sizeof(base), "%ld request%s failed", s->failed,
-                 s->failed == 1 ? "" : "s");
-    } else if (s->limited == 0) {
+        snprintf(base, sizeof(base), "%ld request%s failed", s->failed, s->failed == 1 ? "" : "s");
+    }
+    else if (s->limited == 0) {
         s->good = true;
         snprintf(base, sizeof(base),
                  "no limit was hit: %ld requests all succeeded; "
                  "the key's limit is above %ld or unlimited",
                  opts->n, opts->n);
-    } else if (s->limited_without_limit > 0) {
+    }
+    else if (s->limited_without_limit > 0) {
         s->good = false;
         snprintf(base, sizeof(base),
                  "%ld of the 429 responses did not give a concurrencyLimit "
                  "(not the relay's concurrency limit?)",
                  s->limited_without_limit);
-    } else if (s->limits_differ) {
+    }
+    else if (s->limits_differ) {
         s->good = false;
         snprintf(base, sizeof(base), "the 429 responses gave different limits (%ld and %ld)",
                  s->limit, s->other_limit);
-    } else {
+    }
+    else {
         bool too_many_in_flight = s->has_current && s->max_current > s->limit;
         char in_flight[96];
 
@@ -1025,18 +1051,21 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
                      "%ld succeeded = min(N, limit) = min(%ld, %ld) and the 429s reported "
                      "at most %ld in flight with limit %ld",
                      s->succeeded, opts->n, s->limit, s->max_current, s->limit);
-        } else if (s->succeeded == expected || (s->succeeded > expected && !s->overlapped)) {
+        }
+        else if (s->succeeded == expected || (s->succeeded > expected && !s->overlapped)) {
             /* more successes than the limit are no fault when they did not overlap */
             s->good = !too_many_in_flight;
             if (too_many_in_flight) {
                 snprintf(base, sizeof(base), "%s", in_flight);
-            } else {
+            }
+            else {
                 snprintf(base, sizeof(base),
-                             "%ld succeeded, more than min(N, limit) = %ld, "
+                         "%ld succeeded, more than min(N, limit) = %ld, "
                          "not held against the relay",
                          s->succeeded, expected);
             }
-        } else {
+        }
+        else {
             s->good = false;
             snprintf(base, sizeof(base), "expected %ld successes (min(N, limit)) but got %ld%s%s",
                      expected, s->succeeded, too_many_in_flight ? "; " : "",
@@ -1044,10 +1073,10 @@ static void summarize(request_t *reqs, const options_t *opts, summary_t *s)
         }
     }
     snprintf(s->reason, sizeof(s->reason), "%s; %s", base,
-             s->succeeded == 0  ? "no request succeeded, so there was no overlap to measure"
-             : s->overlapped    ? "requests overlapped"
-                                : "warning: requests did not all overlap; "
-                                  "use --hold-ms or --stream to make them longer");
+             s->succeeded == 0 ? "no request succeeded, so there was no overlap to measure"
+             : s->overlapped   ? "requests overlapped"
+                               : "warning: requests did not all overlap; "
+                                 "use --hold-ms or --stream to make them longer");
 }
 
 /* Print the totals, the limit, the timing and the verdict as text. */
@@ -1057,12 +1086,14 @@ static void print_summary(const summary_t *s, const options_t *opts)
            s->failed);
     if (s->has_limit) {
         printf("concurrency limit: %ld", s->limit);
-    } else {
+    }
+    else {
         printf("concurrency limit: unknown");
     }
     if (s->has_current) {
         printf("  highest currentConcurrency: %ld\n", s->max_current);
-    } else {
+    }
+    else {
         printf("  highest currentConcurrency: unknown\n");
     }
     if (s->succeeded > 0) {
@@ -1098,13 +1129,11 @@ static void print_json(request_t **order, long ndone, const options_t *opts, con
                            s->has_current ? json_object_new_int64(s->max_current) : NULL);
     json_object_object_add(root, "overlapped", json_object_new_boolean(s->overlapped));
     json_object_object_add(root, "lastSuccessStartMs",
-                           s->succeeded > 0
-                               ? json_object_new_int64((int64_t)s->last_success_start)
-                               : NULL);
+                           s->succeeded > 0 ? json_object_new_int64((int64_t)s->last_success_start)
+                                            : NULL);
     json_object_object_add(root, "firstSuccessDoneMs",
-                           s->succeeded > 0
-                               ? json_object_new_int64((int64_t)s->first_success_done)
-                               : NULL);
+                           s->succeeded > 0 ? json_object_new_int64((int64_t)s->first_success_done)
+                                            : NULL);
     json_object_object_add(root, "verdict", json_object_new_string(s->good ? "good" : "bad"));
     json_object_object_add(root, "reason", json_object_new_string(s->reason));
     for (long i = 0; i < ndone; i++) {
@@ -1124,8 +1153,8 @@ static void print_json(request_t **order, long ndone, const options_t *opts, con
         json_object_array_add(results, r);
     }
     json_object_object_add(root, "results", results);
-    printf("%s\n", json_object_to_json_string_ext(
-                       root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+    printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PRETTY |
+                                                            JSON_C_TO_STRING_NOSLASHESCAPE));
     json_object_put(root);
 }
 
@@ -1187,7 +1216,8 @@ int main(int argc, char **argv)
         summarize(reqs, &opts, &summary);
         if (opts.json) {
             print_json(order, ndone, &opts, &summary);
-        } else {
+        }
+        else {
             print_summary(&summary, &opts);
         }
     }

@@ -27,8 +27,8 @@ static void fail(void)
 /* The invariants any parse must end with, whatever it was fed. */
 static void check_invariants(const relay_usage *u)
 {
-    const long long counts[4] = {u->input_tokens, u->output_tokens,
-                                 u->cache_creation_input_tokens, u->cache_read_input_tokens};
+    const long long counts[4] = {u->input_tokens, u->output_tokens, u->cache_creation_input_tokens,
+                                 u->cache_read_input_tokens};
     size_t i, n;
     int k;
 

@@ -9,15 +9,15 @@
 
 static int passed, failed;
 
-#define CHECK(cond, what)                                                                      \
-    do {                                                                                       \
-        if (cond) {                                                                            \
-            passed++;                                                                          \
-        }                                                                                      \
-        else {                                                                                 \
-            failed++;                                                                          \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                              \
-        }                                                                                      \
+#define CHECK(cond, what)                                                                          \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            passed++;                                                                              \
+        }                                                                                          \
+        else {                                                                                     \
+            failed++;                                                                              \
+            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                                  \
+        }                                                                                          \
     } while (0)
 
 /* The verdict of the default list. */
@@ -58,8 +58,8 @@ int main(void)
     CHECK(dflt("post", "/v1/messages") == RELAY_ENDPOINT_BAD_METHOD, "methods are exact");
 
     /* the Allow header of a 405 */
-    relay_endpoint_methods(relay_default_endpoints, relay_default_endpoints_count,
-                           "/v1/messages", buf, sizeof(buf));
+    relay_endpoint_methods(relay_default_endpoints, relay_default_endpoints_count, "/v1/messages",
+                           buf, sizeof(buf));
     CHECK(strcmp(buf, "POST") == 0, "Allow: POST");
     relay_endpoint_methods(relay_default_endpoints, relay_default_endpoints_count, "/v1/models",
                            buf, sizeof(buf));
@@ -78,8 +78,7 @@ int main(void)
           "everything below the location");
     CHECK(relay_endpoint_judge(&list[2], 1, "GET", "/page.html") == RELAY_ENDPOINT_ALLOWED,
           "GET /* covers a page");
-    CHECK(relay_endpoint_judge(&list[2], 1, "POST", "/page.html") ==
-              RELAY_ENDPOINT_BAD_METHOD,
+    CHECK(relay_endpoint_judge(&list[2], 1, "POST", "/page.html") == RELAY_ENDPOINT_BAD_METHOD,
           "but only for GET");
     CHECK(relay_endpoint_judge(list, 2, "GET", "/v1/files/abc") == RELAY_ENDPOINT_ALLOWED,
           "a listed prefix");

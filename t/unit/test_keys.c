@@ -131,13 +131,13 @@ static void test_hmac(void)
 /* relay_key_hash: SHA-256 of key followed by secret. */
 static void test_key_hash(void)
 {
-    static const char *key =
-        "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    static const char *key = "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     char hex[RELAY_SHA256_HEX_LEN + 1];
 
     /*
      * Computed offline with:
-     *   printf '%s' "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeftest-secret" | sha256sum
+     *   printf '%s'
+     * "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdeftest-secret" | sha256sum
      */
     relay_key_hash(key, strlen(key), "test-secret", hex);
     CHECK_STR(hex, "5c1f59be1d275d6bfdf9d933c873aed225b2f3e75b4f0f33304af11d113edfe7");
@@ -145,7 +145,8 @@ static void test_key_hash(void)
 
     /*
      * Empty secret: the key alone. Computed offline with:
-     *   printf '%s' "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" | sha256sum
+     *   printf '%s' "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" |
+     * sha256sum
      */
     relay_key_hash(key, strlen(key), "", hex);
     CHECK_STR(hex, "b1a6a35d6e27766d5f2e41a3440defa53f560916332aad262b8ca1ee7cf131e6");
@@ -159,8 +160,7 @@ static void test_key_hash(void)
 /* relay_key_format_ok: prefix, length bounds, visible ASCII only. */
 static void test_format_ok(void)
 {
-    static const char *good =
-        "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    static const char *good = "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     char buf[600];
 
     CHECK(relay_key_format_ok(good, strlen(good)) == 1);
@@ -182,10 +182,18 @@ static void test_format_ok(void)
     CHECK(relay_key_format_ok("cr_1234\r567", 11) == 0);
     CHECK(relay_key_format_ok("cr_1234 5678", 12) == 0);
     CHECK(relay_key_format_ok("cr_1234\t5678", 12) == 0);
-    CHECK(relay_key_format_ok("cr_1234\0" "5678", 12) == 0);
-    CHECK(relay_key_format_ok("cr_1234\xc3\xa9" "5678", 13) == 0);
-    CHECK(relay_key_format_ok("cr_1234\x80" "5678", 12) == 0);
-    CHECK(relay_key_format_ok("cr_1234\x7f" "5678", 12) == 0);
+    CHECK(relay_key_format_ok("cr_1234\0"
+                              "5678",
+                              12) == 0);
+    CHECK(relay_key_format_ok("cr_1234\xc3\xa9"
+                              "5678",
+                              13) == 0);
+    CHECK(relay_key_format_ok("cr_1234\x80"
+                              "5678",
+                              12) == 0);
+    CHECK(relay_key_format_ok("cr_1234\x7f"
+                              "5678",
+                              12) == 0);
     CHECK(relay_key_format_ok("cr_12345678~!", 13) == 1);
 }
 
@@ -193,8 +201,7 @@ static void test_format_ok(void)
 static void test_canonical(void)
 {
     char buf[80];
-    static const char *good =
-        "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    static const char *good = "cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     CHECK(relay_key_is_canonical(good) == 1);
     snprintf(buf, sizeof(buf), "%s0", good);
@@ -243,9 +250,10 @@ static void test_from_random_preview(void)
     relay_key_from_random(rnd, key);
     CHECK_STR(key, "cr_0000000000000000000000000000000000000000000000000000000000000000");
 
-    relay_key_preview("cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-                      prev, sizeof(prev));
-    CHECK_STR(prev, "cr_0123\xe2\x80\xa6" "cdef");
+    relay_key_preview("cr_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", prev,
+                      sizeof(prev));
+    CHECK_STR(prev, "cr_0123\xe2\x80\xa6"
+                    "cdef");
     CHECK(strlen(prev) == 3 + 4 + 3 + 4);
 }
 

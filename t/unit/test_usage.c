@@ -87,8 +87,7 @@ static void show(const char *label, const relay_usage *u)
     printf("  %s: in=%lld out=%lld cc=%lld cr=%lld model=\"%s\" seen=%d complete=%d error=%d "
            "overflow=%d\n",
            label, u->input_tokens, u->output_tokens, u->cache_creation_input_tokens,
-           u->cache_read_input_tokens, u->model, u->seen_usage, u->complete, u->error,
-           u->overflow);
+           u->cache_read_input_tokens, u->model, u->seen_usage, u->complete, u->error, u->overflow);
 }
 
 /* Feed one chunk through a heap copy of exactly its size. */
@@ -113,8 +112,7 @@ static void parse_whole(relay_usage *u, relay_usage_mode mode, const char *p, si
 }
 
 /* Parse a body cut into two chunks at pos. */
-static void parse_split(relay_usage *u, relay_usage_mode mode, const char *p, size_t n,
-                        size_t pos)
+static void parse_split(relay_usage *u, relay_usage_mode mode, const char *p, size_t n, size_t pos)
 {
     relay_usage_init(u, mode);
     feed_exact(u, p, pos);
@@ -318,8 +316,7 @@ static void test_sse_stream(void)
     char *folded_crlf = with_eol(sse_stream_folded, "\r\n");
     buf bom = {NULL, 0, 0};
 
-    check_all_ways("SSE stream, LF", RELAY_USAGE_SSE, sse_stream, strlen(sse_stream),
-                   &sse_expect);
+    check_all_ways("SSE stream, LF", RELAY_USAGE_SSE, sse_stream, strlen(sse_stream), &sse_expect);
     check_all_ways("SSE stream, CRLF", RELAY_USAGE_SSE, crlf, strlen(crlf), &sse_expect);
     check_all_ways("SSE stream, CR", RELAY_USAGE_SSE, cr, strlen(cr), &sse_expect);
     check_all_ways("SSE stream, folded data", RELAY_USAGE_SSE, sse_stream_folded,
@@ -386,14 +383,13 @@ static void test_sse_cumulative(void)
     CHECK(u.complete == 0);
 
     /* a null or otherwise non-numeric figure leaves the earlier value alone */
-    parse_sse(&u, START_25
-              "event: message_delta\n"
-              "data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":null,"
-              "\"cache_read_input_tokens\":\"9\",\"cache_creation_input_tokens\":-4,"
-              "\"output_tokens\":1.5}}\n\n"
-              "event: message_delta\n"
-              "data: {\"type\":\"message_delta\","
-              "\"usage\":{\"output_tokens\":99999999999999999999}}\n\n");
+    parse_sse(&u, START_25 "event: message_delta\n"
+                           "data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":null,"
+                           "\"cache_read_input_tokens\":\"9\",\"cache_creation_input_tokens\":-4,"
+                           "\"output_tokens\":1.5}}\n\n"
+                           "event: message_delta\n"
+                           "data: {\"type\":\"message_delta\","
+                           "\"usage\":{\"output_tokens\":99999999999999999999}}\n\n");
     CHECK_LL(u.input_tokens, 25);
     CHECK_LL(u.cache_read_input_tokens, 7);
     CHECK_LL(u.cache_creation_input_tokens, 3);
@@ -425,9 +421,9 @@ static void test_sse_error(void)
     CHECK(u.error == 1 && u.seen_usage == 0 && u.input_tokens == 0 && u.model[0] == '\0');
 
     /* the payload's type counts even without an event line */
-    parse_sse(&u, START_25
-              "data: {\"type\":\"error\",\"error\":{}}\n\n"
-              "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n");
+    parse_sse(&u,
+              START_25 "data: {\"type\":\"error\",\"error\":{}}\n\n"
+                       "data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":8}}\n\n");
     CHECK(u.error == 1);
     CHECK_LL(u.output_tokens, 1);
 }
@@ -636,11 +632,39 @@ static void test_garbage(void)
 {
     static relay_usage u;
     static const char *const pieces[] = {
-        "event: message_start\n", "event: message_delta\n", "event: error\n", "data: ", "data:",
-        "\n", "\r\n", "\r", "\n\n", ": x\n", "{\"type\":\"message_start\",", "\"message\":{",
-        "\"usage\":{", "\"input_tokens\":", "\"output_tokens\":", "12345", "}", "}}", "{", "[",
-        "]", "\"", "\\", "\\u00", "\"model\":\"", ",", ":", "null", "-", "99999999999999999999",
-        "\xef\xbb\xbf", "\0", "\xff",
+        "event: message_start\n",
+        "event: message_delta\n",
+        "event: error\n",
+        "data: ",
+        "data:",
+        "\n",
+        "\r\n",
+        "\r",
+        "\n\n",
+        ": x\n",
+        "{\"type\":\"message_start\",",
+        "\"message\":{",
+        "\"usage\":{",
+        "\"input_tokens\":",
+        "\"output_tokens\":",
+        "12345",
+        "}",
+        "}}",
+        "{",
+        "[",
+        "]",
+        "\"",
+        "\\",
+        "\\u00",
+        "\"model\":\"",
+        ",",
+        ":",
+        "null",
+        "-",
+        "99999999999999999999",
+        "\xef\xbb\xbf",
+        "\0",
+        "\xff",
     };
     size_t n = 1024 * 1024, off, i;
     unsigned char *junk = malloc(n);
@@ -736,8 +760,7 @@ static void test_json(void)
     int bad = 0;
 
     check_all_ways("JSON answer", RELAY_USAGE_JSON, json_answer, strlen(json_answer), &e1);
-    check_all_ways("JSON answer, tricky", RELAY_USAGE_JSON, json_tricky, strlen(json_tricky),
-                   &e2);
+    check_all_ways("JSON answer, tricky", RELAY_USAGE_JSON, json_tricky, strlen(json_tricky), &e2);
     check_all_ways("JSON error body", RELAY_USAGE_JSON, err_body, strlen(err_body), &e3);
 
     /* a body cut short: never complete, never a figure that was not there */
@@ -751,8 +774,8 @@ static void test_json(void)
     }
     CHECK(bad == 0);
     /* cut inside "503": the partial number is dropped */
-    parse_whole(&u, RELAY_USAGE_JSON, json_answer, (size_t)(strstr(json_answer, "503") -
-                                                            json_answer) + 2);
+    parse_whole(&u, RELAY_USAGE_JSON, json_answer,
+                (size_t)(strstr(json_answer, "503") - json_answer) + 2);
     CHECK_LL(u.output_tokens, 0);
     CHECK_LL(u.input_tokens, 2095);
 

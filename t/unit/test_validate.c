@@ -9,15 +9,15 @@
 
 static int passed, failed;
 
-#define CHECK(cond, what)                                                                      \
-    do {                                                                                       \
-        if (cond) {                                                                            \
-            passed++;                                                                          \
-        }                                                                                      \
-        else {                                                                                 \
-            failed++;                                                                          \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                              \
-        }                                                                                      \
+#define CHECK(cond, what)                                                                          \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            passed++;                                                                              \
+        }                                                                                          \
+        else {                                                                                     \
+            failed++;                                                                              \
+            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                                  \
+        }                                                                                          \
     } while (0)
 
 /* n copies of a UTF-8 character. */
@@ -56,7 +56,9 @@ int main(void)
     CHECK(relay_check_name(buf) == RELAY_INVALID_TOO_LONG, "101 characters are too long");
     CHECK(relay_check_name("a\nb") == RELAY_INVALID_ENCODING, "line break in a name");
     CHECK(relay_check_name("a\x1b[31mb") == RELAY_INVALID_ENCODING, "escape in a name");
-    CHECK(relay_check_name("a\xc2\x9b" "b") == RELAY_INVALID_ENCODING, "C1 control in a name");
+    CHECK(relay_check_name("a\xc2\x9b"
+                           "b") == RELAY_INVALID_ENCODING,
+          "C1 control in a name");
     CHECK(relay_check_name("a\xff") == RELAY_INVALID_ENCODING, "invalid UTF-8 in a name");
     CHECK(relay_check_name("<script>alert(1)</script>") == RELAY_VALID,
           "markup is text (escaped when shown)");
@@ -64,7 +66,8 @@ int main(void)
     CHECK(relay_check_description("") == RELAY_VALID, "empty description");
     CHECK(relay_check_description("line 1\nline 2\tend") == RELAY_VALID,
           "tabs and line breaks in a description");
-    CHECK(relay_check_description("x\x01y") == RELAY_INVALID_ENCODING, "C0 control in a description");
+    CHECK(relay_check_description("x\x01y") == RELAY_INVALID_ENCODING,
+          "C0 control in a description");
     repeat(buf, "d", 500);
     CHECK(relay_check_description(buf) == RELAY_VALID, "500 characters fit");
     repeat(buf, "d", 501);
@@ -97,10 +100,12 @@ int main(void)
         CHECK(relay_field_rules[RELAY_FIELD_NAME].max_chars == RELAY_NAME_MAX_CHARS,
               "the name rule holds the name's length");
         CHECK(!relay_field_rules[RELAY_FIELD_IS_ACTIVE].on_create, "isActive is not set on create");
-        CHECK(relay_field_check(RELAY_FIELD_TOKEN_LIMIT, " 12 ", now, out, &stored) == RELAY_VALID &&
+        CHECK(relay_field_check(RELAY_FIELD_TOKEN_LIMIT, " 12 ", now, out, &stored) ==
+                      RELAY_VALID &&
                   strcmp(stored, "12") == 0,
               "a limit is stored as its digits");
-        CHECK(relay_field_check(RELAY_FIELD_CONCURRENCY_LIMIT, "", now, out, &stored) == RELAY_VALID &&
+        CHECK(relay_field_check(RELAY_FIELD_CONCURRENCY_LIMIT, "", now, out, &stored) ==
+                      RELAY_VALID &&
                   strcmp(stored, "0") == 0,
               "an empty limit is stored as 0");
         CHECK(relay_field_check(RELAY_FIELD_CONCURRENCY_LIMIT, "-1", now, out, &stored) ==
