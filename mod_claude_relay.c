@@ -18,6 +18,7 @@
  * expire by themselves.
  */
 #include "relay_admin.h"
+#include "relay_schema.h"
 #include "relay_config.h"
 #include "relay_endpoints.h"
 #include "relay_keystore.h"
@@ -716,7 +717,8 @@ static int relay_check_access(request_rec *r)
 
     if (res.legacy_replaced) {
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      RLOG "concurrency:%s held an old-style counter; replaced by a lease set",
+                      RLOG RELAY_CONCURRENCY_PREFIX
+                      "%s held an old-style counter; replaced by a lease set",
                       res.id);
     }
     rr = apr_pcalloc(r->pool, sizeof(*rr));

@@ -6,6 +6,7 @@
  * of the core are listed in relay_lease_int.h.
  */
 #include "relay_lease_int.h"
+#include "relay_schema.h"
 #include "relay_keys.h"
 
 #include <apr_atomic.h>
@@ -126,7 +127,7 @@ static int admit_known(relay_lease_store *st, key_entry *e, const char *member, 
     relay_lease *lease = apr_pcalloc(p, sizeof(*lease));
 
     lease->id = apr_pstrdup(p, e->id);
-    lease->conc_key = apr_pstrcat(p, "concurrency:", e->id, NULL);
+    lease->conc_key = apr_pstrcat(p, RELAY_CONCURRENCY_PREFIX, e->id, NULL);
     if (e->limit) {
         /* kept only at a quarter of the limit or less: its release may ride */
         lease->member = relay_lease_kept_take(st, e, p);
@@ -222,7 +223,7 @@ static relay_lease *admitted(relay_lease_store *st, const lease_op *op, apr_pool
     int roomy;
 
     lease->id = r->found_id;
-    lease->conc_key = apr_pstrcat(p, "concurrency:", r->found_id, NULL);
+    lease->conc_key = apr_pstrcat(p, RELAY_CONCURRENCY_PREFIX, r->found_id, NULL);
     lease->member = op->member;
     lease->limited = r->limit > 0;
     lease->token_limited = r->token_limited;

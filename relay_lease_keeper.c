@@ -5,6 +5,7 @@
  * and when the child exits sends what is still queued.
  */
 #include "relay_lease_int.h"
+#include "relay_schema.h"
 #include "relay_metrics.h"
 
 #include <apr_strings.h>
@@ -148,7 +149,7 @@ static void renewal_snapshot(relay_lease_store *st, renewal *rn, apr_pool_t *p)
          e != APR_RING_SENTINEL(&st->cache.kept_keys, key_entry, link);
          e = APR_RING_NEXT(e, link)) {
         for (i = 0; i < e->nkept; i++) {
-            rn->keys[rn->n] = apr_pstrcat(p, "concurrency:", e->id, NULL);
+            rn->keys[rn->n] = apr_pstrcat(p, RELAY_CONCURRENCY_PREFIX, e->id, NULL);
             rn->members[rn->n] = rn->was[rn->n] = apr_pstrdup(p, e->kept[i].member);
             rn->n++;
         }
@@ -180,7 +181,7 @@ static void renew_leases(relay_lease_store *st, apr_pool_t *p)
     report_lost(st, rn.keys, rn.members, rn.was, rn.nlive, p);
     for (i = rn.nlive; i < rn.n; i++) {
         if (!rn.members[i]) {
-            relay_lease_kept_lost(st, rn.keys[i] + sizeof("concurrency:") - 1, rn.was[i]);
+            relay_lease_kept_lost(st, rn.keys[i] + sizeof(RELAY_CONCURRENCY_PREFIX) - 1, rn.was[i]);
         }
     }
 }

@@ -9,11 +9,15 @@
  * also reads again the keys lately found valid that Redis reported changed.
  */
 #include "relay_lease_int.h"
+#include "relay_schema.h"
 
 #include <apr_strings.h>
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
+
+/* apikey:{id}: the id starts after the prefix */
+#define PREFIX_LEN (sizeof(RELAY_KEY_RECORD_PREFIX) - 1)
 
 /* how often keys Redis reported changed are read again */
 #define VALID_RECHECK_MS 1000
@@ -67,11 +71,12 @@ static void tracker_message(relay_lease_store *st, const redisReply *m, int *pon
     for (i = 0; i < keys->elements; i++) {
         const redisReply *k = keys->element[i];
 
-        if (k->type != REDIS_REPLY_STRING || k->len <= 7 || strncmp(k->str, "apikey:", 7) != 0) {
+        if (k->type != REDIS_REPLY_STRING || k->len <= PREFIX_LEN ||
+            strncmp(k->str, RELAY_KEY_RECORD_PREFIX, PREFIX_LEN) != 0) {
             continue;
         }
-        hurry |= relay_lease_cache_changed(st, k->str + 7, k->len - 7);
-        relay_lease_valid_changed(st, k->str + 7, k->len - 7);
+        hurry |= relay_lease_cache_changed(st, k->str + PREFIX_LEN, k->len - PREFIX_LEN);
+        relay_lease_valid_changed(st, k->str + PREFIX_LEN, k->len - PREFIX_LEN);
     }
     if (hurry) {
         relay_lease_hurry(st, keys);
