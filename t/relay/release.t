@@ -36,6 +36,7 @@ is(http_post('/api/v1/messages', '{}', 'x-api-key' => $k->{apiKey})->code, 200,
          'and the key can be used again');
 
 # 2. the upstream is down: mod_proxy answers 503, the slot comes back
+my $log_from = length error_log();
 $s = raw_request('POST', '/api-dead/v1/messages', '{}', 'x-api-key' => $k->{apiKey},
                  'Connection' => 'close');
 my $client_port = $s->sockport;
@@ -47,7 +48,8 @@ like($head, qr{\AHTTP/1\.1 503 }, 'dead upstream: 503');
 # httpd's HTML error page, and mod_proxy's error about this very request
 ok($head =~ m{^Content-Type: text/html}mi && $body =~ m{<title>503 Service Unavailable</title>}
        && !defined json_decode($body)
-       && error_log() =~ /\[proxy(?:_http)?:error\] .*\[client 127\.0\.0\.1:$client_port\]/,
+       && substr(error_log(), $log_from)
+              =~ /\[proxy(?:_http)?:error\] .*\[client 127\.0\.0\.1:$client_port\]/,
    'the 503 is mod_proxy\'s (an HTML page; mod_proxy logged the failed connection), '
    . 'not the relay\'s JSON') or diag("$head\n\n$body");
 ok defined wait_until(10, sub { redis('ZCARD', "concurrency:$k->{id}") == 0 }),

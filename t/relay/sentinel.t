@@ -12,7 +12,7 @@ use LWP::UserAgent ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
 
-plan tests => 33, need_module 'claude_relay', 'relay_mock';
+plan tests => 34, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
 my $dir = "$ENV{RELAY_TEST_STAGE}/run/sentinel";
@@ -186,6 +186,8 @@ sub loop_lines {
 # the loop runs, and gets through, before the master dies
 wait_until(20, sub { (grep { $_->[2] == 200 } loop_lines()) >= 3 })
     // die 'the background loop got no answer through the relay';
+my $elog = "$httpd->{dir}/logs/error_log";
+my $log_at_kill = length slurp($elog);
 my $killed_at = time;
 kill 'KILL', pid_of('master');
 wait_until(10, sub { rcli($mport, 'PING') ne 'PONG' }) // die 'the master did not die';
@@ -202,6 +204,24 @@ my $took = wait_until(30, sub { post()->code == 200 });
 ok defined $took && $took < 10,
    sprintf('requests succeed again %.1f s after the sentinels named the new master '
            . '(%.1f s after the kill)', $took // -1, time - $killed_at);
+# A child whose connects failed waits out a backoff (up to a second, by
+# design: a child tries one connect per window during an outage) before it
+# connects again, so another child may still refuse for a moment. Each child
+# that refused during the outage admits a request through Redis again.
+$auth = $k->{apiKey};
+my $all_back = wait_until(30, sub {
+    post();
+    my %last;    # pid => 1 when its last word was an admission decided in Redis
+    for (split /\n/, substr(slurp($elog), $log_at_kill)) {
+        my ($pid) = /\[pid (\d+):tid \d+\]/ or next;
+        $last{$pid} = 0 if /Redis unavailable/;
+        $last{$pid} = 1 if m{admitted key \S+ \(\d+/\d+\)};
+    }
+    !grep { !$last{$_} && kill(0, $_) } keys %last;
+});
+ok defined $all_back, sprintf('every child that refused during the outage relays again '
+                              . '(%.1f s later)', $all_back // -1);
+$auth = $free->{apiKey};
 my $recovered_at = time;
 # the loop too gets through again before it stops
 wait_until(20, sub { grep { $_->[0] >= $recovered_at && $_->[2] == 200 } loop_lines() })
