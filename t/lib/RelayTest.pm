@@ -18,7 +18,8 @@ our @EXPORT = qw(monitor_during redis redis_lines make_key relay_keys base_url h
                  mock_entries mock_peak mock_clear parallel_posts raw_request
                  wait_until json_decode leases admin admin_json admin_auth
                  free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until
-                 slurp error_log configtest hammer children_rss_kb);
+                 slurp error_log configtest hammer children_rss_kb
+                 redis_now_ms lease_scores redis_quiet);
 
 my $json = JSON::PP->new->canonical;
 
@@ -288,36 +289,46 @@ sub mock_peak {
     return $peak;
 }
 
-# Send n POSTs at once from forked clients; returns [{status, body}, ...].
+# Send n POSTs at once from forked clients; returns [{status, retry_after,
+# body, took}, ...], took being the seconds one request took from its write
+# to its last byte. The clients start together once every one of them runs.
 sub parallel_posts {
     my ($n, $path, $body, @headers) = @_;
     my @pids;
     my $tmp = "/tmp/relay-par.$$." . int(rand(1e9));
     mkdir $tmp or die $!;
-    my $go = time + 0.3 + 0.02 * $n;    # every client is forked and waiting by then
+    # the gate: each client closes its copy of the write end and waits for
+    # end of file, which comes once every client and this process closed theirs
+    pipe(my $gate_r, my $gate_w) or die "pipe: $!";
     for my $i (1 .. $n) {
         my $pid = fork;
         die "fork: $!" unless defined $pid;
         if ($pid == 0) {
-            sleep($go - time) if $go > time;
+            close $gate_w;
+            my $none = <$gate_r>;
+            my $t0 = time;
             my $r = http_post($path, $body, @headers);
+            my $took = time - $t0;
             open my $o, '>', "$tmp/$i" or POSIX::_exit(1);
-            print $o $r->code, "\n", $r->header('Retry-After') // '', "\n", $r->decoded_content // '';
+            print $o $r->code, "\n", $r->header('Retry-After') // '', "\n", $took, "\n",
+                     $r->decoded_content // '';
             close $o;
             POSIX::_exit(0);
         }
         push @pids, $pid;
     }
+    close $gate_r;
+    close $gate_w;
     waitpid $_, 0 for @pids;
     my @res;
     for my $i (1 .. $n) {
         open my $f, '<', "$tmp/$i" or do { push @res, {status => 0, body => ''}; next };
-        my $status = <$f>; my $retry = <$f>;
-        chomp($status, $retry);
+        my $status = <$f>; my $retry = <$f>; my $took = <$f>;
+        chomp($status, $retry, $took);
         my $b = do { local $/; <$f> } // '';
         close $f;
         unlink "$tmp/$i";
-        push @res, {status => $status, retry_after => $retry, body => $b};
+        push @res, {status => $status, retry_after => $retry, took => $took, body => $b};
     }
     rmdir $tmp;
     return @res;
@@ -370,6 +381,53 @@ sub wait_until {
         sleep 0.05;
     }
     return $cond->() ? time - $start : undef;
+}
+
+# Redis's own clock in milliseconds: the clock lease expiries are scored on.
+sub redis_now_ms {
+    my ($sec, $usec) = redis_lines('TIME');
+    return $sec * 1000 + int($usec / 1000);
+}
+
+# Every member of concurrency:{id}, live or expired, with its expiry score
+# (milliseconds on Redis's clock), as a list of pairs for a hash.
+sub lease_scores {
+    my $id = shift;
+    return redis_lines('ZRANGE', "concurrency:$id", 0, -1, 'WITHSCORES');
+}
+
+# Wait until Redis has seen no script call for $quiet seconds on end: the
+# relay's batched work (releases within 100 ms; usage, lastUsedAt and the
+# outcome counts once a second; the recheck of changed keys a second after
+# the change) has all reached Redis, and nothing is renewed. Returns the
+# seconds waited, or undef when Redis was never that quiet within $cap.
+sub redis_quiet {
+    my ($quiet, $cap) = @_;
+    require IO::Select;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ENV{RELAY_TEST_REDIS_PORT},
+                                  Proto => 'tcp') or die "redis: $!";
+    print $s "MONITOR\r\n";
+    my $ok = <$s>;
+    die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
+    my ($buf, $sel, $start) = ('', IO::Select->new($s), time);
+    my $last = $start;
+    while (1) {
+        my $now = time;
+        if ($now - $last >= $quiet) {
+            close $s;
+            return $now - $start;
+        }
+        last if $now - $start >= $cap;
+        next unless $sel->can_read($quiet - ($now - $last));
+        my $n = sysread($s, $buf, 65536, length $buf);
+        last unless $n;
+        # a whole line: one command, "EVAL" or "EVALSHA" its first word
+        while ($buf =~ s/\A([^\n]*)\n//) {
+            $last = time if $1 =~ /^\+[\d.]+ \[\d+ [^\]]+\] "(?:EVAL|EVALSHA)"/i;
+        }
+    }
+    close $s;
+    return undef;
 }
 
 # The summed VmRSS (kB) of an httpd's children (parent pid given).
