@@ -823,12 +823,14 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
     rep = relay_metrics_command(c->ctx, argc, argv, argvlen);
     e = errno;
     if (!rep && timed_out(c->ctx, e)) {
-        /* Redis is stuck or out of reach: a reconnect would wait as long again */
+        /*
+         * Redis is stuck or out of reach: a reconnect would wait as long
+         * again. The pool does not fail fast for it: one slow answer (a busy
+         * Redis, a loaded machine) must not refuse every request of the child
+         * for a window; each request is bounded by the timeout instead.
+         */
         c->broken = 1;
         *err = apr_psprintf(p, "Redis did not answer within %d ms", c->target->timeout_ms);
-        if (s) {
-            note_failure(s->owner, *err, apr_time_now() - start);
-        }
         return NULL;
     }
     if (!rep && c->uses > 0) {
@@ -871,7 +873,7 @@ redisReply *relay_redis_command(relay_redis_conn *c, int argc, const char **argv
             *err = apr_psprintf(p, "Redis I/O error: %s",
                                 c->ctx->errstr[0] ? c->ctx->errstr : "connection lost");
         }
-        if (s) {
+        if (s && !timed_out(c->ctx, e)) {
             note_failure(s->owner, *err, apr_time_now() - start);
         }
         return NULL;
