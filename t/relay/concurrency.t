@@ -17,7 +17,8 @@ my @res = parallel_posts(50, '/api/v1/messages', $msg, 'x-api-key' => $k->{apiKe
                          'x-mock-hold-ms' => 4000, 'x-mock-tag' => 'burst');
 my @ok = grep { $_->{status} == 200 } @res;
 my @limited = grep { $_->{status} == 429 } @res;
-is(scalar @ok, 5, 'exactly 5 of 50 overlapping requests admitted');
+is(scalar @ok, 5, 'exactly 5 of 50 overlapping requests admitted')
+    or diag('statuses: ' . join(' ', sort map { $_->{status} } @res));
 is(scalar @limited, 45, 'the other 45 refused with 429');
 my $expected = '{"error":"Concurrency limit exceeded","message":"Too many concurrent requests. '
              . 'Limit: 5 concurrent requests","currentConcurrency":5,"concurrencyLimit":5}';
