@@ -660,8 +660,12 @@ apr_status_t relay_metrics_child_start(apr_pool_t *pchild, relay_redis_pool *con
     child.slot = shm ? claim_slot() : NULL;
     /* sinks are looked up without a lock: they are all in place before any request */
     child.nsinks = npools;
-    /* registered after the Redis pools: it runs before their cleanups, so the last write goes */
-    apr_pool_cleanup_register(pchild, NULL, child_stop, apr_pool_cleanup_null);
+    /*
+     * a pre-cleanup: it runs before the child's subpools (the flush thread's
+     * among them) and the Redis pools go, so the thread is joined while its
+     * pool lives and the last write still has a connection
+     */
+    apr_pool_pre_cleanup_register(pchild, NULL, child_stop);
     return apr_thread_create(&child.thread, NULL, flush_main, NULL, pchild);
 }
 

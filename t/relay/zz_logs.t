@@ -5,7 +5,7 @@ use warnings FATAL => 'all';
 use Apache::Test qw(-withtestmore);
 use RelayTest;
 
-plan tests => 3, need_module 'claude_relay', 'relay_mock';
+plan tests => 4, need_module 'claude_relay', 'relay_mock';
 
 my $cfg = Apache::Test::config();
 my $logs = $cfg->{vars}->{t_logs};
@@ -22,3 +22,9 @@ my $access = slurp("$logs/relay_log") . slurp("$logs/access_log");
 ok($access ne '' && $access !~ $re, 'the access logs hold no relay key');
 my $mock = slurp($ENV{RELAY_TEST_MOCK_LOG});
 ok($mock ne '' && $mock !~ /cr_/, 'the upstream never received anything with cr_ in it');
+
+# the httpd servers the tests started and stopped: no child died of a signal
+# on its way out (the main test server is stopped after this file)
+my @crashed = grep { slurp($_) =~ /exit signal (Segmentation fault|Aborted|Bus error)/ }
+              glob("$ENV{RELAY_TEST_STAGE}/run/*/logs/error_log");
+is(join(' ', @crashed), '', 'no httpd child of a stopped test server crashed when it exited');
