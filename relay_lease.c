@@ -16,34 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static apr_status_t destroy_pool(void *data)
-{
-    apr_pool_destroy(data);
-    return APR_SUCCESS;
-}
-
-/*
- * A pool with an allocator of its own, destroyed with pchild. The child's
- * pool shares an allocator without a mutex; these pools are used by
- * whichever thread holds the lock or leads a batch, so they must not share it.
- */
-static apr_status_t own_pool(apr_pool_t **out, apr_pool_t *pchild)
-{
-    apr_allocator_t *a;
-    apr_status_t rv;
-
-    if ((rv = apr_allocator_create(&a)) != APR_SUCCESS) {
-        return rv;
-    }
-    if ((rv = apr_pool_create_ex(out, NULL, NULL, a)) != APR_SUCCESS) {
-        apr_allocator_destroy(a);
-        return rv;
-    }
-    apr_allocator_owner_set(a, *out);
-    apr_pool_cleanup_register(pchild, *out, destroy_pool, apr_pool_cleanup_null);
-    return APR_SUCCESS;
-}
-
 /* The lock, the condition variables and the pools of a new store. */
 static apr_status_t store_parts(relay_lease_store *st, apr_pool_t *pchild)
 {
@@ -56,10 +28,10 @@ static apr_status_t store_parts(relay_lease_store *st, apr_pool_t *pchild)
         (rv = apr_thread_cond_create(&st->track.wake, pchild)) != APR_SUCCESS) {
         return rv;
     }
-    if ((rv = own_pool(&st->batch.pool, pchild)) != APR_SUCCESS ||
-        (rv = own_pool(&st->batch.usage_pool, pchild)) != APR_SUCCESS ||
-        (rv = own_pool(&cache_pool, pchild)) != APR_SUCCESS ||
-        (rv = own_pool(&valid_pool, pchild)) != APR_SUCCESS) {
+    if ((rv = relay_pool_own(&st->batch.pool, pchild)) != APR_SUCCESS ||
+        (rv = relay_pool_own(&st->batch.usage_pool, pchild)) != APR_SUCCESS ||
+        (rv = relay_pool_own(&cache_pool, pchild)) != APR_SUCCESS ||
+        (rv = relay_pool_own(&valid_pool, pchild)) != APR_SUCCESS) {
         return rv;
     }
     APR_RING_INIT(&st->live.ring, relay_lease, link);

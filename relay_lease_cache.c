@@ -335,7 +335,7 @@ static apr_status_t cache_free_all(void *data)
     return APR_SUCCESS;
 }
 
-/* Set the cache up in pool (an own_pool of the store), emptied when pchild goes. */
+/* Set the cache up in pool (a relay_pool_own pool of the store), emptied when pchild goes. */
 apr_status_t relay_lease_cache_init(relay_lease_store *st, apr_pool_t *pool, apr_pool_t *pchild)
 {
     st->cache.pool = pool;

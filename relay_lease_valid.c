@@ -274,7 +274,7 @@ static apr_status_t valid_free_all(void *data)
     return APR_SUCCESS;
 }
 
-/* Set the memory up in pool (an own_pool of the store), emptied when pchild goes. */
+/* Set the memory up in pool (a relay_pool_own pool of the store), emptied when pchild goes. */
 apr_status_t relay_lease_valid_init(relay_lease_store *st, apr_pool_t *pool, apr_pool_t *pchild)
 {
     st->valid.pool = pool;

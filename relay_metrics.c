@@ -597,35 +597,6 @@ static apr_status_t child_stop(void *data)
     return APR_SUCCESS;
 }
 
-static apr_status_t destroy_pool(void *data)
-{
-    apr_pool_destroy(data);
-    return APR_SUCCESS;
-}
-
-/*
- * A pool with an allocator of its own, destroyed with parent: pchild's
- * allocator has no mutex, and these pools are used by other threads.
- */
-static apr_status_t own_pool(apr_pool_t **out, apr_pool_t *parent)
-{
-    apr_allocator_t *a;
-    apr_status_t rv;
-
-    if ((rv = apr_allocator_create(&a)) != APR_SUCCESS) {
-        return rv;
-    }
-    if ((rv = apr_pool_create_ex(out, NULL, NULL, a)) != APR_SUCCESS) {
-        apr_allocator_destroy(a);
-        return rv;
-    }
-    apr_allocator_owner_set(a, *out);
-    if (parent) {
-        apr_pool_cleanup_register(parent, *out, destroy_pool, apr_pool_cleanup_null);
-    }
-    return APR_SUCCESS;
-}
-
 apr_status_t relay_metrics_child_start(apr_pool_t *pchild, relay_redis_pool *const *pools,
                                        int npools, relay_metrics_leases_fn leases, void *baton)
 {
@@ -644,15 +615,15 @@ apr_status_t relay_metrics_child_start(apr_pool_t *pchild, relay_redis_pool *con
         k->pool = pools[i];
         if ((rv = apr_thread_mutex_create(&k->lock, APR_THREAD_MUTEX_DEFAULT, pchild)) ||
             (rv = apr_thread_mutex_create(&k->read_lock, APR_THREAD_MUTEX_DEFAULT, pchild)) ||
-            (rv = own_pool(&k->count_pool[0], pchild)) ||
-            (rv = own_pool(&k->count_pool[1], pchild))) {
+            (rv = relay_pool_own(&k->count_pool[0], pchild)) ||
+            (rv = relay_pool_own(&k->count_pool[1], pchild))) {
             return rv;
         }
         k->counts = apr_hash_make(k->count_pool[0]);
     }
     if ((rv = apr_thread_mutex_create(&child.lock, APR_THREAD_MUTEX_DEFAULT, pchild)) ||
         (rv = apr_thread_cond_create(&child.wake, pchild)) ||
-        (rv = own_pool(&child.work, pchild))) {
+        (rv = relay_pool_own(&child.work, pchild))) {
         return rv;
     }
     child.leases = leases;
@@ -860,7 +831,7 @@ void relay_metrics_keys_with(relay_redis_pool *pool, apr_pool_t *p,
             apr_pool_destroy(k->read_pool);
             k->read_pool = NULL;
         }
-        if (own_pool(&k->read_pool, NULL) != APR_SUCCESS) {
+        if (relay_pool_own(&k->read_pool, NULL) != APR_SUCCESS) {
             k->read_pool = NULL;
             apr_thread_mutex_unlock(k->read_lock);
             read_keys(pool, p, &once);

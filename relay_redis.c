@@ -522,8 +522,13 @@ static void note_failure(relay_redis_pool *pool, const char *why, apr_interval_t
     apr_thread_mutex_unlock(pool->lock);
 }
 
-/* A pool with an allocator of its own, so the thread owning it needs no lock. */
-static apr_status_t own_pool(apr_pool_t **out)
+static apr_status_t destroy_own_pool(void *data)
+{
+    apr_pool_destroy(data);
+    return APR_SUCCESS;
+}
+
+apr_status_t relay_pool_own(apr_pool_t **out, apr_pool_t *parent)
 {
     apr_allocator_t *a;
     apr_status_t rv;
@@ -537,6 +542,9 @@ static apr_status_t own_pool(apr_pool_t **out)
         return rv;
     }
     apr_allocator_owner_set(a, *out);
+    if (parent) {
+        apr_pool_cleanup_register(parent, *out, destroy_own_pool, apr_pool_cleanup_null);
+    }
     return APR_SUCCESS;
 }
 
@@ -594,7 +602,7 @@ static int slot_open(relay_redis_pool *pool, conn_slot *s, int probe, apr_pool_t
     const char *why = NULL;
     redisContext *ctx = NULL;
     apr_time_t start = apr_time_now();
-    apr_status_t rv = own_pool(&s->pool);
+    apr_status_t rv = relay_pool_own(&s->pool, NULL);
 
     if (rv == APR_SUCCESS) {
         ctx = relay_redis_connect(&pool->target, s->pool, &why);

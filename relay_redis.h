@@ -54,6 +54,13 @@ typedef struct {
     int pooled;                       /* it is a pool's (set by the pool only) */
 } relay_redis_conn;
 
+/*
+ * A pool with an allocator of its own (a child's pool shares one without a
+ * mutex, and these are used by other threads), destroyed with parent when
+ * parent is not NULL.
+ */
+apr_status_t relay_pool_own(apr_pool_t **out, apr_pool_t *parent);
+
 /* Compute the SHA1 of a script's source once, at start-up. */
 void relay_script_init(relay_script *s, const char *name, const char *source);
 

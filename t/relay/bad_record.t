@@ -10,7 +10,6 @@ use IO::Select;
 use Digest::SHA qw(sha256_hex);
 use JSON::PP ();
 use RelayTest;
-use Time::HiRes qw(time sleep);
 
 plan tests => 22, need_module 'claude_relay', 'relay_mock';
 

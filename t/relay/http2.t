@@ -8,7 +8,7 @@ use Apache::Test qw(-withtestmore);
 use RelayTest;
 use IPC::Open2 ();
 use POSIX ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 my $py = '/usr/bin/python3';
 my $client = "$ENV{RELAY_TEST_STAGE}/t/lib/h2client.py";

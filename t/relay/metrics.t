@@ -11,7 +11,7 @@ use RelayTest;
 use IPC::Open3 ();
 use POSIX ();
 use Symbol ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 use URI ();
 
 plan tests => 71, need_module 'claude_relay', 'relay_mock', 'status';

@@ -6,7 +6,7 @@ use warnings FATAL => 'all';
 use Apache::Test qw(-withtestmore);
 use Apache::TestUtil qw(t_cmp);
 use RelayTest;
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 plan tests => 10, need_module 'claude_relay', 'relay_mock';
 

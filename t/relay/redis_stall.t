@@ -49,13 +49,16 @@ sub timed_parallel {
     my ($n, $path) = @_;
     my $tmp = "/tmp/relay-stall.$$." . int(rand(1e9));
     mkdir $tmp or die $!;
-    my $go = time + 0.3 + 0.02 * $n;
+    # every client waits at a gate the parent opens once all are forked
+    pipe(my $gate_r, my $gate_w) or die "pipe: $!";
     my @pids;
     for my $i (1 .. $n) {
         my $pid = fork;
         die "fork: $!" unless defined $pid;
         if ($pid == 0) {
-            sleep($go - time) if $go > time;
+            close $gate_w;
+            sysread($gate_r, my $x, 1);
+            close $gate_r;
             my $start = time;
             my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $h->{port},
                                           Proto => 'tcp', Timeout => 10);
@@ -73,6 +76,8 @@ sub timed_parallel {
         }
         push @pids, $pid;
     }
+    close $gate_r;
+    close $gate_w;    # the gate opens: every client reads end-of-file and goes
     waitpid $_, 0 for @pids;
     my @res;
     for my $i (1 .. $n) {

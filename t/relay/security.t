@@ -9,7 +9,7 @@ use Apache::Test qw(-withtestmore);
 use RelayTest;
 use IO::Socket::INET ();
 use Digest::SHA qw(sha256_hex);
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 plan tests => 50, need_module 'claude_relay', 'relay_mock';
 

@@ -10,7 +10,7 @@ use RelayTest;
 use IO::Socket::INET ();
 use IO::Select ();
 use POSIX ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 plan tests => 5, need_module 'claude_relay', 'relay_mock';
 

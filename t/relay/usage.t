@@ -5,7 +5,7 @@ use strict;
 use warnings FATAL => 'all';
 use Apache::Test qw(-withtestmore);
 use RelayTest;
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 plan tests => 33, need_module 'claude_relay', 'relay_mock';
 

@@ -7,18 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(cond, what)                                                                          \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        }                                                                                          \
-        else {                                                                                     \
-            failed++;                                                                              \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                                  \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* The verdict of the default list. */
 static relay_endpoint_verdict dflt(const char *method, const char *path)

@@ -10,18 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(cond, what)                                                                          \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        }                                                                                          \
-        else {                                                                                     \
-            failed++;                                                                              \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                                  \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* A label value escaped, compared with what the exposition format wants. */
 static int label_is(apr_pool_t *p, const char *in, apr_size_t len, const char *want)

@@ -7,18 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-static int passed, failed;
-
-#define CHECK(cond, what)                                                                          \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        }                                                                                          \
-        else {                                                                                     \
-            failed++;                                                                              \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                                  \
-        }                                                                                          \
-    } while (0)
+#include "check.h"
 
 /* n copies of a UTF-8 character. */
 static void repeat(char *out, const char *ch, int n)
