@@ -10,7 +10,7 @@ use IO::Socket::INET ();
 use Errno qw(EAGAIN EWOULDBLOCK EINPROGRESS);
 use Time::HiRes qw(time sleep);
 
-plan tests => 7, need_module 'claude_relay', 'relay_mock';
+plan tests => 8, need_module 'claude_relay', 'relay_mock';
 
 my $clients = $ENV{RELAY_FLOOD_CLIENTS} // 500;
 my $seconds = $ENV{RELAY_FLOOD_SECONDS} // 30;
@@ -95,15 +95,33 @@ is($count{failed}, 0, 'every request ended admitted or 429: none failed');
 # hangs up makes the relay close the upstream connection before it gives the
 # slot back; the mock notices a moment later (or, when its last writes still
 # fit in the socket, not at all), so a request's end is the earlier of the
-# mock's end and the relay's own end (logged before the slot is released).
-# A request the mock finished ends at the mock's end: the mock logs it before
-# the bytes that let the relay finish.
+# mock's end and the moment the relay gave the slot back: the note
+# relay-released-at, taken before the release goes to Redis, or, when the
+# slot went back in the request's cleanup (after logging), the log line's
+# own time. A request the mock finished ends at the mock's end: the mock logs
+# it before the bytes that let the relay finish.
 my %relay_end;
 my $cfg = Apache::Test::config();
 wait_until(3, sub { -s "$cfg->{vars}{t_logs}/relay_end_log" });
 open my $rl, '<', "$cfg->{vars}{t_logs}/relay_end_log" or die $!;
-while (<$rl>) { $relay_end{$1} = $2 if /^(flood-\d+) (\d+\.\d+)$/ }
+my %released;
+while (<$rl>) {
+    my ($tag, $logged, $at) = /^(flood-\d+) (\d+\.\d+) (\S+) \S+$/ or next;
+    $released{$tag} = $at if $at =~ /^\d+\.\d+$/;
+    $relay_end{$tag} = $released{$tag} // $logged;
+}
 close $rl;
+# the note itself: a request the mock finished gave its slot back after the
+# mock's end, never before (else the upstream could see one more)
+my ($finished, @early) = (0);
+for my $e (mock_entries()) {
+    next unless ($e->{tag} // '') =~ /^flood-/ && $e->{event} eq 'end' && !$e->{aborted};
+    next unless defined $released{$e->{tag}};
+    $finished++;
+    push @early, $e->{tag} if $released{$e->{tag}} < $e->{time};
+}
+ok($finished > 0 && !@early,
+   "relay-released-at of $finished finished requests: none before the mock's end (@early[0 .. ($#early < 2 ? $#early : 2)])");
 my @events;
 for my $e (mock_entries()) {
     next unless ($e->{tag} // '') =~ /^flood-/;
