@@ -409,6 +409,12 @@ apr_status_t relay_lease_release_sent(relay_lease_store *st, relay_lease *lease,
         relay_lease_lead(st, LEAD_REQUEST);
     }
     while (!w.done) {
+        if (w.promoted) {
+            /* the last leader handed on to this thread: it sends the next batch */
+            w.promoted = 0;
+            relay_lease_lead(st, LEAD_REQUEST);
+            continue;
+        }
         apr_thread_cond_wait(w.cond, st->lock);
     }
     apr_thread_mutex_unlock(st->lock);

@@ -5,9 +5,10 @@
  * queue; one thread at a time (the leader) takes up to BATCH_MAX of them and
  * sends them in one script call, so concurrent requests share a round trip.
  * An admission's own thread leads when nobody does, and hands on to the next
- * waiting admission; releases are sent as their urgency says: at once by the
- * keeper when a limit waits for them, otherwise riding on a later batch
- * within RIDE_US or DEFER_MS.
+ * thread waiting for its op (an admission or a release at the answer's end);
+ * other releases are sent as their urgency says: at once by the keeper when
+ * a limit waits for them, otherwise riding on a later batch within RIDE_US
+ * or DEFER_MS.
  */
 #include "relay_lease_int.h"
 
@@ -188,8 +189,9 @@ static void batch_done(relay_lease_store *st, struct op_ring *batch, int failed)
 
 /*
  * After a batch, with ops still queued (lock held): hand on to the first
- * waiting admission, or find how urgent the rest is. Returns 1 when an
- * admission now leads.
+ * thread waiting for a queued op (an admission, or a release at the
+ * answer's end), which sends the next batch itself; else find how urgent
+ * the rest is. Returns 1 when a waiting thread now leads.
  */
 static int hand_on(relay_lease_store *st, enum op_urgency *most)
 {
@@ -201,6 +203,11 @@ static int hand_on(relay_lease_store *st, enum op_urgency *most)
         if (op->kind == OP_ADMIT) {
             op->promoted = 1;
             apr_thread_cond_signal(op->cond);
+            return 1;
+        }
+        if (op->waiter) {
+            op->waiter->promoted = 1;
+            apr_thread_cond_signal(op->waiter->cond);
             return 1;
         }
         if (op->urgency > *most) {

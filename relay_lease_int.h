@@ -117,9 +117,10 @@ typedef struct {
 
 /* The caller of relay_lease_release_sent, waiting for its release to reach Redis. */
 struct release_waiter {
-    apr_thread_cond_t *cond; /* signalled when sent (or failed) */
+    apr_thread_cond_t *cond; /* signalled when sent (or failed), or promoted */
     int done;                /* the batch carrying it has run */
     int failed;              /* Redis did not take it */
+    int promoted;            /* the waiting thread leads the next batch */
 };
 
 /*

@@ -10,6 +10,7 @@ library only.
     bench.py diff STATS0 STATS1 CMD...                 -> calls delta of each CMD
     bench.py replay HOST PORT MONITOR.txt N [CASE]     -> each script's cost alone, markdown
     bench.py perf REPORT_DSO REPORT_SYM REPORT_CHILDREN -> the module's CPU share, markdown
+    bench.py waits RELEASE_WAIT.log RUNS.tsv             -> the release wait per case, markdown
 """
 import re
 import socket
@@ -18,7 +19,8 @@ import sys
 
 CASES = {"A": "plain mod_proxy", "B": "relay, limit 100000", "C": "relay, unlimited key",
          "D": "relay, limit 100000, RelayReuseSlots Off, Redis via unix socket",
-         "E": "relay, unlimited key, Redis via unix socket"}
+         "E": "relay, unlimited key, Redis via unix socket",
+         "F": "relay, key limit = connections (always near its limit)"}
 # commands the harness itself sends to Redis
 HARNESS = {"info", "monitor", "ping", "config", "slowlog", "client", "command", "script",
            "dbsize", "hello"}
@@ -220,7 +222,7 @@ def cmd_summary(a):
           "| Redis conns held | httpd CPU µs/req | httpd children RSS MiB |",
           "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
     for c in conns_list:
-        for case in ("A", "B", "C", "D", "E"):
+        for case in ("A", "B", "C", "D", "E", "F"):
             rs = [by[(c, case, i)] for i in rounds if (c, case, i) in by]
             if not rs:
                 continue
@@ -255,6 +257,47 @@ def cmd_summary(a):
     print("\n".join(t1))
     print()
     print("\n".join(t2))
+
+
+def pct(xs, q):
+    """The q-quantile of sorted xs (nearest rank)."""
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, max(0, int(round(q * len(xs) + 0.5)) - 1))]
+
+
+def cmd_waits(a):
+    """The release wait per connection count and case, from the log of
+    "ROUND-CONNS-CASE WAIT_US" lines, beside the case's median p50."""
+    log_path, runs_path = a
+    waits = {}
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            p = line.split()
+            if len(p) != 2 or not p[1].isdigit():
+                continue
+            tag = p[0].split("-")
+            if len(tag) != 3 or tag[0] == "0":   # round 0: the warm-up
+                continue
+            waits.setdefault((int(tag[1]), tag[2]), []).append(int(p[1]))
+    p50 = {}
+    with open(runs_path) as f:
+        head = f.readline().split()
+        for line in f:
+            r = dict(zip(head, line.split()))
+            p50.setdefault((int(r["conns"]), r["case"]), []).append(float(r["p50_ms"]))
+    out = ["| conns | case | requests logged | wait p50 µs | p90 µs | p99 µs | mean µs "
+           "| wait p50 / the case's p50 latency |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for (c, case) in sorted(waits):
+        xs = sorted(waits[(c, case)])
+        lat = med(p50.get((c, case), [])) * 1000.0
+        out.append("| %d | %s %s | %d | %d | %d | %d | %.0f | %.0f %% |"
+                   % (c, case, CASES.get(case, "?"), len(xs), pct(xs, 0.5), pct(xs, 0.9),
+                      pct(xs, 0.99), sum(xs) / len(xs), pct(xs, 0.5) / lat * 100 if lat else 0))
+    if len(out) == 2:
+        out.append("| — | no admitted request logged a release wait | | | | | | |")
+    print("\n".join(out))
 
 
 def cmd_stats(a):
@@ -435,7 +478,8 @@ def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     fn = {"record": cmd_record, "monitor": cmd_monitor, "summary": cmd_summary,
-          "stats": cmd_stats, "diff": cmd_diff, "replay": cmd_replay, "perf": cmd_perf}
+          "stats": cmd_stats, "diff": cmd_diff, "replay": cmd_replay, "perf": cmd_perf,
+          "waits": cmd_waits}
     fn[sys.argv[1]](sys.argv[2:])
 
 

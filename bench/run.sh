@@ -8,6 +8,13 @@
 #   C  GET /api/v1/models + x-api-key  the relay, unlimited key (limit 0)
 #   D, E  B and C through a second virtual host: Redis over its unix socket,
 #         RelayReuseSlots Off (every request of B's key asks Redis)
+#   F  GET /api/v1/models + x-api-key  the relay, a key whose concurrency limit
+#      is the connection count (BENCH_TIGHT_CONNECTIONS, 8), driven by that many
+#      connections: always near its limit, so Redis decides every request and
+#      every slot goes back before the answer's last bytes; run with A alone
+#
+# Every admitted request logs how long the answer's end waited for its slot
+# to be back in Redis (the note relay-release-wait-us), reported per case.
 #
 # Rounds alternate A/B/C at each connection count, so drift on the machine hits
 # every case alike. Then, per case, one short run under redis-cli MONITOR
@@ -20,7 +27,7 @@
 # perf phases), BENCH_PROFILE_SECONDS (5), BENCH_REPLAY_CALLS (3000),
 # BENCH_RESULTS (bench/results-latest.md), BENCH_CHILDREN (4) and
 # BENCH_THREADS_PER_CHILD (25): the httpd's fixed set of children,
-# BENCH_CASES ("A B C D E"),
+# BENCH_CASES ("A B C D E"), BENCH_TIGHT_CONNECTIONS (8; 0 leaves case F out),
 # BENCH_KEEP (1: keep the temp folder).
 set -euo pipefail
 
@@ -34,9 +41,11 @@ threads=${BENCH_THREADS:-2}
 mon_secs=${BENCH_MONITOR_SECONDS:-3}
 profile=${BENCH_PROFILE:-1}
 prof_secs=${BENCH_PROFILE_SECONDS:-5}
+prof_case=${BENCH_PROFILE_CASE:-B}
 replay_n=${BENCH_REPLAY_CALLS:-3000}
 results=${BENCH_RESULTS:-$BENCH_SRC/bench/results-latest.md}
-command_line="BENCH_ROUNDS=$rounds BENCH_SECONDS=$secs BENCH_CONNECTIONS=\"$conns_list\" bench/run.sh"
+tight=${BENCH_TIGHT_CONNECTIONS:-8}
+command_line="BENCH_ROUNDS=$rounds BENCH_SECONDS=$secs BENCH_CONNECTIONS=\"$conns_list\" BENCH_TIGHT_CONNECTIONS=$tight bench/run.sh"
 
 command -v wrk >/dev/null || bench_die "wrk is missing: scripts/install-deps --bench"
 bench_check_tools
@@ -48,12 +57,19 @@ bench_start_redis
 # largest connection count twice over
 tpc=${BENCH_THREADS_PER_CHILD:-25}
 children=${BENCH_CHILDREN:-4}
-bench_write_conf "$tpc" "$children"
+# the release wait of every admitted request, tagged with its run (buffered:
+# read once httpd has stopped)
+wait_log="BufferedLogs On
+LogFormat \"%{x-bench-run}i %{relay-release-wait-us}n\" relay_wait
+CustomLog $bench_dir/logs/release_wait.log relay_wait \"expr=-n note('relay-release-wait-us')\""
+bench_write_conf "$tpc" "$children" "" "$wait_log"
 bench_start_httpd
 bench_log "httpd on 127.0.0.1:$bench_http_port (mock upstream :$bench_mock_port), redis :$bench_redis_port, in $bench_dir"
 
 read -r _ key_limited < <(bench_create_key "bench limited" 100000)
 read -r _ key_unlimited < <(bench_create_key "bench unlimited" 0)
+key_tight=""
+[ "$tight" -gt 0 ] && read -r _ key_tight < <(bench_create_key "bench tight" "$tight")
 base=http://127.0.0.1:$bench_http_port
 unix_base=http://127.0.0.1:$bench_unix_port
 cases=${BENCH_CASES:-"A B C D E"}
@@ -70,11 +86,17 @@ set_args() {
     C) args=(-H "x-api-key: $key_unlimited" "$base/api/v1/models") ;;
     D) args=(-H "x-api-key: $key_limited" "$unix_base/api/v1/models") ;;
     E) args=(-H "x-api-key: $key_unlimited" "$unix_base/api/v1/models") ;;
+    F) args=(-H "x-api-key: $key_tight" "$base/api/v1/models") ;;
     esac
 }
 
+# what runs: "connections:cases" pairs, F alone with A at its own count
+plan=()
+for conns in $conns_list; do plan+=("$conns:$cases"); done
+[ "$tight" -gt 0 ] && plan+=("$tight:A F")
+
 # every case answers 200 before anything is measured
-for c in $cases; do
+for c in $cases $([ "$tight" -gt 0 ] && echo F); do
     set_args "$c"
     code=$(curl -s -o /dev/null -w "%{http_code}" "${args[@]}")
     [ "$code" = 200 ] || bench_die "case $c answers $code, not 200 (see $bench_dir/logs/error.log)"
@@ -95,7 +117,8 @@ measure() {
     busy0=$(bench_machine_busy)
     t0=$(bench_now)
     set_args "$case"
-    { time wrk -t"$threads" -c"$conns" -d"${d}s" --timeout 5s --latency "${args[@]}" > "$out"; } \
+    { time wrk -t"$threads" -c"$conns" -d"${d}s" --timeout 5s --latency \
+        -H "x-bench-run: $round-$conns-$case" "${args[@]}" > "$out"; } \
         2> "$bench_dir/wrk-time"
     t1=$(bench_now)
     busy1=$(bench_machine_busy)
@@ -115,22 +138,28 @@ measure() {
 }
 
 bench_log "warm-up: 2 s per case and connection count"
-for conns in $conns_list; do
-    for c in $cases; do measure 0 "$conns" "$c" 2; done
+runs_per_round=0
+for step in "${plan[@]}"; do
+    for c in ${step#*:}; do
+        measure 0 "${step%%:*}" "$c" 2
+        runs_per_round=$((runs_per_round + 1))
+    done
 done
 
-total=$((rounds * $(wc -w <<<"$conns_list") * $(wc -w <<<"$cases") * secs))
-bench_log "$rounds rounds of $cases at ${conns_list// /, } connections, $secs s each (about $((total / 60 + 1)) min)"
+total=$((rounds * runs_per_round * secs))
+bench_log "$rounds rounds of: ${plan[*]} (connections:cases), $secs s each (about $((total / 60 + 1)) min)"
 for round in $(seq "$rounds"); do
-    for conns in $conns_list; do
-        for c in $cases; do measure "$round" "$conns" "$c" "$secs"; done
+    for step in "${plan[@]}"; do
+        for c in ${step#*:}; do measure "$round" "${step%%:*}" "$c" "$secs"; done
     done
 done
 
 # top-level commands per request: MONITOR during one short run of each case
 first_conns=${conns_list%% *}
-bench_log "MONITOR: $mon_secs s per case at $first_conns connections"
-for c in $cases; do
+bench_log "MONITOR: $mon_secs s per case at $first_conns connections (F at $tight)"
+for c in $cases $([ "$tight" -gt 0 ] && echo F); do
+    mon_conns=$first_conns
+    [ "$c" = F ] && mon_conns=$tight
     mon=$bench_dir/monitor-$c.txt
     # redis-cli itself in the background (not a shell function): $! is its pid
     redis-cli -h 127.0.0.1 -p "$bench_redis_port" MONITOR > "$mon" 2>/dev/null &
@@ -138,7 +167,7 @@ for c in $cases; do
     bench_bg_pids="$bench_bg_pids $mon_pid"
     sleep 0.5
     set_args "$c"
-    wrk -t"$threads" -c"$first_conns" -d"${mon_secs}s" --timeout 5s "${args[@]}" > "$bench_dir/wrk-monitor-$c.txt"
+    wrk -t"$threads" -c"$mon_conns" -d"${mon_secs}s" --timeout 5s "${args[@]}" > "$bench_dir/wrk-monitor-$c.txt"
     sleep 0.5
     kill "$mon_pid" 2>/dev/null || true
     wait "$mon_pid" 2>/dev/null || true
@@ -159,9 +188,9 @@ if [ "$profile" = 1 ]; then
     # often have no hardware counters), call graphs by DWARF unwinding
     if command -v perf >/dev/null && perf stat -e cpu-clock true >/dev/null 2>&1; then
         last_conns=${conns_list##* }
-        bench_log "perf: $prof_secs s of case B at $last_conns connections, all httpd children"
+        bench_log "perf: $prof_secs s of case $prof_case at $last_conns connections, all httpd children"
         pids=$(pgrep -d, -P "$(bench_httpd_pid)")
-        set_args B
+        set_args "$prof_case"
         wrk -t"$threads" -c"$last_conns" -d"$((prof_secs + 2))s" --timeout 5s "${args[@]}" > "$bench_dir/wrk-perf.txt" &
         wrk_pid=$!
         bench_bg_pids="$bench_bg_pids $wrk_pid"
@@ -176,7 +205,7 @@ if [ "$profile" = 1 ]; then
             where="$where
 
 CPU of all httpd children (\`perf record -e cpu-clock --call-graph dwarf -p <children>\`,
-$prof_secs s of case B at $last_conns connections; the children also run mod_proxy and the
+$prof_secs s of case $prof_case at $last_conns connections; the children also run mod_proxy and the
 mock upstream, so 100 % is all of the server's work):
 
 $("$BENCH_PY" "$BENCH_SRC/bench/bench.py" perf "$bench_dir/perf-dso.txt" "$bench_dir/perf-sym.txt" "$bench_dir/perf-children.txt")"
@@ -194,6 +223,9 @@ perf cannot count cpu-clock on this machine: no CPU profile of the children."
 fi
 
 loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)
+# the buffered release-wait log is complete once httpd has stopped
+bench_stop_httpd
+waits=$("$BENCH_PY" "$BENCH_SRC/bench/bench.py" waits "$bench_dir/logs/release_wait.log" "$runs")
 report="## Relay vs plain mod_proxy ($(date -u '+%Y-%m-%d %H:%M UTC'))
 
 - command: \`$command_line\` (from \`make bench\`)
@@ -201,7 +233,8 @@ $(bench_machine)
 $bench_build
 - load average at start / end: $loadavg_start / $loadavg_end
 - httpd: event MPM, $children children x $tpc threads, mock upstream in the same httpd; wrk -t$threads,
-  $rounds rounds x $secs s per case, cases alternating; medians over rounds. × plain and the
+  $rounds rounds x $secs s per case, cases alternating; medians over rounds. Case F (key limit
+  $tight) runs at $tight connections only, beside a plain run at the same count. × plain and the
   Δ columns are medians of per-round comparisons with the plain run of the same round.
 - Redis CPU: used_cpu_user + used_cpu_sys delta around each run / requests. EVALSHA µs:
   \`INFO commandstats\` usec delta of EVALSHA (time inside Redis running the scripts) / requests.
@@ -214,6 +247,16 @@ $bench_build
   busy time less Redis, httpd and wrk, in % of all CPUs (others sharing this machine).
 
 $table
+
+### The release at the answer's end
+
+What the answer's last bytes waited, per admitted request, for the slot to be
+back in Redis (the note \`relay-release-wait-us\`, logged for every measured
+request): the part of the relay's added latency that the release costs. A key
+with a limit waits for the round trip (or rides on a call under way); an
+unlimited key never waits.
+
+$waits
 "
 if [ -n "$where" ]; then
     report="$report

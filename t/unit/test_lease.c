@@ -12,6 +12,8 @@
  */
 #include "relay_lease_int.h"
 
+#include <apr_portable.h>
+
 #include <apr_atomic.h>
 #include <apr_strings.h>
 #include <arpa/inet.h>
@@ -231,6 +233,7 @@ static struct {
     int hold;                      /* batch calls wait while set */
     int held;                      /* batch calls waiting now */
     int fail;                      /* calls to answer as Redis down: -1 all, n the next n */
+    apr_os_thread_t last_sender;   /* the thread that sent the last batch call */
 } seam;
 
 /* Count a group section of the batch ARGV: returns the members, moves *i past it. */
@@ -274,6 +277,7 @@ static redisReply *seam_send(relay_lease_store *st, const relay_script *s, int n
             seam.shape[seam.batches] = shape_of(nargs, args);
         }
         seam.batches++;
+        seam.last_sender = apr_os_thread_current();
         while (seam.hold) {
             seam.held++;
             apr_thread_cond_broadcast(seam.cond);
@@ -479,6 +483,7 @@ typedef struct {
     relay_lease *lease;
     apr_pool_t *p;
     apr_status_t rv;
+    apr_os_thread_t self;
 } release_job;
 
 static void *APR_THREAD_FUNC release_thread(apr_thread_t *t, void *data)
@@ -486,6 +491,7 @@ static void *APR_THREAD_FUNC release_thread(apr_thread_t *t, void *data)
     release_job *j = data;
     const char *err = NULL;
 
+    j->self = apr_os_thread_current();
     j->rv = relay_lease_release_sent(j->c->st, j->lease, NULL, j->p, &err);
     apr_thread_exit(t, APR_SUCCESS);
     return NULL;
@@ -842,6 +848,9 @@ static void test_release_sent(apr_pool_t *p)
     join(tr);
     CHECK(rj.rv == APR_SUCCESS && leases(&lim) == 0,
           "and is in Redis when it returns (rv %d, %lld leases)", rj.rv, leases(&lim));
+    CHECK(apr_os_thread_equal(seam.last_sender, rj.self),
+          "the batch leader handed on to the waiting thread, which sent its release itself "
+          "(no hop through the keeper thread)");
     child_stop(&c);
 }
 
