@@ -24,6 +24,8 @@ bench_unix_port=""
 bench_redis_sock=""
 bench_bg_pids=""      # background jobs this script started (wrk, MONITOR, clients)
 bench_mock_separate=0 # 1: the mock upstream runs in an httpd of its own
+bench_httpd_started="" # parent pids as started, to stop them even if their
+bench_mock_started=""  # pid files have gone
 
 bench_log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 bench_die() { echo "bench: $*" >&2; exit 1; }
@@ -248,18 +250,26 @@ bench_start_conf() {
 bench_start_httpd() {
     bench_start_conf "$bench_dir/httpd.conf" "$bench_dir/httpd.pid" \
         "http://127.0.0.1:$bench_http_port/plain/v1/models"
+    bench_httpd_started=$(bench_httpd_pid)
 }
 
 bench_start_mock() {
     bench_start_conf "$bench_dir/mock.conf" "$bench_dir/mock.pid" \
         "http://127.0.0.1:$bench_mock_port/v1/models"
+    bench_mock_started=$(bench_mock_pid)
 }
 
-# bench_stop_conf CONF PID_FILE: stop that httpd; its parent is killed if it
-# has not gone after 30 s (its children after it).
+# bench_stop_conf CONF PID_FILE [PID]: stop that httpd (PID: the parent as
+# started, when the pid file has gone); its parent is killed if it has not gone
+# after 30 s (its children after it).
 bench_stop_conf() {
     local conf=$1 pidfile=$2 pid kids
     pid=$(cat "$pidfile" 2>/dev/null || true)
+    # the parent as started, if it is still that httpd (its command line names CONF)
+    if [ -z "$pid" ] && [ -n "${3:-}" ] &&
+        tr '\0' ' ' 2>/dev/null < "/proc/$3/cmdline" | grep -qF -- "-f $conf "; then
+        pid=$3
+    fi
     [ -n "$pid" ] || return 0
     "$BENCH_HTTPD" -f "$conf" -k stop 2>/dev/null || kill "$pid" 2>/dev/null || true
     for _ in $(seq 300); do
@@ -274,8 +284,15 @@ bench_stop_conf() {
     rm -f "$pidfile"
 }
 
-bench_stop_httpd() { bench_stop_conf "$bench_dir/httpd.conf" "$bench_dir/httpd.pid"; }
-bench_stop_mock() { bench_stop_conf "$bench_dir/mock.conf" "$bench_dir/mock.pid"; }
+bench_stop_httpd() {
+    bench_stop_conf "$bench_dir/httpd.conf" "$bench_dir/httpd.pid" "$bench_httpd_started"
+    bench_httpd_started=""
+}
+
+bench_stop_mock() {
+    bench_stop_conf "$bench_dir/mock.conf" "$bench_dir/mock.pid" "$bench_mock_started"
+    bench_mock_started=""
+}
 
 bench_cleanup() {
     local pid
