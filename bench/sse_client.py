@@ -2,7 +2,7 @@
 """Open N streaming requests at once and read each to its end (bench/streams.sh).
 
     sse_client.py --port P --path /api/v1/messages --key cr_... -n 1000 \
-        --hold-ms 20000 --events 10 --ready-file F --out result.json
+        --hold-ms 20000 --events 10 --max-pending 1000 --ready-file F --out result.json
 
 Each connection sends one POST with {"stream":true,...} and the mock's
 x-mock-hold-ms / x-mock-events headers, then reads until the server closes.
@@ -56,7 +56,9 @@ def main():
     ap.add_argument("-n", type=int, required=True)
     ap.add_argument("--hold-ms", type=int, default=20000)
     ap.add_argument("--events", type=int, default=10)
-    ap.add_argument("--timeout", type=float, default=0, help="seconds; 0: hold + 60")
+    ap.add_argument("--max-pending", type=int, default=1000,
+                    help="connections waiting for their status line at most (0: no limit)")
+    ap.add_argument("--timeout", type=float, default=0, help="seconds; 0: hold + 60 + n / 100")
     ap.add_argument("--ready-file")
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -68,12 +70,21 @@ def main():
             "accept: text/event-stream\r\nx-mock-hold-ms: %d\r\nx-mock-events: %d\r\n"
             "content-length: %d\r\nconnection: close\r\n\r\n")
            % (a.path, a.host, a.port, a.key, a.hold_ms, a.events, len(body))).encode() + body
-    timeout = a.timeout or a.hold_ms / 1000.0 + 60
+    timeout = a.timeout or a.hold_ms / 1000.0 + 60 + a.n / 100.0
+    window = a.max_pending if a.max_pending > 0 else a.n
 
     sel = selectors.DefaultSelector()
     conns = []
+    pending = 0  # opened and not yet done
+    waiting = 0  # opened, no status line yet and not done
+    held = 0  # status 200 and not yet done
+    max_held = 0
+    unready = a.n  # without a status line and not done, opened or not
+    ready_written = False
     t0 = time.monotonic()
-    for _ in range(a.n):
+
+    def open_one():
+        nonlocal pending, waiting, unready
         c = Conn()
         conns.append(c)
         try:
@@ -81,22 +92,29 @@ def main():
             s.setblocking(False)
             rc = s.connect_ex((a.host, a.port))
             if rc not in (0, errno.EINPROGRESS):
+                s.close()
                 raise OSError(rc, "connect: " + errno.errorcode.get(rc, str(rc)))
             c.sock = s
             sel.register(s, selectors.EVENT_WRITE, c)
+            pending += 1
+            waiting += 1
         except OSError as e:
             c.error, c.done, c.t_end = str(e), True, time.monotonic()
+            unready -= 1
 
-    pending = sum(1 for c in conns if not c.done)
-    unready = pending
-    ready_written = False
+    def top_up():
+        while len(conns) < a.n and waiting < window:
+            open_one()
 
     def finish(c, err=None):
-        nonlocal pending, unready
+        nonlocal pending, waiting, unready, held
         if c.done:
             return
         if c.status == 0:
             unready -= 1
+            waiting -= 1
+        elif c.status == 200:
+            held -= 1
         c.done, c.t_end = True, time.monotonic()
         if err:
             c.error = err
@@ -107,7 +125,9 @@ def main():
         c.sock.close()
         pending -= 1
 
-    while pending > 0:
+    top_up()
+    while pending > 0 or len(conns) < a.n:
+        top_up()
         now = time.monotonic()
         if now - t0 > timeout:
             for c in conns:
@@ -147,15 +167,19 @@ def main():
                 c.status = int(line[1]) if len(line) > 1 and line[1].isdigit() else -1
                 c.t_status = time.monotonic()
                 unready -= 1
+                waiting -= 1
+                if c.status == 200:
+                    held += 1
+                    max_held = max(max_held, held)
         if not ready_written and unready <= 0:
             ready_written = True
             if a.ready_file:
                 with open(a.ready_file, "w") as f:
-                    json.dump({"t": time.monotonic() - t0,
+                    json.dump({"t": time.monotonic() - t0, "held": held,
                                "admitted": sum(1 for c in conns if c.status == 200)}, f)
 
     res = {"n": a.n, "admitted": 0, "completed": 0, "refused": 0, "failed": 0, "statuses": {},
-           "errors": {}}
+           "errors": {}, "max_held": max_held, "max_pending": window}
     durs, t_stat = [], []
     for c in conns:
         head, _, body_raw = bytes(c.buf).partition(b"\r\n\r\n")
@@ -181,6 +205,9 @@ def main():
             res["failed"] += 1
             e = c.error or "no status line"
             res["errors"][e] = res["errors"].get(e, 0) + 1
+    if len(conns) < a.n:
+        res["failed"] += a.n - len(conns)
+        res["errors"]["not opened before the timeout"] = a.n - len(conns)
     res["all_statuses_s"] = round(max(t_stat), 3) if t_stat else None
     res["first_end_s"] = round(min(durs), 3) if durs else None
     res["last_end_s"] = round(max(durs), 3) if durs else None
