@@ -59,16 +59,16 @@ $(BUILD)/test-concurrency: tools/test-concurrency.c | $(BUILD)
 $(BUILD)/test_keys: t/unit/test_keys.c relay_keys.c relay_keys.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_keys.c relay_keys.c
 
-$(BUILD)/test_validate: t/unit/test_validate.c relay_validate.c relay_keys.c relay_validate.h | $(BUILD)
+$(BUILD)/test_validate: t/unit/test_validate.c t/unit/check.h relay_validate.c relay_keys.c relay_validate.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_validate.c relay_validate.c relay_keys.c
 
-$(BUILD)/test_endpoints: t/unit/test_endpoints.c relay_endpoints.c relay_endpoints.h | $(BUILD)
+$(BUILD)/test_endpoints: t/unit/test_endpoints.c t/unit/check.h relay_endpoints.c relay_endpoints.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_endpoints.c relay_endpoints.c
 
 $(BUILD)/test_usage: t/unit/test_usage.c relay_usage.c relay_usage.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -o $@ t/unit/test_usage.c relay_usage.c
 
-$(BUILD)/test_metrics: t/unit/test_metrics.c relay_metrics.c relay_metrics.h relay_redis.c \
+$(BUILD)/test_metrics: t/unit/test_metrics.c t/unit/check.h relay_metrics.c relay_metrics.h relay_redis.c \
                        relay_redis.h relay_schema.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) $(APR_CFLAGS) -o $@ t/unit/test_metrics.c relay_metrics.c relay_redis.c \
 	    $(APR_LIBS) -lhiredis
