@@ -177,10 +177,11 @@ demo-stop:
 	demo/demo.sh stop
 
 # benchmarks (not part of make test): relay vs plain mod_proxy with wrk, then
-# concurrent SSE streams; results in bench/results-latest.md (BENCH_* variables:
-# see bench/run.sh and bench/streams.sh)
+# concurrent SSE streams, then the admin and metrics with 10,000 keys; results in
+# bench/results-latest.md (BENCH_* variables: see bench/run.sh, bench/streams.sh
+# and bench/scale.sh)
 bench:
-	scripts/install-deps --bench && $(MAKE) all && bench/run.sh && bench/streams.sh
+	scripts/install-deps --bench && $(MAKE) all && bench/run.sh && bench/streams.sh && bench/scale.sh
 
 .PHONY: bench
 

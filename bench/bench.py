@@ -1,7 +1,7 @@
 #!/usr/bin/python3
-"""Helpers of bench/run.sh and bench/streams.sh: parse wrk and Redis output,
-keep one line per run, and print the markdown tables. Python 3 standard
-library only.
+"""Helpers of bench/run.sh, bench/streams.sh and bench/scale.sh: parse wrk
+and Redis output, keep one line per run, and print the markdown tables.
+Python 3 standard library only.
 
     bench.py record out=RUNS.tsv round=N conns=N case=X wrk=FILE ...   (see measure() in run.sh)
     bench.py monitor CASE WRK.txt MONITOR.txt          -> one line for monitor.tsv
@@ -11,6 +11,7 @@ library only.
     bench.py replay HOST PORT MONITOR.txt N [CASE]     -> each script's cost alone, markdown
     bench.py perf REPORT_DSO REPORT_SYM REPORT_CHILDREN -> the module's CPU share, markdown
     bench.py waits RELEASE_WAIT.log RUNS.tsv             -> the release wait per case, markdown
+    bench.py slowlog HOST PORT CMD...                  -> µs of each SLOWLOG entry of CMD, a line each
 """
 import re
 import socket
@@ -305,6 +306,16 @@ def cmd_stats(a):
         print(k, c, u)
 
 
+def cmd_slowlog(a):
+    """The duration (µs) of every entry of SLOWLOG whose command is one of a[2:] (bench/scale.sh
+    sets slowlog-log-slower-than 0, so each call is there: how long it held Redis)."""
+    want = {c.lower() for c in a[2:]}
+    for entry in Resp(a[0], a[1]).call("SLOWLOG", "GET", "1000000") or []:
+        args = entry[3] if len(entry) > 3 else []
+        if args and str(args[0]).lower() in want:
+            print(entry[2])
+
+
 def cmd_diff(a):
     """Calls delta of each command named; "_inner" is all but EVALSHA/EVAL and the harness's."""
     d = stats_delta(read_stats(a[0]), read_stats(a[1]))
@@ -479,7 +490,7 @@ def main():
         sys.exit(__doc__)
     fn = {"record": cmd_record, "monitor": cmd_monitor, "summary": cmd_summary,
           "stats": cmd_stats, "diff": cmd_diff, "replay": cmd_replay, "perf": cmd_perf,
-          "waits": cmd_waits}
+          "waits": cmd_waits, "slowlog": cmd_slowlog}
     fn[sys.argv[1]](sys.argv[2:])
 
 

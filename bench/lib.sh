@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# bench/lib.sh - shared by bench/run.sh and bench/streams.sh (sourced, not run).
+# bench/lib.sh - shared by bench/run.sh, bench/streams.sh and bench/scale.sh
+# (sourced, not run).
 #
 # Starts one redis-server and one httpd (event MPM) on free loopback ports,
 # staged in a temp folder under /tmp that httpd's children (nobody, when run

@@ -2,8 +2,8 @@
 # format with exact counts after requests of known outcomes, promtool accepts
 # it, a real Prometheus scrapes it and answers a PromQL query with the count,
 # /server-status shows the relay, the server counters survive a graceful
-# restart, and a scrape of 10,000 keys answers within a second at a bounded
-# number of Redis round trips.
+# restart, and a scrape of 10,000 keys answers at a bounded number of Redis
+# round trips (its time is shown, not asserted: bench/scale.sh measures it).
 use strict;
 use warnings FATAL => 'all';
 use Apache::Test qw(-withtestmore);
@@ -14,7 +14,7 @@ use Symbol ();
 use Time::HiRes qw(time);
 use URI ();
 
-plan tests => 71, need_module 'claude_relay', 'relay_mock', 'status';
+plan tests => 70, need_module 'claude_relay', 'relay_mock', 'status';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}';
 my $model = 'claude-sonnet-4-20250514';
@@ -324,18 +324,17 @@ CONF
     }
     my ($prc, $pout) = run_with_input($proto, 'redis-cli', '-p', $rport, '--pipe');
     like($pout, qr/errors: 0, replies: 51000/, '10,000 keys written');
-    my ($best, $big) = (99, '');
+    my ($took, $big) = (0, '');
     ok(defined wait_until(30, sub {
            my $s = time;
            my $body = scrape();
            return 0 unless $body =~ /^claude_relay_keys 10001$/m;
-           ($best, $big) = (time - $s, $body);
+           ($took, $big) = (time - $s, $body);
            return 1 }),
        'a scrape lists the 10,001 keys');
     diag(sprintf('scrape of 10,001 keys: %.3f s, %d bytes; the Redis read: %s s in %s calls',
-                 $best, length $big, value($big, 'claude_relay_keys_read_seconds') // '?',
+                 $took, length $big, value($big, 'claude_relay_keys_read_seconds') // '?',
                  value($big, 'claude_relay_keys_read_redis_calls') // '?'));
-    ok($best < 1, sprintf('it answered in under a second (%.3f s)', $best));
     is(value($big, 'claude_relay_keys_read_redis_calls'), 1 + 21,
        'its read took 22 Redis round trips: HVALS and 21 script calls of 500 keys');
     my $bid = sprintf('%08x-0000-4000-8000-%012x', 70, 70);
