@@ -7,15 +7,18 @@
  * relay key and asks the core for a per-key concurrency lease: Redis checks
  * the key and takes the lease in one atomic script call, or the child takes
  * it from its key cache while Redis has not reported the key changed. The
- * client's credentials are removed at once; the upstream credential is put
- * in by the fixups hook, only into a request that mod_proxy is about to
- * carry. The usage filter counts the answer's tokens and gives the lease
- * back as the answer's end passes, before the client has it; a cleanup on
- * the request pool gives it back on every other path (hang-ups, errors).
- * child_init builds one lease store per Redis target, kept in a per-child
- * table (relay_server_store), whose keeper thread sends queued releases and
- * usage and renews the leases of long requests; a killed child's leases
- * expire by themselves.
+ * hook runs in stages, in this order: endpoint_gate, read_key,
+ * ask_lease_core, then refuse_admission (every verdict short of a lease,
+ * and where a new one is to be answered) or admitted. The client's
+ * credentials are removed at once; the upstream credential is put in by the
+ * fixups hook, only into a request that mod_proxy is about to carry. The
+ * usage filter counts the answer's tokens and gives the lease back as the
+ * answer's end passes, before the client has it; a cleanup on the request
+ * pool gives it back on every other path (hang-ups, errors). child_init
+ * builds one lease store per Redis target, kept in a per-child table
+ * (relay_server_store), whose keeper thread sends queued releases and usage
+ * and renews the leases of long requests; a killed child's leases expire by
+ * themselves.
  */
 #include "relay_admin.h"
 #include "relay_schema.h"
@@ -307,6 +310,50 @@ static apr_status_t replace_with_502(ap_filter_t *f, apr_bucket_brigade *bb)
 }
 
 /*
+ * Read the answer's headers as its first brigade passes: how the filter
+ * treats it (counted, or passed on unread) and how long it is. Returns 0
+ * for a compressed answer, whose tokens cannot be counted: the caller
+ * replaces it with a 502, the slot already given back.
+ */
+static int inspect_answer(relay_request *rr, request_rec *r)
+{
+    const char *type = r->content_type ? r->content_type : "";
+    const char *enc = apr_table_get(r->headers_out, "Content-Encoding");
+    const char *cl = apr_table_get(r->headers_out, "Content-Length");
+
+    if (enc && strcasecmp(enc, "identity") != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      RLOG "the upstream answered key %s %s-encoded although the relay asked "
+                           "for identity; answering 502, since its tokens cannot be counted",
+                      rr->key_id, ap_escape_logitem(r->pool, enc));
+        rr->filter = FILTER_REPLACED;
+        release_at_end(rr, r);
+        return 0;
+    }
+    rr->expected = -1;
+    if (cl && !r->header_only) {
+        char *endp;
+        apr_off_t n;
+        if (apr_strtoff(&n, cl, &endp, 10) == APR_SUCCESS && *endp == '\0' && n >= 0) {
+            rr->expected = n;
+        }
+    }
+    if (strncasecmp(type, "text/event-stream", 17) == 0) {
+        relay_usage_init(&rr->usage, RELAY_USAGE_SSE);
+        rr->filter = FILTER_COUNTING;
+    }
+    else if (strncasecmp(type, "application/json", 16) == 0) {
+        relay_usage_init(&rr->usage, RELAY_USAGE_JSON);
+        rr->filter = FILTER_COUNTING;
+    }
+    else {
+        /* not read, but its end still gives the slot back */
+        rr->filter = FILTER_IDLE;
+    }
+    return 1;
+}
+
+/*
  * Output filter: read the token usage from the answer as it passes, and give
  * the slot back just before the answer's end goes on to the client: before
  * the brigade that completes a Content-Length body, or before the EOS that
@@ -325,40 +372,8 @@ static apr_status_t usage_filter(ap_filter_t *f, apr_bucket_brigade *bb)
         apr_brigade_cleanup(bb);
         return APR_SUCCESS;
     }
-    if (rr->filter == FILTER_WAITING) {
-        const char *type = r->content_type ? r->content_type : "";
-        const char *enc = apr_table_get(r->headers_out, "Content-Encoding");
-        const char *cl = apr_table_get(r->headers_out, "Content-Length");
-
-        if (enc && strcasecmp(enc, "identity") != 0) {
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                          RLOG "the upstream answered key %s %s-encoded although the relay asked "
-                               "for identity; answering 502, since its tokens cannot be counted",
-                          rr->key_id, ap_escape_logitem(r->pool, enc));
-            rr->filter = FILTER_REPLACED;
-            release_at_end(rr, r);
-            return replace_with_502(f, bb);
-        }
-        rr->expected = -1;
-        if (cl && !r->header_only) {
-            char *endp;
-            apr_off_t n;
-            if (apr_strtoff(&n, cl, &endp, 10) == APR_SUCCESS && *endp == '\0' && n >= 0) {
-                rr->expected = n;
-            }
-        }
-        if (strncasecmp(type, "text/event-stream", 17) == 0) {
-            relay_usage_init(&rr->usage, RELAY_USAGE_SSE);
-            rr->filter = FILTER_COUNTING;
-        }
-        else if (strncasecmp(type, "application/json", 16) == 0) {
-            relay_usage_init(&rr->usage, RELAY_USAGE_JSON);
-            rr->filter = FILTER_COUNTING;
-        }
-        else {
-            /* not read, but its end still gives the slot back */
-            rr->filter = FILTER_IDLE;
-        }
+    if (rr->filter == FILTER_WAITING && !inspect_answer(rr, r)) {
+        return replace_with_502(f, bb);
     }
     for (b = APR_BRIGADE_FIRST(bb); b != APR_BRIGADE_SENTINEL(bb); b = APR_BUCKET_NEXT(b)) {
         const char *data;
@@ -545,6 +560,17 @@ static const char *limited_body(request_rec *r, const relay_admit_result *res)
         (apr_int64_t)res->limit, (apr_int64_t)res->current, (apr_int64_t)res->limit);
 }
 
+/* The answer of a 429 for a token limit. */
+static const char *token_limited_body(request_rec *r, const relay_admit_result *res)
+{
+    return apr_psprintf(
+        r->pool,
+        "{\"error\":\"Token limit exceeded\",\"message\":\"Token limit of %" APR_INT64_T_FMT
+        " tokens reached\",\"tokenLimit\":%" APR_INT64_T_FMT ",\"totalTokens\":%" APR_INT64_T_FMT
+        "}",
+        (apr_int64_t)res->limit, (apr_int64_t)res->limit, (apr_int64_t)res->current);
+}
+
 /*
  * Log a refusal for a limit at most once a second per key (with how many
  * were not logged since), so a key holder cannot flood the error log.
@@ -565,13 +591,31 @@ static void log_limited(request_rec *r, const char *what, const relay_admit_resu
 }
 
 /*
+ * Keep the state of a request let through on its initial request, and name
+ * its key for the access log and for CGI-like handlers. Redirects of this
+ * request find the state on it; a sub-request of a request that was not
+ * relayed keeps its state (and slot) to itself, for its own life.
+ */
+static relay_request *keep_admission(request_rec *r, const char *key_id)
+{
+    relay_request *rr = apr_pcalloc(r->pool, sizeof(*rr));
+
+    rr->key_id = key_id;
+    rr->server = r->server;
+    rr->r = r;
+    ap_set_module_config(r->request_config, &claude_relay_module, rr);
+    apr_table_setn(r->notes, "relay-key-id", key_id);
+    apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", key_id);
+    return rr;
+}
+
+/*
  * RelayOnRedisError allow, with Redis failing: a key this child admitted
  * lately goes through unlimited; any other key is refused as under deny.
  */
 static int admit_without_redis(request_rec *r, const char *hash, const relay_admit_result *res)
 {
     const char *id = NULL;
-    relay_request *rr;
 
     if (!relay_lease_recently_valid(relay_server_store(r->server), hash, ALLOW_REMEMBER_MS, r->pool,
                                     &id)) {
@@ -588,15 +632,204 @@ static int admit_without_redis(request_rec *r, const char *hash, const relay_adm
                   RLOG "Redis unavailable (%s); RelayOnRedisError allow: passing key %s, "
                        "admitted lately, through unchecked and unlimited",
                   res->error ? res->error : "unknown error", id);
-    rr = apr_pcalloc(r->pool, sizeof(*rr));
-    rr->key_id = id;
-    rr->server = r->server;
-    rr->r = r;
-    ap_set_module_config(r->request_config, &claude_relay_module, rr);
-    apr_table_setn(r->notes, "relay-key-id", id);
-    apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", id);
+    keep_admission(r, id);
     strip_client_headers(r);
     return DECLINED;
+}
+
+/* One admission: what the access hook asked the lease core, and what it answered. */
+typedef struct {
+    relay_lease_store *store;            /* the child's store for this server */
+    char hash[RELAY_SHA256_HEX_LEN + 1]; /* the key's keyed hash: all Redis sees of it */
+    relay_admit_code code;               /* the core's verdict */
+    relay_admit_result res;              /* the key's id, name, counts; the error */
+    relay_lease *lease;                  /* on RELAY_ADMIT_OK: the slot taken */
+} relay_admission;
+
+/*
+ * The stages of the access hook below return OK to let the request go on
+ * to the next stage, or the hook's answer (a refusal) to end it there.
+ */
+
+/* Stage 1: refuse a method or path the location does not relay (405, 404). */
+static int endpoint_gate(request_rec *r, const relay_dir_conf *dc)
+{
+    const char *allow = NULL;
+
+    switch (judge_endpoint(r, dc, &allow)) {
+    case RELAY_ENDPOINT_ALLOWED:
+        return OK;
+    case RELAY_ENDPOINT_BAD_METHOD:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: method %s is not relayed here",
+                      ap_escape_logitem(r->pool, r->method));
+        count_outcome(r, NULL, RELAY_OUTCOME_NOT_ALLOWED);
+        return refuse(r, HTTP_METHOD_NOT_ALLOWED, BODY_BAD_METHOD, NULL, allow);
+    case RELAY_ENDPOINT_UNKNOWN:
+        break;
+    }
+    /* also any verdict out of the enum's range: nothing unknown is relayed */
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                  RLOG "refused: %s %s is not an endpoint relayed here",
+                  ap_escape_logitem(r->pool, r->method), ap_escape_logitem(r->pool, r->uri));
+    count_outcome(r, NULL, RELAY_OUTCOME_NOT_ALLOWED);
+    return refuse(r, HTTP_NOT_FOUND, BODY_NO_ENDPOINT, NULL, NULL);
+}
+
+/* Stage 2: the key the client presented, without trailing blanks; 401 when missing or malformed. */
+static int read_key(request_rec *r, const char **key, size_t *keylen)
+{
+    const char *where = NULL;
+    size_t n;
+
+    *key = presented_key(r, &where);
+    if (!*key) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: no API key presented");
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL, NULL);
+    }
+    n = strlen(*key);
+    while (n > 0 && ((*key)[n - 1] == ' ' || (*key)[n - 1] == '\t')) {
+        n--;
+    }
+    if (!relay_key_format_ok(*key, n)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      RLOG "refused: malformed API key in %s (%" APR_SIZE_T_FMT " bytes)", where,
+                      n);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL, NULL);
+    }
+    *keylen = n;
+    return OK;
+}
+
+/* Stage 3: hash the key and ask the lease core to admit it; 503 when the child has no store. */
+static int ask_lease_core(request_rec *r, const char *key, size_t keylen, relay_admission *adm)
+{
+    relay_server_conf *sc = ap_get_module_config(r->server->module_config, &claude_relay_module);
+
+    adm->store = relay_server_store(r->server);
+    if (!adm->store || !sc->secret) {
+        /* only when the child could not build its store: logged at child start */
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
+        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
+    }
+    relay_key_hash(key, keylen, sc->secret, adm->hash);
+    adm->lease = NULL;
+    adm->code = relay_lease_admit(adm->store, adm->hash, r->pool, &adm->res, &adm->lease);
+    return OK;
+}
+
+/*
+ * The lease core failed (Redis, or a record of this key): 503, or under
+ * RelayOnRedisError allow the pass of a key admitted lately.
+ */
+static int answer_core_error(request_rec *r, const relay_dir_conf *dc, const relay_admission *adm)
+{
+    const relay_admit_result *res = &adm->res;
+
+    if (res->record_bad) {
+        /* Redis answered: only this key is unusable, whatever RelayOnRedisError says */
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
+                      RLOG "refusing (503): a Redis record of this key is unusable: %s",
+                      res->error ? res->error : "unknown error");
+        count_outcome(r, res->id, RELAY_OUTCOME_UNAVAILABLE);
+        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
+    }
+    if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
+        return admit_without_redis(r, adm->hash, res);
+    }
+    ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "Redis unavailable, refusing (503): %s",
+                  res->error ? res->error : "unknown error");
+    count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
+    return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
+}
+
+/*
+ * Stage 4: the answer to an admission the lease core did not grant -- the
+ * one place each verdict short of a lease becomes its log line, its outcome
+ * and its refusal. No default: a new relay_admit_code makes the compiler
+ * point here.
+ */
+static int refuse_admission(request_rec *r, const relay_dir_conf *dc, const relay_admission *adm)
+{
+    const relay_admit_result *res = &adm->res;
+
+    switch (adm->code) {
+    case RELAY_ADMIT_NOT_FOUND:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      RLOG "refused: unknown API key (hash prefix %.8s)", adm->hash);
+        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL, NULL);
+    case RELAY_ADMIT_DISABLED:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s is disabled", res->id);
+        count_outcome(r, res->id, RELAY_OUTCOME_DISABLED);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL, NULL);
+    case RELAY_ADMIT_EXPIRED:
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s has expired", res->id);
+        count_outcome(r, res->id, RELAY_OUTCOME_EXPIRED);
+        return refuse(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL, NULL);
+    case RELAY_ADMIT_LIMITED:
+        log_limited(r, "concurrency", res, "in flight");
+        count_outcome(r, res->id, RELAY_OUTCOME_CONCURRENCY_LIMITED);
+        return refuse(r, HTTP_TOO_MANY_REQUESTS, limited_body(r, res), "1", NULL);
+    case RELAY_ADMIT_TOKENS:
+        /* no Retry-After: waiting does not help, only a higher limit does */
+        log_limited(r, "token", res, "tokens used");
+        count_outcome(r, res->id, RELAY_OUTCOME_TOKEN_LIMITED);
+        return refuse(r, HTTP_TOO_MANY_REQUESTS, token_limited_body(r, res), NULL, NULL);
+    case RELAY_ADMIT_OK: /* the caller admits it: never refused here */
+    case RELAY_ADMIT_ERROR:
+        break;
+    }
+    /* also any code out of the enum's range: treated as a failing core */
+    return answer_core_error(r, dc, adm);
+}
+
+/* The debug line of an admission: from the key cache or from Redis, with the counts. */
+static void log_admitted(request_rec *r, const relay_admission *adm)
+{
+    const relay_admit_result *res = &adm->res;
+
+    if (res->known && res->limit) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      RLOG "admitted key %s (limit %" APR_INT64_T_FMT ", unchanged in Redis) on "
+                           "the slot of its last request, lease %s",
+                      res->id, (apr_int64_t)res->limit, relay_lease_member(adm->lease));
+    }
+    else if (res->known) {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      RLOG "admitted key %s (no limit, unchanged in Redis), lease %s", res->id,
+                      relay_lease_member(adm->lease));
+    }
+    else {
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
+                      RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT "), lease %s",
+                      res->id, (apr_int64_t)res->current, (apr_int64_t)res->limit,
+                      relay_lease_member(adm->lease));
+    }
+}
+
+/*
+ * Stage 5: set up an admitted request: its state with the lease, given back
+ * by a request-pool cleanup on every path the usage filter does not take.
+ */
+static void admitted(request_rec *r, const relay_admission *adm)
+{
+    relay_request *rr;
+
+    if (adm->res.legacy_replaced) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
+                      RLOG RELAY_CONCURRENCY_PREFIX
+                      "%s held an old-style counter; replaced by a lease set",
+                      adm->res.id);
+    }
+    rr = keep_admission(r, adm->res.id);
+    rr->store = adm->store;
+    rr->lease = adm->lease;
+    apr_pool_cleanup_register(r->pool, rr, release_lease, apr_pool_cleanup_null);
+    count_outcome(r, adm->res.id, RELAY_OUTCOME_ADMITTED);
+    log_admitted(r, adm);
+    strip_client_headers(r);
 }
 
 /*
@@ -607,162 +840,33 @@ static int admit_without_redis(request_rec *r, const char *hash, const relay_adm
 static int relay_check_access(request_rec *r)
 {
     relay_dir_conf *dc = ap_get_module_config(r->per_dir_config, &claude_relay_module);
-    relay_server_conf *sc;
-    request_rec *root;
-    relay_request *rr;
-    relay_admit_result res;
-    relay_lease_store *store;
-    relay_lease *lease = NULL;
-    const char *key, *where = NULL, *allow = NULL;
-    char hash[RELAY_SHA256_HEX_LEN + 1];
-    size_t keylen;
+    relay_admission adm;
+    const char *key = NULL;
+    size_t keylen = 0;
+    int rv;
 
     if (dc->engine != 1) {
         return DECLINED;
     }
-    root = initial_request(r);
-    if (root != r && admission_of(r)) {
+    if (initial_request(r) != r && admission_of(r)) {
         /* rides on the initial request's slot; fixups puts this location's credential in */
         strip_client_headers(r);
         return DECLINED;
     }
-    sc = ap_get_module_config(r->server->module_config, &claude_relay_module);
-
-    /* before the key is looked at: no Redis call, no upstream byte */
-    switch (judge_endpoint(r, dc, &allow)) {
-    case RELAY_ENDPOINT_ALLOWED:
-        break;
-    case RELAY_ENDPOINT_BAD_METHOD:
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: method %s is not relayed here",
-                      ap_escape_logitem(r->pool, r->method));
-        count_outcome(r, NULL, RELAY_OUTCOME_NOT_ALLOWED);
-        return refuse(r, HTTP_METHOD_NOT_ALLOWED, BODY_BAD_METHOD, NULL, allow);
-    case RELAY_ENDPOINT_UNKNOWN:
-    default:
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      RLOG "refused: %s %s is not an endpoint relayed here",
-                      ap_escape_logitem(r->pool, r->method), ap_escape_logitem(r->pool, r->uri));
-        count_outcome(r, NULL, RELAY_OUTCOME_NOT_ALLOWED);
-        return refuse(r, HTTP_NOT_FOUND, BODY_NO_ENDPOINT, NULL, NULL);
+    /* the endpoint before the key: a refused one costs no Redis call, no upstream byte */
+    if ((rv = endpoint_gate(r, dc)) != OK) {
+        return rv;
     }
-
-    key = presented_key(r, &where);
-    if (!key) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: no API key presented");
-        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
-        return refuse(r, HTTP_UNAUTHORIZED, BODY_MISSING, NULL, NULL);
+    if ((rv = read_key(r, &key, &keylen)) != OK) {
+        return rv;
     }
-    keylen = strlen(key);
-    while (keylen > 0 && (key[keylen - 1] == ' ' || key[keylen - 1] == '\t')) {
-        keylen--;
+    if ((rv = ask_lease_core(r, key, keylen, &adm)) != OK) {
+        return rv;
     }
-    if (!relay_key_format_ok(key, keylen)) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      RLOG "refused: malformed API key in %s (%" APR_SIZE_T_FMT " bytes)", where,
-                      keylen);
-        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
-        return refuse(r, HTTP_UNAUTHORIZED, BODY_FORMAT, NULL, NULL);
+    if (adm.code != RELAY_ADMIT_OK) {
+        return refuse_admission(r, dc, &adm);
     }
-    store = relay_server_store(r->server);
-    if (!store || !sc->secret) {
-        /* only when the child could not build its store: logged at child start */
-        count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
-        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
-    }
-    relay_key_hash(key, keylen, sc->secret, hash);
-
-    switch (relay_lease_admit(store, hash, r->pool, &res, &lease)) {
-    case RELAY_ADMIT_OK:
-        break;
-    case RELAY_ADMIT_NOT_FOUND:
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                      RLOG "refused: unknown API key (hash prefix %.8s)", hash);
-        count_outcome(r, NULL, RELAY_OUTCOME_UNAUTHORIZED);
-        return refuse(r, HTTP_UNAUTHORIZED, BODY_NOT_FOUND, NULL, NULL);
-    case RELAY_ADMIT_DISABLED:
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s is disabled", res.id);
-        count_outcome(r, res.id, RELAY_OUTCOME_DISABLED);
-        return refuse(r, HTTP_UNAUTHORIZED, BODY_DISABLED, NULL, NULL);
-    case RELAY_ADMIT_EXPIRED:
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, RLOG "refused: key %s has expired", res.id);
-        count_outcome(r, res.id, RELAY_OUTCOME_EXPIRED);
-        return refuse(r, HTTP_UNAUTHORIZED, BODY_EXPIRED, NULL, NULL);
-    case RELAY_ADMIT_LIMITED:
-        log_limited(r, "concurrency", &res, "in flight");
-        count_outcome(r, res.id, RELAY_OUTCOME_CONCURRENCY_LIMITED);
-        return refuse(r, HTTP_TOO_MANY_REQUESTS, limited_body(r, &res), "1", NULL);
-    case RELAY_ADMIT_TOKENS:
-        /* no Retry-After: waiting does not help, only a higher limit does */
-        log_limited(r, "token", &res, "tokens used");
-        count_outcome(r, res.id, RELAY_OUTCOME_TOKEN_LIMITED);
-        return refuse(
-            r, HTTP_TOO_MANY_REQUESTS,
-            apr_psprintf(
-                r->pool,
-                "{\"error\":\"Token limit exceeded\",\"message\":\"Token limit of %" APR_INT64_T_FMT
-                " tokens reached\",\"tokenLimit\":%" APR_INT64_T_FMT
-                ",\"totalTokens\":%" APR_INT64_T_FMT "}",
-                (apr_int64_t)res.limit, (apr_int64_t)res.limit, (apr_int64_t)res.current),
-            NULL, NULL);
-    case RELAY_ADMIT_ERROR:
-    default:
-        if (res.record_bad) {
-            /* Redis answered: only this key is unusable, whatever RelayOnRedisError says */
-            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r,
-                          RLOG "refusing (503): a Redis record of this key is unusable: %s",
-                          res.error ? res.error : "unknown error");
-            count_outcome(r, res.id, RELAY_OUTCOME_UNAVAILABLE);
-            return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
-        }
-        if (dc->on_redis_error == RELAY_ONERR_ALLOW) {
-            return admit_without_redis(r, hash, &res);
-        }
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, RLOG "Redis unavailable, refusing (503): %s",
-                      res.error ? res.error : "unknown error");
-        count_outcome(r, NULL, RELAY_OUTCOME_UNAVAILABLE);
-        return refuse(r, HTTP_SERVICE_UNAVAILABLE, BODY_UNAVAILABLE, "1", NULL);
-    }
-
-    if (res.legacy_replaced) {
-        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
-                      RLOG RELAY_CONCURRENCY_PREFIX
-                      "%s held an old-style counter; replaced by a lease set",
-                      res.id);
-    }
-    rr = apr_pcalloc(r->pool, sizeof(*rr));
-    rr->store = store;
-    rr->lease = lease;
-    rr->key_id = res.id;
-    rr->server = r->server;
-    rr->r = r;
-    /*
-     * Redirects of this request find the state on it. A sub-request of a
-     * request that was not relayed keeps its slot to itself, for its own life.
-     */
-    ap_set_module_config(r->request_config, &claude_relay_module, rr);
-    apr_pool_cleanup_register(r->pool, rr, release_lease, apr_pool_cleanup_null);
-
-    apr_table_setn(r->notes, "relay-key-id", res.id);
-    apr_table_setn(r->subprocess_env, "RELAY_KEY_ID", res.id);
-    count_outcome(r, res.id, RELAY_OUTCOME_ADMITTED);
-    if (res.known && res.limit) {
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                      RLOG "admitted key %s (limit %" APR_INT64_T_FMT ", unchanged in Redis) on "
-                           "the slot of its last request, lease %s",
-                      res.id, (apr_int64_t)res.limit, relay_lease_member(lease));
-    }
-    else if (res.known) {
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                      RLOG "admitted key %s (no limit, unchanged in Redis), lease %s", res.id,
-                      relay_lease_member(lease));
-    }
-    else {
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                      RLOG "admitted key %s (%" APR_INT64_T_FMT "/%" APR_INT64_T_FMT "), lease %s",
-                      res.id, (apr_int64_t)res.current, (apr_int64_t)res.limit,
-                      relay_lease_member(lease));
-    }
-    strip_client_headers(r);
+    admitted(r, &adm);
     return DECLINED;
 }
 
