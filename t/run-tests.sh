@@ -18,16 +18,26 @@ done
 stage=$(mktemp -d /tmp/relay-test.XXXXXX)
 redis_pid=""
 cleanup() {
-    if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
+    local pids="" pid f
+    if [ -n "$redis_pid" ]; then pids="$redis_pid"; fi
     # whatever the tests started and left a pid file for (a restarted Redis,
     # extra httpd servers, sentinels): stop it, so nothing outlives the run
     for f in "$stage"/run/*.pid "$stage"/run/*/*.pid "$stage"/run/*/*/*.pid; do
-        [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
+        [ -s "$f" ] && pids="$pids $(cat "$f")"
+    done
+    for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    # and wait until they are gone: a Redis or httpd still writing its files
+    # into the stage would make its removal fail
+    for _ in $(seq 100); do
+        f=""
+        for pid in $pids; do kill -0 "$pid" 2>/dev/null && f=1; done
+        [ -z "$f" ] && break
+        sleep 0.1
     done
     if [ "${RELAY_KEEP_STAGE:-0}" = 1 ]; then
         echo "run-tests: kept $stage"
     else
-        rm -rf "$stage"
+        rm -rf "$stage" 2>/dev/null || { sleep 1; rm -rf "$stage" || true; }
     fi
 }
 trap cleanup EXIT
