@@ -255,6 +255,7 @@ static void release_at_end(relay_request *rr, request_rec *r)
     relay_usage_counts counts;
     const char *err = NULL;
     apr_time_t start;
+    int waited = 0;
 
     if (!rr->lease) {
         return;
@@ -264,18 +265,21 @@ static void release_at_end(relay_request *rr, request_rec *r)
         set_tokens_note(rr);
     }
     start = apr_time_now();
-    if (relay_lease_release_sent(rr->store, rr->lease, &counts, r->pool, &err) != APR_SUCCESS) {
+    if (relay_lease_release_sent(rr->store, rr->lease, &counts, r->pool, &waited, &err) !=
+        APR_SUCCESS) {
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r,
                       RLOG "could not give back the slot of key %s at the answer's end (%s)",
                       rr->key_id, err ? err : "unknown error");
     }
     rr->lease = NULL;
-    /* for the access log: when the slot went back, and what that cost the answer */
+    /* for the access log: when the slot went back, and what waiting for Redis cost the answer */
     apr_table_setn(r->notes, "relay-released-at",
                    apr_psprintf(r->pool, "%" APR_TIME_T_FMT ".%06" APR_TIME_T_FMT,
                                 apr_time_sec(start), apr_time_usec(start)));
-    apr_table_setn(r->notes, "relay-release-wait-us",
-                   apr_psprintf(r->pool, "%" APR_TIME_T_FMT, apr_time_now() - start));
+    if (waited) {
+        apr_table_setn(r->notes, "relay-release-wait-us",
+                       apr_psprintf(r->pool, "%" APR_TIME_T_FMT, apr_time_now() - start));
+    }
 }
 
 /* Bodies of the relay's own error answers. */

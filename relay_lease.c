@@ -382,26 +382,27 @@ apr_status_t relay_lease_release(relay_lease_store *st, relay_lease *lease,
 }
 
 apr_status_t relay_lease_release_sent(relay_lease_store *st, relay_lease *lease,
-                                      const relay_usage_counts *usage, apr_pool_t *p,
+                                      const relay_usage_counts *usage, apr_pool_t *p, int *waited,
                                       const char **err)
 {
     struct release_waiter w;
     const char *why = NULL;
 
     memset(&w, 0, sizeof(w));
-    if (apr_thread_cond_create(&w.cond, p) != APR_SUCCESS) {
-        /* cannot wait: give it back the ordinary way */
-        return relay_lease_release(st, lease, usage, err);
+    if (waited) {
+        *waited = 0;
     }
     apr_thread_mutex_lock(st->lock);
     if (!give_back(st, lease, usage, &w, &why)) {
         apr_thread_mutex_unlock(st->lock);
-        apr_thread_cond_destroy(w.cond);
         if (why) {
             *err = why;
             return APR_ENOMEM;
         }
         return APR_SUCCESS;
+    }
+    if (waited) {
+        *waited = 1;
     }
     /* lead a batch if nobody does; else the leader's next batch carries it */
     if (!st->batch.leading) {
@@ -415,10 +416,24 @@ apr_status_t relay_lease_release_sent(relay_lease_store *st, relay_lease *lease,
             relay_lease_lead(st, LEAD_REQUEST);
             continue;
         }
+        /*
+         * Another thread sends it: wait to be told. The condition is made
+         * only now, under the lock, so nobody signals it before it exists
+         * (and a release that was not kept waiting needs none).
+         */
+        if (!w.cond && apr_thread_cond_create(&w.cond, p) != APR_SUCCESS) {
+            w.cond = NULL;
+            apr_thread_mutex_unlock(st->lock);
+            apr_sleep(100);
+            apr_thread_mutex_lock(st->lock);
+            continue;
+        }
         apr_thread_cond_wait(w.cond, st->lock);
     }
     apr_thread_mutex_unlock(st->lock);
-    apr_thread_cond_destroy(w.cond);
+    if (w.cond) {
+        apr_thread_cond_destroy(w.cond);
+    }
     if (w.failed) {
         *err = "Redis did not answer; the slot expires by itself within its lease";
         return APR_EGENERAL;

@@ -135,10 +135,11 @@ apr_status_t relay_lease_release(relay_lease_store *store, relay_lease *lease,
  * the answer's end passes, before the client can see it, so a client that
  * waits for its answer is never refused by its own finished request. Keys
  * without any limit are released as by relay_lease_release. Waits at most
- * one batch; p gives the condition variable.
+ * one batch; p gives the condition variable. *waited (when not NULL) tells
+ * whether the release went to Redis before returning.
  */
 apr_status_t relay_lease_release_sent(relay_lease_store *store, relay_lease *lease,
-                                      const relay_usage_counts *usage, apr_pool_t *p,
+                                      const relay_usage_counts *usage, apr_pool_t *p, int *waited,
                                       const char **err);
 
 /* The lease's member in concurrency:{id} (for log lines and tests). */

@@ -177,8 +177,11 @@ static void batch_done(relay_lease_store *st, struct op_ring *batch, int failed)
 
         APR_RING_REMOVE(op, link);
         if (op->waiter) {
+            /* no condition yet: its thread leads, or has not waited yet */
             op->waiter->done = 1;
-            apr_thread_cond_signal(op->waiter->cond);
+            if (op->waiter->cond) {
+                apr_thread_cond_signal(op->waiter->cond);
+            }
             free(op);
             continue;
         }
@@ -207,7 +210,9 @@ static int hand_on(relay_lease_store *st, enum op_urgency *most)
         }
         if (op->waiter) {
             op->waiter->promoted = 1;
-            apr_thread_cond_signal(op->waiter->cond);
+            if (op->waiter->cond) {
+                apr_thread_cond_signal(op->waiter->cond);
+            }
             return 1;
         }
         if (op->urgency > *most) {

@@ -117,7 +117,8 @@ typedef struct {
 
 /* The caller of relay_lease_release_sent, waiting for its release to reach Redis. */
 struct release_waiter {
-    apr_thread_cond_t *cond; /* signalled when sent (or failed), or promoted */
+    apr_thread_cond_t *cond; /* signalled when sent (or failed), or promoted; made only
+                                when the thread waits for another one's batch */
     int done;                /* the batch carrying it has run */
     int failed;              /* Redis did not take it */
     int promoted;            /* the waiting thread leads the next batch */

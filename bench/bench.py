@@ -281,23 +281,30 @@ def cmd_waits(a):
             if len(tag) != 3 or tag[0] == "0":   # round 0: the warm-up
                 continue
             waits.setdefault((int(tag[1]), tag[2]), []).append(int(p[1]))
-    p50 = {}
+    p50, total = {}, {}
     with open(runs_path) as f:
         head = f.readline().split()
         for line in f:
             r = dict(zip(head, line.split()))
-            p50.setdefault((int(r["conns"]), r["case"]), []).append(float(r["p50_ms"]))
-    out = ["| conns | case | requests logged | wait p50 µs | p90 µs | p99 µs | mean µs "
+            key = (int(r["conns"]), r["case"])
+            p50.setdefault(key, []).append(float(r["p50_ms"]))
+            total[key] = total.get(key, 0) + int(r["requests"])
+    out = ["| conns | case | requests that waited | wait p50 µs | p90 µs | p99 µs | mean µs "
            "| wait p50 / the case's p50 latency |",
            "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for (c, case) in sorted(waits):
-        xs = sorted(waits[(c, case)])
-        lat = med(p50.get((c, case), [])) * 1000.0
-        out.append("| %d | %s %s | %d | %d | %d | %d | %.0f | %.0f %% |"
-                   % (c, case, CASES.get(case, "?"), len(xs), pct(xs, 0.5), pct(xs, 0.9),
+    for key in sorted(set(waits) | {k for k in total if k[1] != "A"}):
+        c, case = key
+        xs = sorted(waits.get(key, []))
+        lat = med(p50.get(key, [])) * 1000.0
+        share = "%d of %d (%.1f %%)" % (len(xs), total.get(key, 0),
+                                        100.0 * len(xs) / total[key] if total.get(key) else 0)
+        if not xs:
+            out.append("| %d | %s %s | %s | — | — | — | — | — |"
+                       % (c, case, CASES.get(case, "?"), share))
+            continue
+        out.append("| %d | %s %s | %s | %d | %d | %d | %.0f | %.0f %% |"
+                   % (c, case, CASES.get(case, "?"), share, pct(xs, 0.5), pct(xs, 0.9),
                       pct(xs, 0.99), sum(xs) / len(xs), pct(xs, 0.5) / lat * 100 if lat else 0))
-    if len(out) == 2:
-        out.append("| — | no admitted request logged a release wait | | | | | | |")
     print("\n".join(out))
 
 

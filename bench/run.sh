@@ -250,11 +250,11 @@ $table
 
 ### The release at the answer's end
 
-What the answer's last bytes waited, per admitted request, for the slot to be
-back in Redis (the note \`relay-release-wait-us\`, logged for every measured
-request): the part of the relay's added latency that the release costs. A key
-with a limit waits for the round trip (or rides on a call under way); an
-unlimited key never waits.
+What the answer's last bytes waited for the slot to be back in Redis (the note
+\`relay-release-wait-us\`, logged for every measured request that waited): the
+part of the relay's added latency that the release costs. A key with a limit
+waits for the round trip (or rides on a call under way); a kept slot
+(\`RelayReuseSlots\`, case B) and a key without any limit (C, E) do not wait.
 
 $waits
 "

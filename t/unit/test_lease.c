@@ -492,7 +492,7 @@ static void *APR_THREAD_FUNC release_thread(apr_thread_t *t, void *data)
     const char *err = NULL;
 
     j->self = apr_os_thread_current();
-    j->rv = relay_lease_release_sent(j->c->st, j->lease, NULL, j->p, &err);
+    j->rv = relay_lease_release_sent(j->c->st, j->lease, NULL, j->p, NULL, &err);
     apr_thread_exit(t, APR_SUCCESS);
     return NULL;
 }
@@ -529,7 +529,8 @@ static void test_within_store(apr_pool_t *p)
           "third admission: over the limit, nothing taken (got %d)", res.code);
     CHECK(leases(&k) == 2, "Redis holds 2 leases (holds %lld)", leases(&k));
     CHECK(relay_lease_live_count(c.st) == 2, "the store counts 2 live leases");
-    CHECK(relay_lease_release_sent(c.st, a, &no_usage, p, &err) == APR_SUCCESS && leases(&k) == 1,
+    CHECK(relay_lease_release_sent(c.st, a, &no_usage, p, NULL, &err) == APR_SUCCESS &&
+              leases(&k) == 1,
           "a release at the answer's end is in Redis when it returns (%lld leases)", leases(&k));
     CHECK(relay_lease_release(c.st, a, &no_usage, &err) == APR_SUCCESS && leases(&k) == 1 &&
               relay_lease_live_count(c.st) == 1,
@@ -556,7 +557,7 @@ static void test_across_stores(apr_pool_t *p)
     CHECK(admit(&c1, &k, p, &res, &a) == RELAY_ADMIT_OK, "child 1 takes the only slot");
     CHECK(admit(&c2, &k, p, &res, &b) == RELAY_ADMIT_LIMITED && res.current == 1,
           "child 2 is refused while child 1 holds it");
-    CHECK(relay_lease_release_sent(c1.st, a, &no_usage, p, &err) == APR_SUCCESS,
+    CHECK(relay_lease_release_sent(c1.st, a, &no_usage, p, NULL, &err) == APR_SUCCESS,
           "child 1 gives it back at the answer's end");
     CHECK(admit(&c2, &k, p, &res, &b) == RELAY_ADMIT_OK, "child 2 takes it at once");
     relay_lease_release(c2.st, b, &no_usage, &err);
@@ -807,7 +808,7 @@ static void test_release_sent(apr_pool_t *p)
     apr_thread_t *ta, *tr;
     test_key lim, tok, free_, free2;
     child c;
-    int n;
+    int n, waited;
 
     fresh("the release at the answer's end");
     make_key(&lim, "sent-lim", 1, 0);
@@ -816,17 +817,22 @@ static void test_release_sent(apr_pool_t *p)
     make_key(&free2, "sent-free2", 0, 0);
     child_start(&c, 30, 0);
     admit(&c, &tok, p, &res, &l);
-    CHECK(relay_lease_release_sent(c.st, l, &u, p, &err) == APR_SUCCESS &&
+    CHECK(relay_lease_release_sent(c.st, l, &u, p, NULL, &err) == APR_SUCCESS &&
               rint_("HGET usage:sent-tok totalTokens") == 150,
           "a token limit: the usage is in Redis on return");
     admit(&c, &free_, p, &res, &l);
     n = seam_get(&seam.batches);
-    CHECK(relay_lease_release_sent(c.st, l, &u, p, &err) == APR_SUCCESS &&
-              seam_get(&seam.batches) == n && leases(&free_) == 1,
-          "no limit: nothing to wait for, the release is deferred");
+    waited = -1;
+    CHECK(relay_lease_release_sent(c.st, l, &u, p, &waited, &err) == APR_SUCCESS &&
+              seam_get(&seam.batches) == n && leases(&free_) == 1 && waited == 0,
+          "no limit: nothing to wait for, the release is deferred, and it says so");
+    admit(&c, &lim, p, &res, &l);
+    CHECK(relay_lease_release_sent(c.st, l, &no_usage, p, &waited, &err) == APR_SUCCESS &&
+              leases(&lim) == 0 && waited == 1,
+          "a concurrency limit: in Redis on return, and it says it waited");
     admit(&c, &lim, p, &res, &l);
     seam_set(&seam.fail, -1);
-    CHECK(relay_lease_release_sent(c.st, l, &no_usage, p, &err) == APR_EGENERAL &&
+    CHECK(relay_lease_release_sent(c.st, l, &no_usage, p, NULL, &err) == APR_EGENERAL &&
               strstr(err, "expires by itself"),
           "Redis not answering: told, the slot expires by itself");
     seam_set(&seam.fail, 0);
@@ -871,7 +877,7 @@ static void test_redis_trouble(apr_pool_t *p)
     make_key(&other, "stranger", 5, 0);
     child_start(&c, 30, 0);
     admit(&c, &k, p, &res, &l);
-    relay_lease_release_sent(c.st, l, &no_usage, p, &err);
+    relay_lease_release_sent(c.st, l, &no_usage, p, NULL, &err);
     seam_set(&seam.fail, -1);
     CHECK(admit(&c, &k, p, &res, &l) == RELAY_ADMIT_ERROR && res.error && !res.record_bad,
           "Redis not answering: an error, not a refusal of the key");
