@@ -92,6 +92,31 @@ bench_user_lines() {
     return 0
 }
 
+# The event MPM's sizing, the same for the relay's and the mock's httpd:
+# every child and thread exists from the start, and none is reaped during a
+# run; then extra lines and keep-alive (arguments: threads per child,
+# children, extra configuration).
+bench_mpm_conf() {
+    local tpc=$1 limit=$2 extra=${3:-}
+    cat <<CONF
+StartServers $limit
+ServerLimit $limit
+ThreadLimit $tpc
+ThreadsPerChild $tpc
+MaxRequestWorkers $((tpc * limit))
+MinSpareThreads $tpc
+MaxSpareThreads $((tpc * limit))
+MaxConnectionsPerChild 0
+ListenBacklog 4096
+$extra
+Timeout 120
+
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 30
+CONF
+}
+
 # bench_write_conf THREADS_PER_CHILD SERVER_LIMIT [LEASE_SECONDS [EXTRA_DIRECTIVES]]
 # The main host: /plain/ (bare mod_proxy, the baseline) and /api/ (the relay),
 # both to one explicitly declared worker for the mock upstream, a virtual host
@@ -129,22 +154,7 @@ LoadModule proxy_http_module $BENCH_MODS/mod_proxy_http.so
 LoadModule claude_relay_module $bench_dir/mod_claude_relay.so
 $mock_load
 
-# every child and thread exists from the start, and none is reaped during a run
-StartServers $limit
-ServerLimit $limit
-ThreadLimit $tpc
-ThreadsPerChild $tpc
-MaxRequestWorkers $((tpc * limit))
-MinSpareThreads $tpc
-MaxSpareThreads $((tpc * limit))
-MaxConnectionsPerChild 0
-ListenBacklog 4096
-$extra
-Timeout 120
-
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 30
+$(bench_mpm_conf "$tpc" "$limit" "$extra")
 
 RelayRedisServer 127.0.0.1:$bench_redis_port
 RelayKeyHashSecret file:$bench_dir/secret
@@ -208,21 +218,7 @@ LoadModule mpm_event_module $BENCH_MODS/mod_mpm_event.so
 LoadModule authz_core_module $BENCH_MODS/mod_authz_core.so
 LoadModule relay_mock_module $bench_dir/mod_relay_mock.so
 
-StartServers $limit
-ServerLimit $limit
-ThreadLimit $tpc
-ThreadsPerChild $tpc
-MaxRequestWorkers $((tpc * limit))
-MinSpareThreads $tpc
-MaxSpareThreads $((tpc * limit))
-MaxConnectionsPerChild 0
-ListenBacklog 4096
-$extra
-Timeout 120
-
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 30
+$(bench_mpm_conf "$tpc" "$limit" "$extra")
 
 <Location />
     SetHandler claude-relay-mock

@@ -76,31 +76,10 @@ base=http://127.0.0.1:$bench_http_port
 now_s=$(rcli TIME | head -1)
 today=$(date -u -d "@$now_s" +%Y-%m-%d)
 bench_log "writing $n keys into Redis"
-rcli EVAL "
-local n, today, expiry = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-for i = 1, n do
-  local id = string.format('%08x-0000-4000-8000-%012x', i, i)
-  local hash = string.format('%064x', i)
-  redis.call('HSET', 'apikey:' .. id, 'id', id, 'name', 'scale key ' .. i,
-             'description', 'made for the scale benchmark, number ' .. i, 'apiKey', hash,
-             'keyPreview', 'cr_0000…0000', 'tokenLimit', '0', 'concurrencyLimit', '10',
-             'isActive', 'true', 'createdAt', string.format('2021-01-01T00:%02d:%02d.000Z',
-             math.floor(i / 60) % 60, i % 60), 'updatedAt', '2021-01-01T00:00:00.000Z',
-             'lastUsedAt', '', 'expiresAt', '', 'createdBy', 'scale')
-  redis.call('HSET', 'apikey:hash_map', hash, id)
-  redis.call('HSET', 'usage:' .. id, 'totalTokens', i, 'totalRequests', 1)
-  redis.call('HSET', 'metrics:outcomes:' .. id, 'admitted', i, 'concurrency_limited', 1)
-  redis.call('SADD', 'usage:' .. id .. ':models', 'claude-x')
-  redis.call('HSET', 'usage:' .. id .. ':model:alltime:claude-x', 'inputTokens', 10,
-             'outputTokens', 5)
-  if i % 10 == 0 then
-    redis.call('HSET', 'usage:daily:' .. id .. ':' .. today, 'tokens', 5, 'requests', 1)
-  end
-  if i % 100 == 0 then
-    redis.call('ZADD', 'concurrency:' .. id, expiry, 'scale-a', expiry, 'scale-b')
-  end
-end
-return 1" 0 "$n" "$today" "$(((now_s + 86400) * 1000))" >/dev/null
+# the keys as t/relay/admin_scale.t writes them, with the metrics' outcome
+# counts and model totals too
+rcli EVAL "$(cat "$BENCH_SRC/t/lib/bulk_keys.lua")" 0 "$n" "$today" "$(((now_s + 86400) * 1000))" "" 1 \
+    >/dev/null
 [ "$(rcli HLEN apikey:hash_map)" = "$n" ] || bench_die "Redis does not hold the $n keys written"
 
 # --- measuring ---------------------------------------------------------------

@@ -16,29 +16,9 @@ my $suffix = 'cccccccccccc';
 my ($sec) = redis_lines('TIME');
 my $today = POSIX::strftime('%Y-%m-%d', gmtime $sec);
 # every key a full record with a hash-map entry and usage; every tenth has
-# usage today, every hundredth two requests in flight
-redis('EVAL', <<'LUA', 0, $n, $today, ($sec + 300) * 1000, $suffix);
-local n, today, expiry, suffix = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4]
-for i = 1, n do
-  local id = string.format('%08x-0000-4000-8000-', i) .. suffix
-  local hash = string.format('%064x', i)
-  redis.call('HSET', 'apikey:' .. id, 'id', id, 'name', 'scale key ' .. i,
-             'description', 'made for the scale test, number ' .. i, 'apiKey', hash,
-             'keyPreview', 'cr_0000…0000', 'tokenLimit', '0', 'concurrencyLimit', '10',
-             'isActive', 'true', 'createdAt', string.format('2021-01-01T00:%02d:%02d.000Z',
-             math.floor(i / 60) % 60, i % 60), 'updatedAt', '2021-01-01T00:00:00.000Z',
-             'lastUsedAt', '', 'expiresAt', '', 'createdBy', 'scale')
-  redis.call('HSET', 'apikey:hash_map', hash, id)
-  redis.call('HSET', 'usage:' .. id, 'totalTokens', i, 'totalRequests', 1)
-  if i % 10 == 0 then
-    redis.call('HSET', 'usage:daily:' .. id .. ':' .. today, 'tokens', 5, 'requests', 1)
-  end
-  if i % 100 == 0 then
-    redis.call('ZADD', 'concurrency:' .. id, expiry, 'scale-a', expiry, 'scale-b')
-  end
-end
-return 1
-LUA
+# usage today, every hundredth two requests in flight (t/lib/bulk_keys.lua)
+redis('EVAL', slurp("$ENV{RELAY_TEST_STAGE}/t/lib/bulk_keys.lua"), 0, $n, $today,
+      ($sec + 300) * 1000, $suffix, 0);
 my $keys = grep { /-$suffix$/ } redis_lines('--scan', '--pattern', 'apikey:*');
 is($keys, $n, "$n keys made in Redis");
 
