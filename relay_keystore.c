@@ -176,6 +176,33 @@ const char *relay_ks_usage_key(const char *id, apr_pool_t *p)
     return apr_pstrcat(p, RELAY_USAGE_PREFIX, id, NULL);
 }
 
+const char **relay_ks_key_groups(const char *const *ids, int n, int groups, apr_pool_t *p)
+{
+    const char **keys = apr_palloc(p, sizeof(*keys) * groups * n);
+    int i;
+
+    for (i = 0; i < n; i++) {
+        keys[i] = relay_ks_record_key(ids[i], p);
+        keys[n + i] = relay_ks_concurrency_key(ids[i], p);
+        keys[2 * n + i] = relay_ks_usage_key(ids[i], p);
+    }
+    return keys;
+}
+
+redisReply *relay_ks_array_call(relay_redis_conn *c, const relay_script *s, int nkeys,
+                                const char **keys, const char *what, apr_pool_t *p,
+                                const char **err)
+{
+    redisReply *rep = relay_redis_script(c, s, nkeys, keys, 0, NULL, p, err);
+
+    if (rep && rep->type != REDIS_REPLY_ARRAY) {
+        freeReplyObject(rep);
+        *err = apr_pstrcat(p, "unexpected reply ", what, NULL);
+        return NULL;
+    }
+    return rep;
+}
+
 /* A reply element as a string copied into p ("" for nil or other types). */
 const char *relay_ks_elem_str(const redisReply *e, apr_pool_t *p)
 {
@@ -307,22 +334,14 @@ apr_array_header_t *relay_ks_read_records(relay_redis_conn *c, const char *const
     if (n == 0) {
         return out;
     }
-    keys = apr_palloc(p, sizeof(*keys) * 5 * n);
+    keys = relay_ks_key_groups(ids, n, 5, p);
     now = relay_now_iso(p);
     for (i = 0; i < n; i++) {
-        keys[i] = relay_ks_record_key(ids[i], p);
-        keys[n + i] = relay_ks_concurrency_key(ids[i], p);
-        keys[2 * n + i] = relay_ks_usage_key(ids[i], p);
         keys[3 * n + i] = apr_psprintf(p, RELAY_USAGE_DAILY_PREFIX "%s:%.10s", ids[i], now);
         keys[4 * n + i] = apr_psprintf(p, RELAY_USAGE_MONTHLY_PREFIX "%s:%.7s", ids[i], now);
     }
-    rep = relay_redis_script(c, &read_script, 5 * n, keys, 0, NULL, p, err);
+    rep = relay_ks_array_call(c, &read_script, 5 * n, keys, "reading keys", p, err);
     if (!rep) {
-        return NULL;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(rep);
-        *err = "unexpected reply reading keys";
         return NULL;
     }
     for (i = 0; i < n && (size_t)i < rep->elements; i++) {

@@ -35,6 +35,18 @@ const char *relay_ks_record_key(const char *id, apr_pool_t *p);
 const char *relay_ks_concurrency_key(const char *id, apr_pool_t *p);
 const char *relay_ks_usage_key(const char *id, apr_pool_t *p);
 
+/*
+ * The KEYS of a script that reads n keys at once: groups of n names, the
+ * first three the record, concurrency and usage keys of ids; the caller
+ * fills the groups after those.
+ */
+const char **relay_ks_key_groups(const char *const *ids, int n, int groups, apr_pool_t *p);
+
+/* Run a key-store script whose answer is an array; NULL and *err ("... what") otherwise. */
+redisReply *relay_ks_array_call(relay_redis_conn *c, const relay_script *s, int nkeys,
+                                const char **keys, const char *what, apr_pool_t *p,
+                                const char **err);
+
 /* A reply element as a string copied into p ("" for nil or other types). */
 const char *relay_ks_elem_str(const redisReply *e, apr_pool_t *p);
 

@@ -449,19 +449,9 @@ apr_array_header_t *relay_keystore_live(relay_redis_conn *c, const char *const *
     if (n == 0) {
         return out;
     }
-    keys = apr_palloc(p, sizeof(*keys) * 3 * n);
-    for (i = 0; i < n; i++) {
-        keys[i] = relay_ks_record_key(ids[i], p);
-        keys[n + i] = relay_ks_concurrency_key(ids[i], p);
-        keys[2 * n + i] = relay_ks_usage_key(ids[i], p);
-    }
-    rep = relay_redis_script(c, &live_script, 3 * n, keys, 0, NULL, p, err);
+    keys = relay_ks_key_groups(ids, n, 3, p);
+    rep = relay_ks_array_call(c, &live_script, 3 * n, keys, "reading live counts", p, err);
     if (!rep) {
-        return NULL;
-    }
-    if (rep->type != REDIS_REPLY_ARRAY) {
-        freeReplyObject(rep);
-        *err = "unexpected reply reading live counts";
         return NULL;
     }
     for (i = 0; i < n && (size_t)i < rep->elements; i++) {

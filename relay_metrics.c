@@ -940,6 +940,14 @@ static void family(out_t *o, const char *name, const char *type, const char *hel
     outf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* A family of one sample without labels. */
+static void scalar(out_t *o, const char *name, const char *type, const char *help,
+                   apr_uint64_t value)
+{
+    family(o, name, type, help);
+    outf(o, "%s %" APR_UINT64_T_FMT "\n", name, value);
+}
+
 /* A histogram from per-bucket counts (the last is +Inf). */
 static void histogram(out_t *o, const char *name, const apr_uint64_t *counts, const char *const *le,
                       int n, const char *sum)
@@ -1064,12 +1072,10 @@ void relay_metrics_render(const relay_metrics_server *srv, const relay_metrics_k
         outf(&o, "claude_relay_requests_total{outcome=\"%s\"} %" APR_UINT64_T_FMT "\n",
              outcomes[i].name, srv->outcomes[i]);
     }
-    family(&o, "claude_relay_redis_commands_total", "counter",
-           "Redis round trips of this httpd's connection pools.");
-    outf(&o, "claude_relay_redis_commands_total %" APR_UINT64_T_FMT "\n", srv->redis_commands);
-    family(&o, "claude_relay_redis_errors_total", "counter",
-           "Redis round trips that failed: no answer, or an error reply.");
-    outf(&o, "claude_relay_redis_errors_total %" APR_UINT64_T_FMT "\n", srv->redis_errors);
+    scalar(&o, "claude_relay_redis_commands_total", "counter",
+           "Redis round trips of this httpd's connection pools.", srv->redis_commands);
+    scalar(&o, "claude_relay_redis_errors_total", "counter",
+           "Redis round trips that failed: no answer, or an error reply.", srv->redis_errors);
     family(&o, "claude_relay_redis_latency_seconds", "histogram",
            "Time of each Redis round trip, as the httpd child saw it.");
     apr_snprintf(sum, sizeof(sum), "%.6f", (double)srv->redis_latency_us / APR_USEC_PER_SEC);
@@ -1080,23 +1086,19 @@ void relay_metrics_render(const relay_metrics_server *srv, const relay_metrics_k
     apr_snprintf(sum, sizeof(sum), "%" APR_UINT64_T_FMT, srv->batch_ops);
     histogram(&o, "claude_relay_batch_operations", srv->batch, batch_le,
               RELAY_METRICS_BATCH_BUCKETS, sum);
-    family(&o, "claude_relay_leases_held", "gauge",
+    scalar(&o, "claude_relay_leases_held", "gauge",
            "Leases of the running requests of this httpd (each child's figure at most a second "
-           "old).");
-    outf(&o, "claude_relay_leases_held %" APR_UINT64_T_FMT "\n", srv->leases_held);
-    family(&o, "claude_relay_lease_renewals_total", "counter",
-           "Leases the keepers sent to Redis to be renewed.");
-    outf(&o, "claude_relay_lease_renewals_total %" APR_UINT64_T_FMT "\n", srv->renewed);
-    family(&o, "claude_relay_leases_lost_total", "counter",
-           "Leases of running requests that were gone from Redis when renewed.");
-    outf(&o, "claude_relay_leases_lost_total %" APR_UINT64_T_FMT "\n", srv->lost);
-    family(&o, "claude_relay_key_count_writes_failed_total", "counter",
-           "Writes of per-key counts to Redis that failed (the counts wait for the next one).");
-    outf(&o, "claude_relay_key_count_writes_failed_total %" APR_UINT64_T_FMT "\n",
-         srv->key_writes_failed);
-    family(&o, "claude_relay_processes", "gauge",
-           "httpd children whose figures the server figures sum.");
-    outf(&o, "claude_relay_processes %" APR_UINT64_T_FMT "\n", srv->children);
+           "old).",
+           srv->leases_held);
+    scalar(&o, "claude_relay_lease_renewals_total", "counter",
+           "Leases the keepers sent to Redis to be renewed.", srv->renewed);
+    scalar(&o, "claude_relay_leases_lost_total", "counter",
+           "Leases of running requests that were gone from Redis when renewed.", srv->lost);
+    scalar(&o, "claude_relay_key_count_writes_failed_total", "counter",
+           "Writes of per-key counts to Redis that failed (the counts wait for the next one).",
+           srv->key_writes_failed);
+    scalar(&o, "claude_relay_processes", "gauge",
+           "httpd children whose figures the server figures sum.", srv->children);
     if (keys) {
         render_keys(&o, keys, p);
     }

@@ -26,6 +26,8 @@ cleanup() {
         [ -s "$f" ] && pids="$pids $(cat "$f")"
     done
     for pid in $pids; do kill "$pid" 2>/dev/null || true; done
+    # our own Redis is reaped (a zombie still answers kill -0)
+    if [ -n "$redis_pid" ]; then wait "$redis_pid" 2>/dev/null || true; fi
     # and wait until they are gone: a Redis or httpd still writing its files
     # into the stage would make its removal fail
     for _ in $(seq 100); do
@@ -37,7 +39,7 @@ cleanup() {
     if [ "${RELAY_KEEP_STAGE:-0}" = 1 ]; then
         echo "run-tests: kept $stage"
     else
-        rm -rf "$stage" 2>/dev/null || { sleep 1; rm -rf "$stage" || true; }
+        rm -rf "$stage" || echo "run-tests: could not remove $stage" >&2
     fi
 }
 trap cleanup EXIT

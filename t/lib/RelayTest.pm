@@ -19,7 +19,7 @@ our @EXPORT = qw(monitor_during redis redis_lines make_key relay_keys base_url h
                  wait_until json_decode leases admin admin_json admin_auth
                  free_port mock_port start_httpd stop_httpd httpd_children lease_pids read_until
                  slurp error_log configtest hammer children_rss_kb
-                 redis_now_ms lease_scores redis_quiet);
+                 redis_now_ms lease_scores redis_quiet form_body post_form csrf_of);
 
 my $json = JSON::PP->new->canonical;
 
@@ -168,6 +168,23 @@ sub admin {
     $req->content($body) if defined $body;
     return ua()->request($req);
 }
+
+# A form's fields as application/x-www-form-urlencoded, in a fixed order.
+sub form_body {
+    my %f = @_;
+    require URI::Escape;
+    return join '&', map { "$_=" . URI::Escape::uri_escape_utf8($f{$_}) } sort keys %f;
+}
+
+# A form posted to the admin as a browser on the same origin sends it.
+sub post_form {
+    my ($path, %f) = @_;
+    return admin('POST', $path, form_body(%f),
+                 'Content-Type' => 'application/x-www-form-urlencoded', Origin => base_url());
+}
+
+# The CSRF token of an admin page, or ''.
+sub csrf_of { my $html = shift // ''; return $html =~ /name="csrf" value="([0-9a-f]{64})"/ ? $1 : '' }
 
 # An admin JSON API call; returns (response, decoded body).
 sub admin_json {

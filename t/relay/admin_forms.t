@@ -8,19 +8,7 @@ use RelayTest;
 plan tests => 46, need_module 'claude_relay', 'relay_mock';
 
 my $msg = '{"model":"claude-sonnet-4-20250514","max_tokens":16,"messages":[]}';
-my $origin = base_url();
 
-sub form_body {
-    my %f = @_;
-    require URI::Escape;
-    return join '&', map { "$_=" . URI::Escape::uri_escape_utf8($f{$_}) } sort keys %f;
-}
-sub post_form {
-    my ($path, %f) = @_;
-    return admin('POST', $path, form_body(%f),
-                 'Content-Type' => 'application/x-www-form-urlencoded', Origin => $origin);
-}
-sub csrf_of { my $html = shift; return $html =~ /name="csrf" value="([0-9a-f]{64})"/ ? $1 : '' }
 sub key_count { return scalar grep { !/hash_map/ } redis_lines('--scan', '--pattern', 'apikey:*') }
 
 is(admin('GET', '/relay-admin/', undef, Authorization => undef)->code, 401,

@@ -16,17 +16,6 @@ my $origin = base_url();
 my $second;    # another relay server on the same Redis
 END { local $?; stop_httpd($second) if $second }
 
-sub form_body {
-    my %f = @_;
-    require URI::Escape;
-    return join '&', map { "$_=" . URI::Escape::uri_escape_utf8($f{$_}) } sort keys %f;
-}
-sub post_form {
-    my ($path, %f) = @_;
-    return admin('POST', $path, form_body(%f),
-                 'Content-Type' => 'application/x-www-form-urlencoded', Origin => $origin);
-}
-sub csrf_of { my $html = shift // ''; return $html =~ /name="csrf" value="([0-9a-f]{64})"/ ? $1 : '' }
 # fields of a key's record, one HGET each (a value may hold a line break)
 sub record {
     my $id = shift;

@@ -11,20 +11,8 @@ use RelayTest;
 
 plan tests => 129, need_module 'claude_relay', 'relay_mock';
 
-my $origin = base_url();
 my $hdir = "$ENV{RELAY_TEST_STAGE}/t/htdocs/htaccess";
 
-sub form_body {
-    my %f = @_;
-    require URI::Escape;
-    return join '&', map { "$_=" . URI::Escape::uri_escape_utf8($f{$_}) } sort keys %f;
-}
-sub post_form {
-    my ($path, %f) = @_;
-    return admin('POST', $path, form_body(%f),
-                 'Content-Type' => 'application/x-www-form-urlencoded', Origin => $origin);
-}
-sub csrf_of { my $html = shift // ''; return $html =~ /name="csrf" value="([0-9a-f]{64})"/ ? $1 : '' }
 sub key_ids { return map { s/^apikey://r } grep { !/hash_map/ } redis_lines('--scan', '--pattern', 'apikey:*') }
 sub key_count { return scalar(key_ids()) }
 sub store_state {

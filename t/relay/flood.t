@@ -8,7 +8,7 @@ use Apache::Test qw(-withtestmore);
 use RelayTest;
 use IO::Socket::INET ();
 use Errno qw(EAGAIN EWOULDBLOCK EINPROGRESS);
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
 plan tests => 8, need_module 'claude_relay', 'relay_mock';
 
