@@ -80,7 +80,7 @@ LUA_SRC = lua/batch.lua lua/renew.lua lua/check.lua
 $(BUILD)/relay_lease_lua.h: $(LUA_SRC) scripts/embed-lua | $(BUILD)
 	scripts/embed-lua $@ $(LUA_SRC)
 
-$(BUILD)/test_lease: t/unit/test_lease.c $(LEASE_SRC) relay_lease.h relay_lease_int.h \
+$(BUILD)/test_lease: t/unit/test_lease.c t/unit/check.h $(LEASE_SRC) relay_lease.h relay_lease_int.h \
                      relay_redis.c relay_redis.h relay_keys.c relay_metrics.c \
                      $(BUILD)/relay_lease_lua.h | $(BUILD)
 	$(CC) $(CFLAGS_TOOLS) -I$(BUILD) $(APR_CFLAGS) -o $@ t/unit/test_lease.c $(LEASE_SRC) \

@@ -203,6 +203,27 @@ redisReply *relay_ks_array_call(relay_redis_conn *c, const relay_script *s, int 
     return rep;
 }
 
+/* Run a key-store script whose answer is an integer: 0 and *out, or -1 and *err ("... what"). */
+static int int_call(relay_redis_conn *c, const relay_script *s, int nkeys, const char **keys,
+                    int nargs, const char **args, const char *what, apr_pool_t *p, long long *out,
+                    const char **err)
+{
+    redisReply *rep = relay_redis_script(c, s, nkeys, keys, nargs, args, p, err);
+    int ok;
+
+    if (!rep) {
+        return -1;
+    }
+    ok = rep->type == REDIS_REPLY_INTEGER;
+    *out = ok ? rep->integer : 0;
+    freeReplyObject(rep);
+    if (!ok) {
+        *err = apr_pstrcat(p, "unexpected reply ", what, NULL);
+        return -1;
+    }
+    return 0;
+}
+
 /* A reply element as a string copied into p ("" for nil or other types). */
 const char *relay_ks_elem_str(const redisReply *e, apr_pool_t *p)
 {
@@ -382,7 +403,6 @@ relay_ks_result relay_keystore_create(relay_redis_conn *c, const relay_key_new *
     const char *args[2 + 2 * 13];
     apr_array_header_t *fields = apr_array_make(p, 2 * 13, sizeof(const char *));
     relay_key_record *k;
-    redisReply *rep;
     long long done;
     int n = 0, i;
 
@@ -410,14 +430,7 @@ relay_ks_result relay_keystore_create(relay_redis_conn *c, const relay_key_new *
 #undef PAIR
     keys[0] = relay_ks_record_key(id, p);
     keys[1] = RELAY_KEY_HASH_MAP;
-    rep = relay_redis_script(c, &create_script, 2, keys, n, args, p, err);
-    if (!rep) {
-        return RELAY_KS_ERROR;
-    }
-    done = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -1;
-    freeReplyObject(rep);
-    if (done < 0) {
-        *err = "unexpected reply creating a key";
+    if (int_call(c, &create_script, 2, keys, n, args, "creating a key", p, &done, err) != 0) {
         return RELAY_KS_ERROR;
     }
     if (done == 0) {
@@ -471,8 +484,7 @@ relay_ks_result relay_keystore_update(relay_redis_conn *c, const char *id,
     const char *key = relay_ks_record_key(id, p);
     int n = pairs->nelts + 4, i;
     const char **args = apr_palloc(p, sizeof(*args) * n);
-    redisReply *rep;
-    int done;
+    long long done;
 
     if (pairs->nelts == 0 || pairs->nelts % 2 != 0 || !by) {
         *err = "an update needs field/value pairs and who makes it";
@@ -492,14 +504,7 @@ relay_ks_result relay_keystore_update(relay_redis_conn *c, const char *id,
     args[i++] = relay_now_iso(p);
     args[i++] = RELAY_F_UPDATED_BY;
     args[i++] = by;
-    rep = relay_redis_script(c, &update_script, 1, &key, n, args, p, err);
-    if (!rep) {
-        return RELAY_KS_ERROR;
-    }
-    done = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -1;
-    freeReplyObject(rep);
-    if (done < 0) {
-        *err = "unexpected reply updating a key";
+    if (int_call(c, &update_script, 1, &key, n, args, "updating a key", p, &done, err) != 0) {
         return RELAY_KS_ERROR;
     }
     return done ? RELAY_KS_DONE : RELAY_KS_NOT_FOUND;
@@ -589,20 +594,12 @@ relay_ks_result relay_keystore_delete(relay_redis_conn *c, const char *id, apr_p
                                       const char **err)
 {
     const char *keys[3];
-    redisReply *rep;
-    int done;
+    long long done;
 
     keys[0] = relay_ks_record_key(id, p);
     keys[1] = RELAY_KEY_HASH_MAP;
     keys[2] = relay_ks_concurrency_key(id, p);
-    rep = relay_redis_script(c, &delete_script, 3, keys, 1, &id, p, err);
-    if (!rep) {
-        return RELAY_KS_ERROR;
-    }
-    done = rep->type == REDIS_REPLY_INTEGER ? (int)rep->integer : -1;
-    freeReplyObject(rep);
-    if (done < 0) {
-        *err = "unexpected reply deleting a key";
+    if (int_call(c, &delete_script, 3, keys, 1, &id, "deleting a key", p, &done, err) != 0) {
         return RELAY_KS_ERROR;
     }
     return done ? RELAY_KS_DONE : RELAY_KS_NOT_FOUND;
@@ -617,7 +614,6 @@ relay_ks_result relay_keystore_regenerate(relay_redis_conn *c, const char *id, c
     char *hash = apr_palloc(p, RELAY_SHA256_HEX_LEN + 1);
     char *pre = apr_palloc(p, 32);
     const char *keys[2], *args[5];
-    redisReply *rep;
     long long done;
 
     relay_key_from_random(rnd, key);
@@ -630,14 +626,8 @@ relay_ks_result relay_keystore_regenerate(relay_redis_conn *c, const char *id, c
     args[2] = pre;
     args[3] = relay_now_iso(p);
     args[4] = by;
-    rep = relay_redis_script(c, &regenerate_script, 2, keys, 5, args, p, err);
-    if (!rep) {
-        return RELAY_KS_ERROR;
-    }
-    done = rep->type == REDIS_REPLY_INTEGER ? rep->integer : -2;
-    freeReplyObject(rep);
-    if (done == -2) {
-        *err = "unexpected reply regenerating a key";
+    if (int_call(c, &regenerate_script, 2, keys, 5, args, "regenerating a key", p, &done, err) !=
+        0) {
         return RELAY_KS_ERROR;
     }
     if (done == -1) {

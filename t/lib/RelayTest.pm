@@ -367,15 +367,21 @@ sub raw_request {
     return $s;
 }
 
-# What Redis's MONITOR shows while $code runs, and in the half second after.
-sub monitor_during {
-    my $code = shift;
-    require IO::Select;
+# A connection to the test Redis in MONITOR mode.
+sub monitor_socket {
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ENV{RELAY_TEST_REDIS_PORT},
                                   Proto => 'tcp') or die "redis: $!";
     print $s "MONITOR\r\n";
     my $ok = <$s>;
     die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
+    return $s;
+}
+
+# What Redis's MONITOR shows while $code runs, and in the half second after.
+sub monitor_during {
+    my $code = shift;
+    require IO::Select;
+    my $s = monitor_socket();
     $code->();
     # MONITOR never ends: the relay's tracking connections ping every second
     my ($buf, $sel, $end) = ('', IO::Select->new($s), time + 0.5);
@@ -421,11 +427,7 @@ sub lease_scores {
 sub redis_quiet {
     my ($quiet, $cap) = @_;
     require IO::Select;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $ENV{RELAY_TEST_REDIS_PORT},
-                                  Proto => 'tcp') or die "redis: $!";
-    print $s "MONITOR\r\n";
-    my $ok = <$s>;
-    die "MONITOR refused: $ok" unless $ok =~ /^\+OK/;
+    my $s = monitor_socket();
     my ($buf, $sel, $start) = ('', IO::Select->new($s), time);
     my $last = $start;
     while (1) {

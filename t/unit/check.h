@@ -9,14 +9,17 @@
 
 static int passed, failed;
 
-#define CHECK(cond, what)                                                                          \
+/* CHECK(condition, printf format and arguments saying what is checked) */
+#define CHECK(cond, ...)                                                                           \
     do {                                                                                           \
         if (cond) {                                                                                \
             passed++;                                                                              \
         }                                                                                          \
         else {                                                                                     \
             failed++;                                                                              \
-            printf("FAIL %s:%d: %s\n", __FILE__, __LINE__, what);                                  \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
+            printf(__VA_ARGS__);                                                                   \
+            printf("\n");                                                                          \
         }                                                                                          \
     } while (0)
 

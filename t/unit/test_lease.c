@@ -11,6 +11,7 @@
  * Each test asserts what the API answered and what Redis holds.
  */
 #include "relay_lease_int.h"
+#include "check.h"
 
 #include <apr_portable.h>
 
@@ -26,21 +27,6 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-static int failed, passed;
-
-#define CHECK(cond, ...)                                                                           \
-    do {                                                                                           \
-        if (cond) {                                                                                \
-            passed++;                                                                              \
-        }                                                                                          \
-        else {                                                                                     \
-            failed++;                                                                              \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                                            \
-            printf(__VA_ARGS__);                                                                   \
-            printf("\n");                                                                          \
-        }                                                                                          \
-    } while (0)
 
 /* ---- the redis-server ---------------------------------------------------- */
 
